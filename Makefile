@@ -1,0 +1,37 @@
+# The two commands that matter: `make train` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: train test lint format bench clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## train: train the default model (experiments/cnn.yaml) on MNIST, tracked in MLflow; ARGS="--model vit"
+train: $(STAMP)
+	$(BIN)/python -m mnist_lab train $(ARGS)
+
+## test: lint, then the test suite
+test: $(STAMP) lint
+	$(BIN)/pytest $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: train the benchmark configs and print the figures the README quotes
+bench: $(STAMP)
+	$(BIN)/python -m mnist_lab.bench $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,237 @@
+"""The one run configuration: defaults from `experiments/<model>.yaml`, overrides from flags.
+
+Precedence, lowest first: the dataclass defaults and the model builder's defaults, the model's
+YAML file, then explicit overrides (CLI flags, `mlflow run -P`, a tuning trial). Everything is
+validated here, before any data is read or any MLflow run is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnist_lab.errors import ConfigError
+from mnist_lab.models import model_names, model_options
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("onecycle", "cosine", "none")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Logged whole as the run's params."""
+
+    model: str = "cnn"
+    # Optimisation.
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 3e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    scheduler: str = "onecycle"
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0  # max grad norm; 0 turns clipping off
+    early_stopping_patience: int = 0  # epochs without val improvement; 0 turns it off
+    augment: bool = False
+    # Data.
+    data_dir: str | None = None
+    val_size: int = 5000
+    max_train_samples: int | None = None
+    max_test_samples: int | None = None
+    seed: int = 0
+    # Runtime.
+    device: str = "auto"
+    compile: bool = False
+    amp: bool = True  # bf16 autocast on CUDA; ignored elsewhere
+    eval_batch_size: int = 1000
+    checkpoint: bool = True
+    # Architecture options, checked against the model builder's keyword arguments.
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_model_options(self) -> dict[str, Any]:
+        """The builder's defaults overlaid with this config's options: what the model gets."""
+        return {**model_options(self.model), **self.model_options}
+
+    def to_params(self) -> dict[str, Any]:
+        """Flat name → value of every setting, model options included, as MLflow params."""
+        params = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del params["model_options"]
+        return {**params, **self.resolved_model_options()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls(**values)
+
+
+TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "model_options"}
+
+
+def experiment_file(model: str) -> Path:
+    """`experiments/<model>.yaml`; `timm:<name>` models share `experiments/timm.yaml`."""
+    stem = "timm" if model.startswith("timm:") else model
+    return EXPERIMENTS_DIR / f"{stem}.yaml"
+
+
+def load_config(model: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Build and validate the config for `model`: YAML defaults, then non-None `overrides`.
+
+    Keys of both the YAML file and `overrides` may be `TrainConfig` fields or options of the
+    model's builder (e.g. `patch_size` for `vit`); anything else is an error naming the key.
+    """
+    if model not in model_names() and not model.startswith("timm:"):
+        raise ConfigError(
+            f"unknown model {model!r}; valid models: {', '.join(model_names())} "
+            "(or timm:<name> for any timm model)"
+        )
+    values: dict[str, Any] = {}
+    path = experiment_file(model)
+    if path.exists():
+        values.update(_read_yaml(path))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["model"] = model
+    return build_config(values, source=str(path) if path.exists() else "overrides")
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Split flat `values` into run fields and model options, coerce types, validate."""
+    values = dict(values)
+    model = values.get("model", TrainConfig.model)
+    options = dict(values.pop("model_options", None) or {})
+    builder_options = model_options(model)
+    run_values: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in TRAIN_FIELDS:
+            run_values[key] = _coerce(key, value, TRAIN_FIELDS[key].type, source)
+        elif key in builder_options or model.startswith("timm:"):
+            options[key] = value
+        else:
+            valid = sorted(TRAIN_FIELDS) + sorted(builder_options)
+            raise ConfigError(
+                f"{source}: {key!r} is not a setting of model {model!r}; "
+                f"valid settings: {', '.join(valid)}"
+            )
+    for key, value in list(options.items()):
+        default = builder_options.get(key)
+        if default is not None and value is not None:
+            options[key] = _coerce(key, value, type(default).__name__, source)
+    config = TrainConfig(**run_values, model_options=options)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Reject values no run could use, naming the parameter and the allowed range."""
+    c = config
+    _check(c.epochs >= 1, "epochs", c.epochs, "must be >= 1")
+    _check(c.batch_size >= 1, "batch_size", c.batch_size, "must be >= 1")
+    _check(c.eval_batch_size >= 1, "eval_batch_size", c.eval_batch_size, "must be >= 1")
+    _check(math.isfinite(c.lr) and c.lr > 0, "lr", c.lr, "must be > 0")
+    _check(c.weight_decay >= 0, "weight_decay", c.weight_decay, "must be >= 0")
+    _check(0 <= c.momentum < 1, "momentum", c.momentum, "must be in [0, 1)")
+    _check(0 <= c.label_smoothing < 1, "label_smoothing", c.label_smoothing, "must be in [0, 1)")
+    _check(c.grad_clip >= 0, "grad_clip", c.grad_clip, "must be >= 0 (0 turns clipping off)")
+    _check(
+        c.early_stopping_patience >= 0,
+        "early_stopping_patience",
+        c.early_stopping_patience,
+        "must be >= 0 (0 turns early stopping off)",
+    )
+    _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"must be one of {OPTIMIZERS}")
+    _check(c.scheduler in SCHEDULERS, "scheduler", c.scheduler, f"must be one of {SCHEDULERS}")
+    _check(
+        c.device in DEVICES or c.device.startswith("cuda:"),
+        "device",
+        c.device,
+        f"must be one of {DEVICES} or cuda:<index>",
+    )
+    _check(10 <= c.val_size <= 50_000, "val_size", c.val_size, "must be in [10, 50000]")
+    for name in ("max_train_samples", "max_test_samples"):
+        value = getattr(c, name)
+        _check(value is None or value >= 10, name, value, "must be >= 10 (or unset for all)")
+    _validate_model_options(c.model, c.resolved_model_options())
+
+
+def _validate_model_options(model: str, options: dict[str, Any]) -> None:
+    """Range checks for architecture options shared by several builders."""
+    if (patch := options.get("patch_size")) is not None:
+        _check(
+            patch >= 1 and 28 % patch == 0,
+            "patch_size",
+            patch,
+            "must divide the 28-px image: one of 1, 2, 4, 7, 14, 28",
+        )
+    dim, heads = options.get("dim"), options.get("heads")
+    if dim is not None and heads is not None:
+        _check(heads >= 1, "heads", heads, "must be >= 1")
+        _check(dim >= 1 and dim % heads == 0, "dim", dim, f"must be divisible by heads={heads}")
+    if (depth := options.get("depth")) is not None:
+        low, high = (1, 4) if model == "cnn" else (1, 48)
+        _check(low <= depth <= high, "depth", depth, f"must be in [{low}, {high}] for {model}")
+    for name in ("width", "mlp_ratio"):
+        if (value := options.get(name)) is not None:
+            _check(value > 0, name, value, "must be > 0")
+    if (dropout := options.get("dropout")) is not None:
+        _check(0 <= dropout < 1, "dropout", dropout, "must be in [0, 1)")
+    if (size := options.get("input_size")) is not None:
+        _check(size in (32, 224), "input_size", size, "must be 32 (native) or 224 (transfer)")
+    for name in ("weights", "weights_backbone"):
+        value = options.get(name)
+        if value not in (None, "imagenet", "none") and not Path(value).is_file():
+            raise ConfigError(
+                f"{name}={value!r}: no such file; give 'imagenet', 'none' or the path of a "
+                "state-dict file"
+            )
+
+
+def _check(ok: bool, name: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}={value!r} {rule}")
+
+
+def _coerce(key: str, value: Any, type_name: str | type, source: str) -> Any:
+    """Turn strings from flags/YAML/MLflow params into the field's type; None stays None."""
+    type_name = type_name if isinstance(type_name, str) else type_name.__name__
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+        return None if "None" in type_name or type_name == "NoneType" else value
+    try:
+        if type_name.startswith("bool"):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if type_name.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if type_name.startswith("float"):
+            return float(value)
+    except (TypeError, ValueError):
+        expected = type_name.split(" |")[0]
+        raise ConfigError(f"{source}: {key}={value!r} is not a valid {expected}") from None
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of setting: value, got {type(data).__name__}"
+        )
+    return data

@@ -1,0 +1,311 @@
+"""The one training loop. It imports neither mlflow nor optuna: it reports each finished epoch to
+listeners (the MLflow tracker, an Optuna pruning callback, the console) and they act on it.
+
+A `Task` supplies what differs between model kinds: the loss of a batch and how to evaluate. The
+classifiers use `ClassificationTask`; the detector brings its own task, not a second loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mnist_lab import names
+from mnist_lab.config import TrainConfig
+from mnist_lab.errors import ConfigError, LabError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class NonFiniteLossError(LabError):
+    """The training loss became NaN or infinite."""
+
+
+class Loader(Protocol):
+    """A re-iterable source of batches whose order for an epoch depends only on (seed, epoch)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class Evaluation:
+    """One pass over a split. `predictions`/`targets`: [N] int64; `probabilities`: [N, 10]."""
+
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    targets: np.ndarray
+    probabilities: np.ndarray
+    seconds: float  # forward passes only, after one warm-up batch
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss to backpropagate, number of correct predictions (a tensor), batch size."""
+        ...
+
+    def evaluate(self, model: nn.Module, loader: Loader, amp: bool) -> Evaluation: ...
+
+
+class ClassificationTask:
+    """Cross-entropy on logits [B, 10] for inputs [B, 1, 28, 28]."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x, y = batch
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        return loss, (logits.argmax(1) == y).sum(), y.numel()
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, loader: Loader, amp: bool) -> Evaluation:
+        model.eval()
+        batches = iter(loader)
+        first = next(batches, None)
+        if first is None:
+            raise LabError("cannot evaluate on an empty split")
+        device = first[0].device
+        with autocast(device, amp):
+            model(first[0])  # warm-up, so the timing below measures steady state
+        synchronize(device)
+        losses, probs, targets = [], [], []
+        seconds = 0.0
+        for x, y in _chain(first, batches):
+            start = time.perf_counter()
+            with autocast(device, amp):
+                logits = model(x).float()
+            synchronize(device)
+            seconds += time.perf_counter() - start
+            losses.append(F.cross_entropy(logits, y, reduction="sum"))
+            probs.append(logits.softmax(1))
+            targets.append(y)
+        probabilities = torch.cat(probs).cpu().numpy()
+        target = torch.cat(targets).cpu().numpy()
+        predictions = probabilities.argmax(1)
+        return Evaluation(
+            loss=float(torch.stack(losses).sum()) / len(target),
+            accuracy=float((predictions == target).mean()),
+            predictions=predictions,
+            targets=target,
+            probabilities=probabilities,
+            seconds=seconds,
+        )
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds. `epoch` is the last completed epoch (0 before training)."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_model: dict[str, torch.Tensor] | None = None
+    train_seconds: float = 0.0  # wall time of the training loop, summed over resumed sessions
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_epoch": self.best_epoch,
+            "best_model": self.best_model,
+            "train_seconds": self.train_seconds,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = state["epoch"]
+        self.history = list(state["history"])
+        self.best_val_accuracy = state["best_val_accuracy"]
+        self.best_epoch = state["best_epoch"]
+        self.best_model = state["best_model"]
+        self.train_seconds = state["train_seconds"]
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+class Listener(Protocol):
+    def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """Called after each epoch with that epoch's metrics (names.EPOCH_METRICS)."""
+        ...
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use --device cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' but MPS is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU bf16 is slower than fp32 on most CPUs)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay on weight matrices and kernels only, not on biases or norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"model {config.model!r} has no trainable parameters")
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Stepped once per batch, over the whole run, so `epochs` sets the schedule's length."""
+    total = config.epochs * steps_per_epoch
+    if config.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25
+        )
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
+def fit(
+    state: TrainState,
+    task: Task,
+    train_loader: Loader,
+    val_loader: Loader,
+    device: torch.device,
+    listeners: Iterable[Listener] = (),
+    nan_check_every: int = 50,
+) -> TrainState:
+    """Train from `state.epoch + 1` to `config.epochs`, or until early stopping.
+
+    After each epoch: evaluate on validation, keep the best weights (selection by validation
+    only), and call every listener. A NaN/inf loss raises `NonFiniteLossError` before the
+    epoch's listeners run, so the last checkpoint stays the last good one.
+    """
+    config, model, optimizer, scheduler = (
+        state.config,
+        state.model,
+        state.optimizer,
+        state.scheduler,
+    )
+    step_model = torch.compile(model) if config.compile else model
+    listeners = list(listeners)
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        start = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        model.train()
+        totals = torch.zeros(3, device=device)  # loss sum, correct, count: summed on the device
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+            dynamic_ncols=True,
+        )
+        for step, batch in enumerate(bar, start=1):
+            with autocast(device, config.amp):
+                loss, correct, count = task.train_step(step_model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            totals += torch.stack(
+                [loss.detach().float() * count, correct.float(), totals.new_tensor(count)]
+            )
+            if step % nan_check_every == 0 or step == len(train_loader):
+                loss_sum, hits, seen = totals.tolist()
+                if not math.isfinite(loss_sum):
+                    raise NonFiniteLossError(
+                        f"training loss became {loss_sum} at epoch {epoch}, step {step}; "
+                        f"try a lower lr (now {config.lr}) or a grad_clip > 0 "
+                        f"(now {config.grad_clip})"
+                    )
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.4f}")
+        loss_sum, hits, seen = totals.tolist()
+        val = task.evaluate(model, val_loader, config.amp)
+        metrics = {
+            names.TRAIN_LOSS: loss_sum / seen,
+            names.TRAIN_ACCURACY: hits / seen,
+            names.VAL_LOSS: val.loss,
+            names.VAL_ACCURACY: val.accuracy,
+            names.LR: lr,
+            names.EPOCH_TIME_S: time.perf_counter() - start,
+            **val.extra,
+        }
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, **metrics})
+        improved = val.accuracy > state.best_val_accuracy
+        if improved:
+            state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
+            state.best_model = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+        state.train_seconds += metrics[names.EPOCH_TIME_S]
+        listeners_start = time.perf_counter()
+        for listener in listeners:
+            listener.on_epoch_end(state, metrics)
+        state.train_seconds += time.perf_counter() - listeners_start
+        patience = config.early_stopping_patience
+        if patience and epoch - state.best_epoch >= patience:
+            break
+    return state
+
+
+def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
+    yield first
+    yield from rest

@@ -1,0 +1,21 @@
+"""The one exception type users see.
+
+A `LabError` message names the thing that is wrong and how to fix it; the CLI prints it without a
+traceback and exits with status 2. Anything else escaping is a bug and keeps its traceback.
+"""
+
+
+class LabError(Exception):
+    """Bad input or environment: a config value, a data file, a weights file, a model name."""
+
+
+class ConfigError(LabError):
+    """A run, model or search-space parameter is missing, unknown or out of range."""
+
+
+class DataError(LabError):
+    """The MNIST files are missing, truncated or corrupt."""
+
+
+class WeightsError(LabError):
+    """Pretrained weights are missing, unreachable or do not fit the model."""

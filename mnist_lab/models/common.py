@@ -1,0 +1,39 @@
+"""Input adapters shared by the classifiers.
+
+Every classifier takes raw digits, x: [B, 1, 28, 28] float in [0, 1], and returns logits
+[B, 10]. Normalisation (and, for the 224-px transfer modes, resizing and channel repetition)
+happens inside the model, so a logged model needs no preprocessing from its caller.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class MnistNormalize(nn.Module):
+    """[B, 1, H, W] in [0, 1] → standardised with MNIST's mean and std."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - MNIST_MEAN) / MNIST_STD
+
+
+class ImageNetAdapter(nn.Module):
+    """[B, 1, 28, 28] in [0, 1] → [B, 3, size, size] normalised as ImageNet models expect.
+
+    Resizing is one batched `F.interpolate` on the input's device, never a per-image PIL call.
+    """
+
+    def __init__(self, size: int = 224) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std

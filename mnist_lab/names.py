@@ -1,0 +1,49 @@
+"""Names every run shares: metric keys, artifact paths and tags.
+
+The MLflow compare view, `compare`, `register` and the tuner all read runs by these names, so
+they live here and nowhere else.
+"""
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 28
+
+# Per-epoch metrics (step = epoch, counted from 1).
+TRAIN_LOSS = "train_loss"
+TRAIN_ACCURACY = "train_accuracy"
+VAL_LOSS = "val_loss"
+VAL_ACCURACY = "val_accuracy"
+LR = "lr"
+EPOCH_TIME_S = "epoch_time_s"
+EPOCH_METRICS = (TRAIN_LOSS, TRAIN_ACCURACY, VAL_LOSS, VAL_ACCURACY, LR, EPOCH_TIME_S)
+
+# Final metrics, logged once.
+TEST_ACCURACY = "test_accuracy"
+TEST_F1_MACRO = "test_f1_macro"
+TEST_LOSS = "test_loss"
+TRAIN_TIME_S = "train_time_s"
+NUM_PARAMS = "num_params"
+INFERENCE_MS_PER_IMAGE = "inference_ms_per_image"
+THROUGHPUT_IMG_PER_S = "throughput_img_per_s"
+PEAK_MEMORY_MB = "peak_memory_mb"
+BEST_VAL_ACCURACY = "best_val_accuracy"
+TRACKING_OVERHEAD = "tracking_overhead_fraction"
+
+# Artifacts.
+PLOT_CONFUSION_MATRIX = "plots/confusion_matrix.png"
+PLOT_LEARNING_CURVES = "plots/learning_curves.png"
+PLOT_SAMPLE_PREDICTIONS = "plots/sample_predictions.png"
+REPORT_CLASSIFICATION = "reports/classification_report.json"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_LAST = "checkpoints/last.pt"
+MODEL_ARTIFACT = "model"
+
+# Tags.
+TAG_MODEL = "model"
+TAG_KIND = "kind"
+TAG_DEVICE = "device"
+TAG_TORCH_VERSION = "torch_version"
+TAG_GIT_COMMIT = "git_commit"
+TAG_FAILURE_REASON = "failure_reason"
+TAG_STUDY_NAME = "study_name"
+
+DEFAULT_EXPERIMENT = "mnist-lab"

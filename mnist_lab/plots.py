@@ -1,0 +1,164 @@
+"""The figures every run logs: confusion matrix, learning curves and sample predictions.
+
+Each function returns a `matplotlib.figure.Figure` built without pyplot, so no backend or display
+is needed; the tracking module saves it with `mlflow.log_figure(fig, names.PLOT_...)`.
+"""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mnist_lab import names
+
+DPI = 100
+WRONG_COLOUR = "#d62728"
+TRAIN_COLOUR = "#1f77b4"
+VAL_COLOUR = "#ff7f0e"
+
+
+def confusion_matrix_figure(cm: np.ndarray, title: str = "Confusion matrix") -> Figure:
+    """Heat map of a confusion matrix, coloured by row (recall) and annotated with counts.
+
+    cm: [K, K] counts, rows = true class, columns = predicted class (K is usually 10).
+    Zero cells are left blank so the errors stand out.
+    """
+    cm = np.asarray(cm)
+    k = cm.shape[0]
+    row_sums = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, row_sums, out=np.zeros(cm.shape, dtype=float), where=row_sums > 0)
+    total = int(cm.sum())
+    accuracy = np.trace(cm) / total if total else 0.0
+
+    fig = Figure(figsize=(7, 6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
+    colorbar.set_label("fraction of true class")
+    fontsize = 9 if k <= 10 else 7
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                colour = "white" if norm[i, j] > 0.5 else "black"
+                text = str(int(cm[i, j]))
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=fontsize)
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    ax.set_title(f"{title}\naccuracy {accuracy:.2%} on {total:,} samples")
+    return fig
+
+
+def _series(
+    history: Sequence[dict[str, float]], key: str, scale: float = 1.0
+) -> tuple[list[float], list[float]]:
+    """(epochs, values) of one metric, skipping epochs where it is missing or None."""
+    points = [
+        (row.get("epoch", i + 1), row[key] * scale)
+        for i, row in enumerate(history)
+        if row.get(key) is not None
+    ]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
+    """Loss and accuracy (%) per epoch, train against validation, side by side.
+
+    history: one dict per epoch with ``"epoch"`` (1-based; defaults to its position) and any of
+    names.TRAIN_LOSS, names.VAL_LOSS, names.TRAIN_ACCURACY, names.VAL_ACCURACY (accuracy as a
+    fraction in [0, 1]). Missing metrics are skipped; a single epoch shows as markers.
+    """
+    fig = Figure(figsize=(10, 4), dpi=DPI, layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    panels = [
+        (loss_ax, "Loss", "loss", 1.0, names.TRAIN_LOSS, names.VAL_LOSS),
+        (acc_ax, "Accuracy", "accuracy (%)", 100.0, names.TRAIN_ACCURACY, names.VAL_ACCURACY),
+    ]
+    for ax, title, label, scale, train_key, val_key in panels:
+        seen: set[float] = set()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for key, name, colour in ((train_key, "train", TRAIN_COLOUR), (val_key, "val", VAL_COLOUR)):
+            epochs, values = _series(history, key, scale)
+            if epochs:
+                ax.plot(epochs, values, marker="o", markersize=4, color=colour, label=name)
+                seen.update(epochs)
+        if len(seen) == 1:  # one point: keep the x axis at whole epochs, not 0.95..1.05
+            (only,) = seen
+            ax.set_xlim(only - 1, only + 1)
+            ax.set_xticks([only])
+        ax.set_title(f"{title} per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    best = _series(history, names.VAL_ACCURACY, 100.0)[1]
+    suffix = f" (best val accuracy {max(best):.2f}%)" if best else ""
+    plural = "" if len(history) == 1 else "s"
+    fig.suptitle(f"Learning curves, {len(history)} epoch{plural}{suffix}")
+    return fig
+
+
+def _pick(correct: np.ndarray, count: int) -> np.ndarray:
+    """Indices to show: misclassified first (up to half, more if correct ones run out)."""
+    wrong_idx = np.flatnonzero(~correct)
+    right_idx = np.flatnonzero(correct)
+    n_wrong = min(len(wrong_idx), max(count // 2, count - len(right_idx)))
+    return np.concatenate([wrong_idx[:n_wrong], right_idx[: count - n_wrong]])
+
+
+def sample_predictions_figure(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probs: np.ndarray | None = None,
+    max_images: int = 36,
+) -> Figure:
+    """Grid of digits titled with prediction (confidence) and truth; mistakes in red.
+
+    images: [N, 28, 28] (or [N, 1, 28, 28]) uint8 in [0, 255] or float (any range).
+    y_true, y_pred: [N] integer labels. probs: [N, C] class probabilities, or None.
+    Shows up to ``max_images``: misclassified ones first (up to half the grid), then correct ones.
+    """
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[:, 0]
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(y_pred).reshape(-1)
+    correct = y_true == y_pred
+    chosen = _pick(correct, min(max_images, len(y_true)))
+
+    n = max(len(chosen), 1)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(1.3 * cols + 0.4, 1.5 * rows + 0.6), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    limits = {"vmin": 0, "vmax": 255} if images.dtype == np.uint8 else {}
+    for ax, i in zip(axes, chosen, strict=False):
+        ax.imshow(images[i], cmap="gray", **limits)
+        conf = f" ({probs[i, y_pred[i]]:.0%})" if probs is not None else ""
+        colour = "black" if correct[i] else WRONG_COLOUR
+        ax.set_title(f"pred {y_pred[i]}{conf}\ntrue {y_true[i]}", fontsize=8, color=colour)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if not correct[i]:
+            for spine in ax.spines.values():
+                spine.set_edgecolor(WRONG_COLOUR)
+                spine.set_linewidth(3)
+    for ax in axes[len(chosen) :]:
+        ax.axis("off")
+    errors = int((~correct).sum())
+    shown = f"{int((~correct[chosen]).sum())} of {len(chosen)} shown misclassified (red)"
+    fig.suptitle(
+        f"Sample predictions: {shown if errors else f'all {len(chosen)} shown correct'}\n"
+        f"{errors:,} errors in {len(y_true):,} samples",
+        fontsize=10,
+    )
+    return fig

@@ -1,0 +1,236 @@
+"""The only module that calls MLflow.
+
+Where runs land follows MLflow's own rules: `MLFLOW_TRACKING_URI` if set, else MLflow's default
+(`sqlite:///mlflow.db`, artifacts in `./mlruns/`); `MLFLOW_EXPERIMENT_NAME`/`_ID` if set, else the
+experiment `mnist-lab`; an active `MLFLOW_RUN_ID` (set by `mlflow run`) is joined, not duplicated.
+A run that raises is ended FAILED (KILLED on Ctrl-C) with a `failure_reason` tag: never left
+RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import matplotlib.figure
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from mnist_lab import names
+from mnist_lab.checkpoint import deferred_interrupt, save_checkpoint
+from mnist_lab.config import PROJECT_ROOT, TrainConfig
+from mnist_lab.engine import TrainState
+from mnist_lab.errors import LabError
+
+MAX_TAG_LENGTH = 4000
+
+
+def use_default_experiment() -> None:
+    """Select `mnist-lab` unless the environment or an active `mlflow run` chose one."""
+    chosen = ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")
+    if not any(os.environ.get(var) for var in chosen):
+        mlflow.set_experiment(names.DEFAULT_EXPERIMENT)
+
+
+def run_tags(config: TrainConfig, device: torch.device) -> dict[str, str]:
+    """Tags every training run carries: what it trained, where, with what code."""
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {
+        names.TAG_MODEL: config.model,
+        names.TAG_KIND: "train",
+        names.TAG_DEVICE: device_name,
+        names.TAG_TORCH_VERSION: torch.__version__,
+        names.TAG_GIT_COMMIT: git_commit(),
+    }
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+@contextlib.contextmanager
+def run(
+    *,
+    run_id: str | None = None,
+    nested: bool = False,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, with `run_id` or `MLFLOW_RUN_ID`, re-open) a run and always end it.
+
+    Exit by exception ends the run FAILED with a `failure_reason` tag; Ctrl-C ends it KILLED.
+    Either way the exception propagates.
+    """
+    use_default_experiment()
+    active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        _end(active.info.run_id, RunStatus.KILLED, "interrupted by the user (Ctrl-C)")
+        raise
+    except BaseException as err:
+        _end(active.info.run_id, RunStatus.FAILED, f"{type(err).__name__}: {err}")
+        raise
+    else:
+        mlflow.flush_async_logging()
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _end(run_id: str, status: int, reason: str) -> None:
+    """End the active run with `status`, even when the error came from MLflow itself."""
+    with contextlib.suppress(Exception):
+        mlflow.flush_async_logging()
+    with contextlib.suppress(Exception):
+        MlflowClient().set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+    mlflow.end_run(RunStatus.to_string(status))
+
+
+def fail_launcher_run(reason: str, killed: bool = False) -> None:
+    """End the run `mlflow run` created (`MLFLOW_RUN_ID`) if our code failed before joining it."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    client = MlflowClient()
+    with contextlib.suppress(Exception):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+            status = RunStatus.KILLED if killed else RunStatus.FAILED
+            client.set_terminated(run_id, RunStatus.to_string(status))
+
+
+def log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    mlflow.set_tags({k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()})
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """Queued and sent by MLflow's background thread; `run()` flushes before ending."""
+    mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+
+def log_figure(figure: matplotlib.figure.Figure, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def log_dict(data: dict[str, Any], artifact_file: str) -> None:
+    mlflow.log_dict(data, artifact_file)
+
+
+def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
+    mlflow.log_artifact(str(path), artifact_dir)
+
+
+def active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run")
+    return run.info.run_id
+
+
+class EpochLogger:
+    """Engine listener: per-epoch metrics (step = epoch) and `checkpoints/last.pt`.
+
+    The checkpoint is written atomically and uploaded with Ctrl-C held back, so the run's
+    checkpoint is always a whole one. Time spent here is kept to report tracking overhead.
+    """
+
+    def __init__(self, checkpoint: bool = True) -> None:
+        self.checkpoint = checkpoint
+        self.seconds = 0.0
+        self._dir = Path(tempfile.mkdtemp(prefix="mnist-lab-ckpt-"))
+
+    def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+        start = time.perf_counter()
+        log_metrics(metrics, step=state.epoch)
+        if self.checkpoint:
+            path = self._dir / Path(names.CHECKPOINT_LAST).name
+            with deferred_interrupt():
+                save_checkpoint(state.state_dict(), path)
+                log_artifact(path, names.CHECKPOINT_DIR)
+        self.seconds += time.perf_counter() - start
+
+
+def download_checkpoint(run_id: str) -> Path:
+    """Fetch `checkpoints/last.pt` of `run_id`; a clear error if the run or file is missing."""
+    client = MlflowClient()
+    try:
+        run_info = client.get_run(run_id).info
+    except mlflow.exceptions.MlflowException:
+        raise LabError(
+            f"--resume {run_id}: no such run in the tracking store {mlflow.get_tracking_uri()}"
+        ) from None
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=names.CHECKPOINT_LAST
+        )
+    except Exception:
+        raise LabError(
+            f"--resume {run_id}: the run ({run_info.status}) has no {names.CHECKPOINT_LAST} "
+            "to resume from; it stopped before its first epoch ended"
+        ) from None
+    return Path(path)
+
+
+def reopen_for_resume(run_id: str) -> None:
+    """A finished/failed/killed run goes back to RUNNING before training continues in it."""
+    MlflowClient().update_run(run_id, status="RUNNING")
+
+
+def log_model(model: nn.Module, example: np.ndarray) -> str:
+    """Log `model` (input [B, 1, 28, 28] float32 in [0, 1]) as pyfunc-loadable `model`.
+
+    The package source travels with the model (`code_paths`), so it loads wherever mlflow and
+    torch are installed. Returns the model URI.
+    """
+    model = model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        output = model(torch.from_numpy(example).to(device)).float().cpu().numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name=names.MODEL_ARTIFACT,
+        signature=infer_signature(example, output),
+        input_example=example,
+        code_paths=[str(PROJECT_ROOT / "mnist_lab")],
+        pip_requirements=_model_requirements(),
+    )
+    return info.model_uri
+
+
+def _model_requirements() -> list[str]:
+    import timm
+    import torchvision
+
+    torch_version = torch.__version__.split("+")[0]
+    vision_version = torchvision.__version__.split("+")[0]
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch_version}",
+        f"torchvision=={vision_version}",
+        f"timm=={timm.__version__}",
+        f"numpy=={np.__version__}",
+    ]

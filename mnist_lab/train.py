@@ -1,0 +1,193 @@
+"""One training run: config → data → model → engine → evaluation → MLflow.
+
+`train()` is what the CLI, `mlflow run`, the tuner and the benchmark all call.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnist_lab import names, tracking
+from mnist_lab.checkpoint import load_checkpoint
+from mnist_lab.config import TrainConfig, build_config
+from mnist_lab.data import BatchLoader, Splits, load_mnist, make_splits
+from mnist_lab.engine import (
+    ClassificationTask,
+    Evaluation,
+    Listener,
+    TrainState,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+)
+from mnist_lab.evaluation import classification_summary
+from mnist_lab.models import build_model
+from mnist_lab.plots import (
+    confusion_matrix_figure,
+    learning_curves_figure,
+    sample_predictions_figure,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict[str, float]
+    best_val_accuracy: float
+
+
+class ConsoleReporter:
+    """Engine listener: one line per epoch, so logs and CI show progress without a TTY."""
+
+    def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+        log.info(
+            "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs",
+            state.epoch,
+            state.config.epochs,
+            metrics[names.TRAIN_LOSS],
+            metrics[names.TRAIN_ACCURACY],
+            metrics[names.VAL_LOSS],
+            metrics[names.VAL_ACCURACY],
+            metrics[names.EPOCH_TIME_S],
+        )
+
+
+def resume(run_id: str) -> TrainResult:
+    """Continue run `run_id` from its `checkpoints/last.pt`, in that same MLflow run.
+
+    The checkpoint restores config, model, optimizer, scheduler, RNG state and history; the
+    data order of the remaining epochs is the one the uninterrupted run would have had.
+    """
+    checkpoint = load_checkpoint(tracking.download_checkpoint(run_id))
+    config = build_config(checkpoint["config"], source=f"checkpoint of run {run_id}")
+    return train(config, resume_run_id=run_id, checkpoint=checkpoint)
+
+
+def train(
+    config: TrainConfig,
+    *,
+    listeners: tuple[Listener, ...] = (),
+    nested: bool = False,
+    tags: dict[str, str] | None = None,
+    resume_run_id: str | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `config.model`, evaluate it on the test set once, and log everything to one run.
+
+    `listeners` get every epoch's metrics (the tuner's pruning callback is one); `nested` makes
+    the run a child of the active run. Use `resume()` rather than the last two arguments.
+    """
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    splits = make_splits(
+        load_mnist(config.data_dir),
+        val_size=config.val_size,
+        seed=config.seed,
+        max_train_samples=config.max_train_samples,
+        max_test_samples=config.max_test_samples,
+    ).to(device)
+    model = build_model(config.model, **config.model_options).to(device)
+    train_loader = BatchLoader(
+        splits.train_x,
+        splits.train_y,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        augment=config.augment,
+        drop_last=False,
+    )
+    optimizer = make_optimizer(model, config)
+    state = TrainState(
+        config, model, optimizer, make_scheduler(optimizer, config, len(train_loader))
+    )
+    if checkpoint is not None:
+        state.load_state_dict(checkpoint)
+        tracking.reopen_for_resume(resume_run_id)
+
+    run_tags = {**tracking.run_tags(config, device), **(tags or {})}
+    with tracking.run(run_id=resume_run_id, nested=nested, tags=run_tags):
+        if checkpoint is None:
+            tracking.log_params(config.to_params())
+        epoch_logger = tracking.EpochLogger(checkpoint=config.checkpoint)
+        fit(
+            state,
+            ClassificationTask(config.label_smoothing),
+            train_loader,
+            _eval_loader(splits.val_x, splits.val_y, config),
+            device,
+            listeners=(epoch_logger, ConsoleReporter(), *listeners),
+        )
+        if state.best_model is not None:
+            model.load_state_dict(state.best_model)
+        test = ClassificationTask().evaluate(
+            model, _eval_loader(splits.test_x, splits.test_y, config), config.amp
+        )
+        metrics = _final_metrics(state, test, model, device, epoch_logger.seconds)
+        tracking.log_metrics(metrics)
+        _log_reports(state, test, splits)
+        tracking.log_model(
+            model.cpu(), splits.test_x[:8].unsqueeze(1).float().div(255).cpu().numpy()
+        )
+        log.info(
+            "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
+            metrics[names.TEST_ACCURACY],
+            metrics[names.TEST_F1_MACRO],
+            metrics[names.TRAIN_TIME_S],
+            tracking.active_run_id(),
+        )
+        return TrainResult(tracking.active_run_id(), metrics, state.best_val_accuracy)
+
+
+def _eval_loader(images: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> BatchLoader:
+    return BatchLoader(images, labels, batch_size=config.eval_batch_size, shuffle=False)
+
+
+def _final_metrics(
+    state: TrainState, test: Evaluation, model: nn.Module, device: torch.device, tracking_s: float
+) -> dict[str, float]:
+    summary = classification_summary(test.targets, test.predictions)
+    train_time = state.train_seconds
+    return {
+        names.TEST_ACCURACY: summary["accuracy"],
+        names.TEST_F1_MACRO: summary["f1_macro"],
+        names.TEST_LOSS: test.loss,
+        names.TRAIN_TIME_S: train_time,
+        names.BEST_VAL_ACCURACY: state.best_val_accuracy,
+        "best_epoch": float(state.best_epoch),
+        names.NUM_PARAMS: float(sum(p.numel() for p in model.parameters())),
+        names.INFERENCE_MS_PER_IMAGE: 1000 * test.seconds / len(test.targets),
+        names.THROUGHPUT_IMG_PER_S: len(test.targets) / test.seconds,
+        names.PEAK_MEMORY_MB: peak_memory_mb(device),
+        names.TRACKING_OVERHEAD: tracking_s / train_time if train_time > 0 else 0.0,
+    }
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA; otherwise the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _log_reports(state: TrainState, test: Evaluation, splits: Splits) -> None:
+    summary = classification_summary(test.targets, test.predictions)
+    tracking.log_dict(summary, names.REPORT_CLASSIFICATION)
+    figures = {
+        names.PLOT_CONFUSION_MATRIX: confusion_matrix_figure(np.array(summary["confusion_matrix"])),
+        names.PLOT_LEARNING_CURVES: learning_curves_figure(state.history),
+        names.PLOT_SAMPLE_PREDICTIONS: sample_predictions_figure(
+            splits.test_x.cpu().numpy(), test.targets, test.predictions, test.probabilities
+        ),
+    }
+    for path, figure in figures.items():
+        tracking.log_figure(figure, path)
