@@ -1,0 +1,342 @@
+"""MNIST on the device: IDX reading, seeded stratified splits and a batch loader.
+
+The whole dataset is 55 MB of uint8, so it lives on the training device and batches are cut
+from it by index: no DataLoader workers, no PIL. Images stay uint8 [N, 28, 28] until a batch is
+drawn; batches are float32 [B, 1, 28, 28] in [0, 1] (normalisation is inside the models).
+"""
+
+import functools
+import gzip
+import math
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+
+from mnist_lab.errors import ConfigError, DataError
+from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
+
+DATA_DIR_ENV = "MNIST_DATA_DIR"
+DEFAULT_DATA_DIR = "data"
+RAW_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: uint8, 3 dims
+IDX_LABELS_MAGIC = 2049  # 0x00000801: uint8, 1 dim
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
+    """The folder holding MNIST/raw/: `data_dir`, else $MNIST_DATA_DIR, else ./data."""
+    chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
+
+
+def _corrupt(path: Path, what: str) -> DataError:
+    return DataError(
+        f"{path}: {what}. Delete it and download MNIST again (load_mnist(download=True) or "
+        f"`--data-dir`), or point {DATA_DIR_ENV} at an intact copy."
+    )
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read an uint8 IDX file: `path`, else `path` + ".gz".
+
+    Returns uint8 [N, 28, 28] for an image file (magic 2051) or [N] for a label file (2049).
+    Raises DataError when the file is missing, its header is wrong or its size does not match.
+    """
+    path = Path(path)
+    if not path.is_file() and path.with_name(path.name + ".gz").is_file():
+        path = path.with_name(path.name + ".gz")
+    try:
+        if path.suffix == ".gz":
+            buf = bytearray(gzip.decompress(path.read_bytes()))
+        else:
+            # readinto a writable buffer: torch.frombuffer then shares it without a copy.
+            buf = bytearray(path.stat().st_size)
+            with path.open("rb") as f:
+                f.readinto(buf)
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: no such file (nor {path.name}.gz). Download MNIST (load_mnist(download=True))"
+            f" or point {DATA_DIR_ENV} / `--data-dir` at the folder holding MNIST/raw/."
+        ) from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise _corrupt(path, f"unreadable ({e})") from e
+
+    if len(buf) < 4:
+        raise _corrupt(path, f"truncated: {len(buf)} bytes, not even an IDX magic number")
+    magic = int.from_bytes(buf[:4], "big")
+    if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
+        raise _corrupt(
+            path,
+            f"not an MNIST IDX file: magic number {magic} (0x{magic:08x}), expected "
+            f"{IDX_IMAGES_MAGIC} (images) or {IDX_LABELS_MAGIC} (labels)",
+        )
+    ndim = buf[3]
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise _corrupt(path, f"truncated: {len(buf)} bytes, shorter than its {header}-byte header")
+    dims = tuple(int.from_bytes(buf[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 3 and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise _corrupt(path, f"images are {dims[1]}×{dims[2]}, expected 28×28")
+    expected = math.prod(dims)
+    payload = len(buf) - header
+    if payload != expected:
+        shape = "×".join(map(str, dims))
+        kind = "truncated" if payload < expected else "too long"
+        raise _corrupt(
+            path, f"{kind}: header says {shape} = {expected} bytes, file holds {payload}"
+        )
+    return torch.frombuffer(buf, dtype=torch.uint8, offset=header, count=expected).view(dims)
+
+
+@dataclass
+class MnistArrays:
+    """The four MNIST arrays, on the CPU as read from disk."""
+
+    train_images: torch.Tensor  # uint8 [60000, 28, 28]
+    train_labels: torch.Tensor  # int64 [60000]
+    test_images: torch.Tensor  # uint8 [10000, 28, 28]
+    test_labels: torch.Tensor  # int64 [10000]
+
+
+def _missing(raw: Path) -> list[str]:
+    return [
+        name
+        for name in RAW_FILES.values()
+        if not (raw / name).is_file() and not (raw / f"{name}.gz").is_file()
+    ]
+
+
+def _download(root: Path) -> None:
+    """Fetch MNIST with torchvision into `root`/MNIST/raw/ (all four files in one call)."""
+    from torchvision.datasets import MNIST  # slow import, only needed here
+
+    # torchvision's urlopen has no timeout: a firewalled host would hang for minutes.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(previous or DOWNLOAD_TIMEOUT_S)
+    try:
+        MNIST(root=str(root), train=True, download=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> MnistArrays:
+    """Read MNIST from `<data_dir>/MNIST/raw/` (see `resolve_data_dir`), downloading if absent.
+
+    Raises DataError when the files are missing (and cannot be downloaded) or corrupt.
+    """
+    root = resolve_data_dir(data_dir)
+    raw = root / "MNIST" / "raw"
+    reason = "download=False"
+    if _missing(raw) and download:
+        try:
+            _download(root)
+            reason = "downloaded, yet files are missing"
+        except (RuntimeError, OSError) as e:  # URLError, timeouts, read-only folder
+            reason = f"download failed: {str(e).strip().splitlines()[-1]}"  # the root cause
+    if missing := _missing(raw):
+        raise DataError(
+            f"MNIST not found in {raw} ({reason}): it needs {', '.join(RAW_FILES.values())} "
+            f"(plain or .gz); missing {', '.join(missing)}. Set {DATA_DIR_ENV} or pass `--data-dir`"
+            " to the folder that contains MNIST/raw/, or download MNIST there on a machine with"
+            " internet access."
+        )
+
+    arrays = {key: read_idx(raw / name) for key, name in RAW_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1:
+            raise _corrupt(raw, f"{split} images/labels have the wrong IDX kind (swapped files?)")
+        if len(images) != len(labels):
+            raise _corrupt(
+                raw,
+                f"{RAW_FILES[f'{split}_images']} holds {len(images)} images but "
+                f"{RAW_FILES[f'{split}_labels']} holds {len(labels)} labels",
+            )
+        if len(labels) and int(labels.max()) >= NUM_CLASSES:
+            raise _corrupt(raw / RAW_FILES[f"{split}_labels"], f"label {int(labels.max())} > 9")
+        arrays[f"{split}_labels"] = labels.long()
+    return MnistArrays(**arrays)
+
+
+@dataclass
+class Splits:
+    """Train / validation / test tensors: images uint8 [N, 28, 28], labels int64 [N].
+
+    The test split is for final evaluation only; model selection uses val.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "Splits":
+        """A copy with every tensor on `device` (dtypes unchanged: ~55 MB in all)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def _check_count(name: str, value: int | None, upper: int | None = None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 10:
+        raise ConfigError(f"{name} must be an integer ≥ 10, got {value!r}")
+    if upper is not None and value > upper:
+        raise ConfigError(f"{name} must be at most {upper} (leaving ≥ 10 to train on), got {value}")
+
+
+def _stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded, label-stratified subset of `size` of `labels`."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    idx, _ = train_test_split(
+        np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed
+    )
+    return np.sort(idx)
+
+
+def make_splits(
+    arrays: MnistArrays,
+    *,
+    val_size: int = 5000,
+    seed: int = 0,
+    max_train_samples: int | None = None,
+    max_test_samples: int | None = None,
+) -> Splits:
+    """Hold out a stratified, seeded validation split of `val_size` from the training images.
+
+    `max_train_samples` / `max_test_samples` keep a stratified seeded subset of the remaining
+    training images / the test set (quick looks and tests); None keeps all. Indices within each
+    split are in file order, so val and test batches are in a fixed order.
+    """
+    n_train = len(arrays.train_labels)
+    _check_count("val_size", val_size, upper=n_train - 10)
+    _check_count("max_train_samples", max_train_samples)
+    _check_count("max_test_samples", max_test_samples)
+
+    labels = arrays.train_labels.numpy()
+    train_idx, val_idx = train_test_split(
+        np.arange(n_train), test_size=val_size, stratify=labels, random_state=seed
+    )
+    if max_train_samples is not None:
+        train_idx = train_idx[_stratified_subset(labels[train_idx], max_train_samples, seed)]
+    test_idx = np.arange(len(arrays.test_labels))
+    if max_test_samples is not None:
+        test_idx = _stratified_subset(arrays.test_labels.numpy(), max_test_samples, seed)
+
+    train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+    test_idx = torch.from_numpy(test_idx)
+    return Splits(
+        train_x=arrays.train_images[train_idx],
+        train_y=arrays.train_labels[train_idx],
+        val_x=arrays.train_images[val_idx],
+        val_y=arrays.train_labels[val_idx],
+        test_x=arrays.test_images[test_idx],
+        test_y=arrays.test_labels[test_idx],
+    )
+
+
+def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for (seed, epoch); `stream` keeps order and augmentation independent."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+@functools.cache
+def _affine_basis(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """[6, h*w*2] such that theta.view(B, 6) @ basis == F.affine_grid(theta, [B, 1, h, w])."""
+    eye = torch.eye(2, 3, device=device).unsqueeze(0)
+    xy = F.affine_grid(eye, [1, 1, h, w], align_corners=False).view(h * w, 2)
+    xy1 = torch.cat([xy, torch.ones(h * w, 1, device=device)], dim=1)
+    return torch.einsum("pk,jl->jkpl", xy1, torch.eye(2, device=device)).reshape(6, h * w * 2)
+
+
+def random_affine(x: torch.Tensor, shift: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
+    """Shift and rotate each image of x: [B, 1, H, W] float by shift: [B, 2] px (dx, dy) and
+    angle_deg: [B], with one batched `grid_sample` (bilinear, zero fill). [0, 1] stays [0, 1]."""
+    b, _, h, w = x.shape
+    rad = torch.deg2rad(angle_deg)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    # theta maps output to input coordinates in [-1, 1]: a shift of +dx px samples from x - dx.
+    theta = torch.stack([cos, -sin, -2 * shift[:, 0] / w, sin, cos, -2 * shift[:, 1] / h], dim=1)
+    # Same grid as F.affine_grid(theta.view(B, 2, 3)), but one [B, 6] @ [6, H*W*2] matmul:
+    # affine_grid's CPU bmm with k=3 costs ~2 ms per batch of 128, 5x the grid_sample itself.
+    grid = (theta @ _affine_basis(h, w, x.device)).view(b, h, w, 2)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return x.clamp_(0, 1)  # bilinear weights can overshoot 1 by an ulp
+
+
+class BatchLoader:
+    """Batches of (x float32 [B, 1, 28, 28] in [0, 1], y int64 [B]) cut from device tensors.
+
+    images: uint8 [N, 28, 28] and labels: [N] on the device batches should be on. The order
+    (when `shuffle`) and augmentation of epoch e depend only on (seed, e): call `set_epoch(e)`
+    before each epoch, as with DistributedSampler, and a resumed run sees the same batches.
+    `augment` applies a random shift (±`max_shift` px) and rotation (±`max_rotation_deg`).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: bool = False,
+        drop_last: bool = False,
+        max_shift: float = 2.0,
+        max_rotation_deg: float = 10.0,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"images must be uint8 [N, 28, 28], got {images.dtype} {images.shape}")
+        if labels.shape != images.shape[:1] or labels.device != images.device:
+            raise ValueError("labels must be [N] on the same device as images")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if max_shift < 0 or max_rotation_deg < 0:
+            raise ConfigError("max_shift and max_rotation_deg must be ≥ 0")
+        self.images, self.labels = images, labels.long()
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.augment, self.drop_last = augment, drop_last
+        self.max_shift, self.max_rotation_deg = max_shift, max_rotation_deg
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select epoch `epoch`'s order and augmentation for the next iteration."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, bs, device = len(self.labels), self.batch_size, self.images.device
+        perm = None
+        if self.shuffle:
+            perm = torch.randperm(n, generator=_generator(self.seed, self.epoch, 0)).to(device)
+        if self.augment:
+            # One draw per epoch and sample, one host-to-device copy.
+            g = _generator(self.seed, self.epoch, 1)
+            shifts = ((torch.rand(n, 2, generator=g) * 2 - 1) * self.max_shift).to(device)
+            angles = ((torch.rand(n, generator=g) * 2 - 1) * self.max_rotation_deg).to(device)
+        for i in range(len(self)):
+            sl = slice(i * bs, min((i + 1) * bs, n))
+            idx = perm[sl] if perm is not None else sl
+            x = self.images[idx].unsqueeze(1).float().div_(255)
+            if self.augment:
+                x = random_affine(x, shifts[sl], angles[sl])
+            yield x, self.labels[idx]

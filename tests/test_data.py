@@ -1,0 +1,312 @@
+"""IDX reading, splits and the device batch loader (fast: fake files, plus real MNIST if set)."""
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_lab import data
+from mnist_lab.errors import ConfigError, DataError
+
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An uint8 array as an IDX file."""
+    magic = 0x0800 + array.ndim
+    dims = b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return magic.to_bytes(4, "big") + dims + array.astype(np.uint8).tobytes()
+
+
+def fake_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.uint8) % 10
+
+
+def write_mnist(root: Path, n_train: int = 200, n_test: int = 50, gz: bool = False) -> Path:
+    """Fake MNIST under root/MNIST/raw/; returns root."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = fake_arrays(n)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            payload = idx_bytes(array)
+            name = f"{split}-{kind}-ubyte"
+            if gz:
+                (raw / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (raw / name).write_bytes(payload)
+    return root
+
+
+def fake_splits_source(n_train: int = 2000, n_test: int = 500) -> data.MnistArrays:
+    rng = np.random.default_rng(1)
+    return data.MnistArrays(
+        train_images=torch.from_numpy(rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)),
+        train_labels=torch.from_numpy(rng.integers(0, 10, n_train)),
+        test_images=torch.from_numpy(rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)),
+        test_labels=torch.from_numpy(rng.integers(0, 10, n_test)),
+    )
+
+
+# IDX reader
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_roundtrip(tmp_path: Path, gz: bool) -> None:
+    images, labels = fake_arrays(7)
+    for name, array in (("img", images), ("lbl", labels)):
+        payload = idx_bytes(array)
+        if gz:
+            (tmp_path / f"{name}.gz").write_bytes(gzip.compress(payload))
+        else:
+            (tmp_path / name).write_bytes(payload)
+    x, y = data.read_idx(tmp_path / "img"), data.read_idx(tmp_path / "lbl")
+    assert x.dtype == y.dtype == torch.uint8
+    assert x.shape == (7, 28, 28) and y.shape == (7,)
+    assert np.array_equal(x.numpy(), images) and np.array_equal(y.numpy(), labels)
+
+
+def test_read_idx_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(fake_arrays(3)[0])[:-100])
+    with pytest.raises(
+        DataError, match=r"truncated: header says 3×28×28 = 2352 bytes, file holds 2252"
+    ):
+        data.read_idx(path)
+
+
+def test_read_idx_truncated_gz(tmp_path: Path) -> None:
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(idx_bytes(fake_arrays(30)[1]))[:-10])
+    with pytest.raises(DataError, match=r"labels\.gz"):
+        data.read_idx(path)
+
+
+def test_read_idx_wrong_magic(tmp_path: Path) -> None:
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x1f\x8b\x08\x00" + bytes(100))
+    with pytest.raises(DataError, match=r"bad: not an MNIST IDX file.*download MNIST again"):
+        data.read_idx(path)
+
+
+def test_read_idx_wrong_image_size(tmp_path: Path) -> None:
+    path = tmp_path / "img"
+    path.write_bytes(idx_bytes(np.zeros((2, 32, 32), np.uint8)))
+    with pytest.raises(DataError, match="32×32"):
+        data.read_idx(path)
+
+
+# load_mnist
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_mnist_fake(tmp_path: Path, gz: bool) -> None:
+    arrays = data.load_mnist(write_mnist(tmp_path, gz=gz), download=False)
+    assert arrays.train_images.shape == (200, 28, 28) and arrays.train_images.dtype == torch.uint8
+    assert arrays.train_labels.shape == (200,) and arrays.train_labels.dtype == torch.int64
+    assert arrays.test_images.shape == (50, 28, 28) and arrays.test_labels.shape == (50,)
+
+
+def test_load_mnist_count_mismatch(tmp_path: Path) -> None:
+    root = write_mnist(tmp_path)
+    labels = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(idx_bytes(np.zeros(49, np.uint8)))
+    with pytest.raises(DataError, match="holds 50 images but t10k-labels-idx1-ubyte holds 49"):
+        data.load_mnist(root, download=False)
+
+
+def test_load_mnist_missing_download_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    calls = []
+
+    def offline_mnist(root: str, train: bool, download: bool) -> None:
+        calls.append(root)
+        raise RuntimeError(
+            "Error downloading train-images-idx3-ubyte.gz: Name or service not known"
+        )
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline_mnist)
+    root = tmp_path / "nowhere"
+    with pytest.raises(DataError) as err:
+        data.load_mnist(root)
+    assert calls == [str(root)]
+    message = str(err.value)
+    assert str(root / "MNIST" / "raw") in message
+    for name in data.RAW_FILES.values():
+        assert name in message
+    assert "MNIST_DATA_DIR" in message and "--data-dir" in message
+    assert "download failed" in message
+
+
+def test_resolve_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "env"))
+    assert data.resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert data.resolve_data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("MNIST_DATA_DIR")
+    assert data.resolve_data_dir(None) == Path.cwd() / "data"
+
+
+@pytest.fixture(scope="module")
+def real_mnist() -> data.MnistArrays:
+    if not os.environ.get("MNIST_DATA_DIR"):
+        pytest.skip("MNIST_DATA_DIR not set: real-MNIST tests need the dataset")
+    return data.load_mnist(download=False)
+
+
+def test_real_mnist(real_mnist: data.MnistArrays) -> None:
+    assert real_mnist.train_images.shape == (60000, 28, 28)
+    assert real_mnist.test_images.shape == (10000, 28, 28)
+    assert torch.bincount(real_mnist.train_labels).tolist() == TRAIN_COUNTS
+    assert torch.bincount(real_mnist.test_labels).tolist() == TEST_COUNTS
+    assert int(real_mnist.train_images.max()) == 255
+
+
+def test_real_splits_stratified(real_mnist: data.MnistArrays) -> None:
+    splits = data.make_splits(real_mnist, val_size=5000, seed=0)
+    assert len(splits.train_y) == 55000 and len(splits.val_y) == 5000
+    assert len(splits.test_y) == 10000
+    full = torch.tensor(TRAIN_COUNTS) / 60000
+    for y in (splits.train_y, splits.val_y):
+        assert (torch.bincount(y, minlength=10) / len(y) - full).abs().max() < 0.01
+
+
+# splits
+
+
+def test_splits_sizes_and_disjoint() -> None:
+    arrays = fake_splits_source()
+    # Rows are random bytes, so a row's content identifies its index.
+    row_id = {row.tobytes(): i for i, row in enumerate(arrays.train_images.numpy())}
+    s = data.make_splits(arrays, val_size=300, seed=3)
+    assert (len(s.train_x), len(s.val_x), len(s.test_x)) == (1700, 300, 500)
+    assert s.train_x.dtype == torch.uint8 and s.train_y.dtype == torch.int64
+    train_ids = {row_id[r.tobytes()] for r in s.train_x.numpy()}
+    val_ids = {row_id[r.tobytes()] for r in s.val_x.numpy()}
+    assert len(train_ids) == 1700 and not train_ids & val_ids
+    for x, y in ((s.train_x, s.train_y), (s.val_x, s.val_y)):
+        assert torch.equal(arrays.train_labels[[row_id[r.tobytes()] for r in x.numpy()]], y)
+
+
+def test_splits_stratified_subsets() -> None:
+    arrays = fake_splits_source()
+    s = data.make_splits(arrays, val_size=500, max_train_samples=1000, max_test_samples=200)
+    assert (len(s.train_y), len(s.val_y), len(s.test_y)) == (1000, 500, 200)
+    for y, ref in ((s.train_y, arrays.train_labels), (s.test_y, arrays.test_labels)):
+        p_ref = torch.bincount(ref, minlength=10) / len(ref)
+        assert (torch.bincount(y, minlength=10) / len(y) - p_ref).abs().max() < 0.01
+    # Larger than available keeps everything.
+    assert len(data.make_splits(arrays, max_train_samples=10**6, val_size=100).train_y) == 1900
+
+
+def test_splits_seeded() -> None:
+    arrays = fake_splits_source()
+    a, b = (data.make_splits(arrays, val_size=200, seed=1) for _ in range(2))
+    c = data.make_splits(arrays, val_size=200, seed=2)
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_y, b.train_y)
+    assert not torch.equal(a.val_x, c.val_x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"val_size": 5}, "val_size"),
+        ({"val_size": 1995}, "val_size"),
+        ({"max_train_samples": 0}, "max_train_samples"),
+        ({"max_test_samples": 9}, "max_test_samples"),
+    ],
+)
+def test_splits_validation(kwargs: dict, name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        data.make_splits(fake_splits_source(), **{"val_size": 100} | kwargs)
+
+
+def test_splits_to() -> None:
+    s = data.make_splits(fake_splits_source(), val_size=100).to("cpu")
+    assert s.train_x.dtype == torch.uint8 and s.test_y.dtype == torch.int64
+
+
+# BatchLoader
+
+
+def make_loader(n: int = 100, **kwargs) -> data.BatchLoader:
+    images, labels = fake_arrays(n, seed=5)
+    kwargs = {"batch_size": 16, "shuffle": True, "seed": 7} | kwargs
+    return data.BatchLoader(torch.from_numpy(images), torch.from_numpy(labels), **kwargs)
+
+
+def epoch_batches(loader: data.BatchLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(epoch)
+    return list(loader)
+
+
+def same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True)
+    )
+
+
+def test_loader_batches() -> None:
+    loader = make_loader(shuffle=False)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 7
+    x, y = batches[0]
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32
+    assert y.shape == (16,) and y.dtype == torch.int64
+    assert batches[-1][0].shape == (4, 1, 28, 28)
+    xs = torch.cat([x for x, _ in batches])
+    assert torch.equal((xs * 255).round().to(torch.uint8).squeeze(1), loader.images)
+    assert len(make_loader(drop_last=True)) == len(list(make_loader(drop_last=True))) == 6
+
+
+def test_loader_shuffle_covers_all() -> None:
+    loader = make_loader()
+    ys = torch.cat([y for _, y in epoch_batches(loader, 2)])
+    assert torch.equal(ys.sort().values, loader.labels.sort().values)
+
+
+def test_loader_seeded_per_epoch_and_resumable() -> None:
+    loader = make_loader()
+    e0, e1, e3 = (epoch_batches(loader, e) for e in (0, 1, 3))
+    assert same(e0, epoch_batches(loader, 0))
+    assert not same(e0, e1)
+    assert same(e3, epoch_batches(make_loader(), 3))  # a fresh (resumed) loader
+    assert not same(e0, epoch_batches(make_loader(seed=8), 0))
+
+
+def test_loader_augment() -> None:
+    plain = epoch_batches(make_loader(), 1)
+    aug = epoch_batches(make_loader(augment=True), 1)
+    assert same(aug, epoch_batches(make_loader(augment=True), 1))
+    assert not same(aug, epoch_batches(make_loader(augment=True), 2))
+    for (xp, yp), (xa, ya) in zip(plain, aug, strict=True):
+        assert torch.equal(yp, ya)  # augmentation leaves the order alone
+        assert xa.shape == xp.shape and xa.dtype == torch.float32
+        assert xa.min() >= 0 and xa.max() <= 1
+        assert not torch.equal(xa, xp)
+
+
+def test_random_affine_identity_and_shift() -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 10, 12] = 1
+    out = data.random_affine(x, torch.zeros(2, 2), torch.zeros(2))
+    assert torch.allclose(out, x, atol=1e-6)
+    shifted = data.random_affine(x, torch.tensor([[2.0, 0.0], [0.0, -1.0]]), torch.zeros(2))
+    assert shifted[0, 0, 10, 14] == pytest.approx(1, abs=1e-5)  # +2 px in x
+    assert shifted[1, 0, 9, 12] == pytest.approx(1, abs=1e-5)  # -1 px in y
+
+
+def test_random_affine_matches_affine_grid() -> None:
+    x, shift, angle = torch.rand(5, 1, 28, 28), torch.rand(5, 2) * 4 - 2, torch.rand(5) * 20 - 10
+    rad = torch.deg2rad(angle)
+    theta = torch.stack(
+        [rad.cos(), -rad.sin(), -shift[:, 0] / 14, rad.sin(), rad.cos(), -shift[:, 1] / 14], 1
+    ).view(5, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, [5, 1, 28, 28], align_corners=False)
+    ref = torch.nn.functional.grid_sample(x, grid, align_corners=False).clamp(0, 1)
+    assert torch.allclose(data.random_affine(x, shift, angle), ref, atol=1e-5)
