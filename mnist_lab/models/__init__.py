@@ -1,0 +1,83 @@
+"""The model registry: name → builder.
+
+Each builder takes keyword-only options, every one with a default, and returns a classifier that
+maps raw digits [B, 1, 28, 28] in [0, 1] to logits [B, 10]. `timm:<name>` builds any timm model
+by name, 1-channel and 10-class, behind MNIST normalisation.
+"""
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from mnist_lab.errors import ConfigError
+from mnist_lab.models.cnn import build_cnn
+from mnist_lab.models.common import MnistNormalize
+from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16
+from mnist_lab.models.vit import build_timm_vit, build_vit
+
+TIMM_PREFIX = "timm:"
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn": build_cnn,
+    "vgg16": build_vgg16,
+    "alexnet": build_alexnet,
+    "vit": build_vit,
+    "timm_vit": build_timm_vit,
+    # "faster_rcnn": build_faster_rcnn,  (added with mnist_lab/models/faster_rcnn.py)
+}
+
+__all__ = ["MODELS", "TIMM_PREFIX", "build_model", "model_names", "model_options"]
+
+
+def model_names() -> list[str]:
+    """The registered names, then the hint 'timm:<name>' for any timm model."""
+    return [*MODELS, f"{TIMM_PREFIX}<name>"]
+
+
+def _builder(name: str) -> Callable[..., nn.Module]:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown model {name!r}; valid models: {', '.join(model_names())}"
+        ) from None
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """Option name → default for model `name`; {} for 'timm:<name>' (it takes no options)."""
+    if name.startswith(TIMM_PREFIX):
+        return {}
+    params = inspect.signature(_builder(name)).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """A fresh classifier `name` built with `options` (the rest keep their defaults)."""
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(valid) or 'none'}"
+        )
+    if name.startswith(TIMM_PREFIX):
+        return _build_timm(name.removeprefix(TIMM_PREFIX))
+    return _builder(name)(**options)
+
+
+def _build_timm(arch: str) -> nn.Module:
+    """timm.create_model(arch), 1-channel and 10-class, untrained, behind MnistNormalize."""
+    import timm  # imported on demand: it is slow to import and only `timm:` needs it here
+
+    if not arch or not timm.is_model(arch):
+        raise ConfigError(
+            f"unknown timm model {arch!r} in '{TIMM_PREFIX}{arch}'; list the names with "
+            f'`python -c "import timm; print(timm.list_models())"` (e.g. {TIMM_PREFIX}resnet18)'
+        )
+    try:
+        net = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=10)
+    except Exception as e:  # an architecture that cannot take 1 channel or 10 classes
+        raise ConfigError(f"timm model {arch!r} cannot be built for MNIST: {e}") from e
+    return nn.Sequential(MnistNormalize(), net)

@@ -1,0 +1,172 @@
+"""A small Vision Transformer for 28×28 digits, and timm's as a cross-check.
+
+`vit` is written here: patch embedding (conv, stride = patch), CLS token, learned position
+embeddings, pre-norm blocks (attention via F.scaled_dot_product_attention, GELU MLP), final
+LayerNorm, linear head on the CLS token. `timm_vit` builds timm's VisionTransformer with the same
+options, so the two can be compared run for run.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_lab.errors import ConfigError
+from mnist_lab.models.common import MnistNormalize
+from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
+
+PATCH_SIZES = (4, 7, 14)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: [B, N, D] → [B, N, D]."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        # [B, N, 3D] → 3 × [B, heads, N, D / heads]
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        drop = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+
+
+class MLP(nn.Module):
+    """[B, N, D] → [B, N, D] through a GELU hidden layer of mlp_ratio × D."""
+
+    def __init__(self, dim: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: [B, N, D] → [B, N, D]."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_ratio, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """[B, 1, 28, 28] in [0, 1] → logits [B, 10]."""
+
+    def __init__(
+        self,
+        patch_size: int = 7,
+        dim: int = 64,
+        depth: int = 6,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        num_patches = (IMAGE_SIZE // patch_size) ** 2
+        self.normalize = MnistNormalize()
+        self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.pos_drop = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, NUM_CLASSES)
+        self.apply(self._init)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        # timm's ViT init: small truncated-normal linears, zero biases.
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(self.normalize(x))  # [B, D, 28 / p, 28 / p]
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D], N = (28 / p)²
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # [B, N + 1, D]
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0])  # [B, 10] from the CLS token
+
+
+def _check(
+    name: str, patch_size: int, dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float
+) -> None:
+    if patch_size not in PATCH_SIZES:
+        raise ConfigError(
+            f"{name}: patch_size must divide 28 and be one of {list(PATCH_SIZES)}, got {patch_size}"
+        )
+    if dim < 1 or heads < 1 or dim % heads:
+        raise ConfigError(
+            f"{name}: dim ({dim}) must be a positive multiple of heads ({heads}); "
+            f"e.g. dim={max(heads, 1) * max(dim // max(heads, 1), 1)}"
+        )
+    if depth < 1:
+        raise ConfigError(f"{name}: depth must be ≥ 1 transformer block, got {depth}")
+    if mlp_ratio <= 0:
+        raise ConfigError(f"{name}: mlp_ratio must be > 0, got {mlp_ratio}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"{name}: dropout must be in [0, 1), got {dropout}")
+
+
+def build_vit(
+    *,
+    patch_size: int = 7,
+    dim: int = 64,
+    depth: int = 6,
+    heads: int = 4,
+    mlp_ratio: float = 2.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """The `vit` model (this project's ViT)."""
+    _check("vit", patch_size, dim, depth, heads, mlp_ratio, dropout)
+    return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout)
+
+
+def build_timm_vit(
+    *,
+    patch_size: int = 7,
+    dim: int = 64,
+    depth: int = 6,
+    heads: int = 4,
+    mlp_ratio: float = 2.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """The `timm_vit` model: timm's VisionTransformer with `vit`'s options, MNIST-normalised."""
+    _check("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout)
+    from timm.models.vision_transformer import VisionTransformer
+
+    net = VisionTransformer(
+        img_size=IMAGE_SIZE,
+        patch_size=patch_size,
+        in_chans=1,
+        num_classes=NUM_CLASSES,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+        drop_rate=dropout,
+        pos_drop_rate=dropout,
+        proj_drop_rate=dropout,
+        attn_drop_rate=dropout,
+    )
+    return nn.Sequential(MnistNormalize(), net)
