@@ -1,0 +1,69 @@
+"""Config: YAML defaults, overrides, type coercion, and every range check names its parameter."""
+
+import pytest
+
+from mnist_lab.config import TrainConfig, build_config, load_config
+from mnist_lab.errors import ConfigError
+
+
+def test_yaml_defaults_then_overrides():
+    config = load_config("vit", {"epochs": "2", "patch_size": "4", "lr": None})
+    assert config.model == "vit"
+    assert config.epochs == 2
+    assert config.model_options["patch_size"] == 4
+    assert config.lr == load_config("vit").lr  # None means "keep the YAML value"
+
+
+def test_params_are_flat_and_complete():
+    params = load_config("cnn").to_params()
+    assert {"model", "epochs", "lr", "batch_size", "seed", "depth", "width"} <= set(params)
+    assert "model_options" not in params
+
+
+def test_round_trip_through_dict():
+    config = load_config("vit", {"dim": 32, "heads": 4})
+    assert build_config(config.to_dict()) == config
+
+
+def test_unknown_model_lists_the_valid_names():
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet'.*cnn.*vgg16.*alexnet.*vit"):
+        load_config("resnet")
+
+
+@pytest.mark.parametrize(
+    ("model", "overrides", "named"),
+    [
+        ("cnn", {"lr": 0}, "lr"),
+        ("cnn", {"lr": -1e-3}, "lr"),
+        ("cnn", {"epochs": 0}, "epochs"),
+        ("cnn", {"batch_size": 0}, "batch_size"),
+        ("cnn", {"depth": 5}, "depth"),
+        ("cnn", {"dropout": 1.5}, "dropout"),
+        ("cnn", {"optimizer": "adam9"}, "optimizer"),
+        ("cnn", {"max_train_samples": 3}, "max_train_samples"),
+        ("vit", {"patch_size": 5}, "patch_size"),
+        ("vit", {"dim": 30, "heads": 4}, "dim"),
+        ("vgg16", {"input_size": 64}, "input_size"),
+        ("vgg16", {"weights": "/no/such/file.pth"}, "weights"),
+        ("cnn", {"epochs": "three"}, "epochs"),
+        ("cnn", {"augment": "maybe"}, "augment"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_parameter(model, overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        load_config(model, overrides)
+
+
+def test_option_of_another_model_is_rejected():
+    with pytest.raises(ConfigError, match=r"'patch_size' is not a setting of model 'cnn'"):
+        load_config("cnn", {"patch_size": 7})
+
+
+def test_strings_from_flags_are_coerced():
+    config = load_config("cnn", {"augment": "true", "lr": "1e-3", "max_test_samples": "100"})
+    assert config.augment is True and config.lr == 1e-3 and config.max_test_samples == 100
+
+
+def test_timm_models_take_the_shared_yaml():
+    config = load_config("timm:resnet18", {"epochs": 1})
+    assert isinstance(config, TrainConfig) and config.model == "timm:resnet18"

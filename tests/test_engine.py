@@ -1,0 +1,137 @@
+"""The training loop on synthetic digits: learning, determinism, exact resume, NaN, early stop."""
+
+import pytest
+import torch
+
+from mnist_lab import names
+from mnist_lab.config import build_config
+from mnist_lab.data import BatchLoader
+from mnist_lab.engine import (
+    ClassificationTask,
+    NonFiniteLossError,
+    TrainState,
+    fit,
+    make_optimizer,
+    make_scheduler,
+)
+from mnist_lab.models import build_model
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [n, 28, 28] noise with a bright bar whose row encodes the label."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.uint8)
+    for i, label in enumerate(labels.tolist()):
+        images[i, 2 + 2 * label : 4 + 2 * label, 4:24] = 255
+    return images, labels
+
+
+def make_state(epochs: int = 2, **overrides) -> tuple[TrainState, BatchLoader, BatchLoader]:
+    config = build_config(
+        {
+            "model": "cnn",
+            "epochs": epochs,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "depth": 1,
+            "width": 8,
+            "val_size": 10,
+            **overrides,
+        }
+    )
+    torch.manual_seed(config.seed)
+    train_x, train_y = synthetic_digits(256)
+    val_x, val_y = synthetic_digits(64, seed=1)
+    train = BatchLoader(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed)
+    val = BatchLoader(val_x, val_y, 64)
+    model = build_model(config.model, **config.model_options)
+    optimizer = make_optimizer(model, config)
+    state = TrainState(config, model, optimizer, make_scheduler(optimizer, config, len(train)))
+    return state, train, val
+
+
+def run_fit(state, train, val, listeners=()):
+    return fit(state, ClassificationTask(0.1), train, val, torch.device("cpu"), listeners)
+
+
+class Recorder:
+    def __init__(self):
+        self.epochs = []
+
+    def on_epoch_end(self, state, metrics):
+        self.epochs.append((state.epoch, metrics))
+
+
+def test_fit_learns_and_reports_every_epoch_metric():
+    state, train, val = make_state(epochs=3)
+    recorder = Recorder()
+    run_fit(state, train, val, [recorder])
+    assert [e for e, _ in recorder.epochs] == [1, 2, 3]
+    assert set(names.EPOCH_METRICS) <= set(recorder.epochs[-1][1])
+    assert recorder.epochs[-1][1][names.VAL_ACCURACY] > 0.9
+    assert state.best_model is not None and state.best_epoch >= 1
+    assert state.train_seconds > 0
+
+
+def test_same_seed_same_history():
+    histories = []
+    for _ in range(2):
+        state, train, val = make_state()
+        histories.append(
+            [
+                {k: v for k, v in h.items() if k != names.EPOCH_TIME_S}
+                for h in run_fit(state, train, val).history
+            ]
+        )
+    assert histories[0] == histories[1]
+
+
+class StopAfter:
+    """Snapshot the checkpoint state after `epoch`, then simulate Ctrl-C."""
+
+    def __init__(self, epoch):
+        self.epoch, self.snapshot = epoch, None
+
+    def on_epoch_end(self, state, metrics):
+        if state.epoch == self.epoch:
+            self.snapshot = state.state_dict()
+            raise KeyboardInterrupt
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run():
+    straight, train, val = make_state(epochs=3)
+    run_fit(straight, train, val)
+
+    interrupted, train, val = make_state(epochs=3)
+    stopper = StopAfter(1)
+    with pytest.raises(KeyboardInterrupt):
+        run_fit(interrupted, train, val, [stopper])
+    resumed, train, val = make_state(epochs=3)
+    resumed.load_state_dict(stopper.snapshot)
+    run_fit(resumed, train, val)
+
+    assert resumed.epoch == 3 and len(resumed.history) == 3
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+class Poison:
+    def on_epoch_end(self, state, metrics):
+        with torch.no_grad():
+            for p in state.model.parameters():
+                p.fill_(float("nan"))
+
+
+def test_nan_loss_stops_training_with_a_clear_error():
+    state, train, val = make_state(epochs=3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2.*lr"):
+        run_fit(state, train, val, [Poison()])
+    assert state.epoch == 1  # the last good epoch; nothing after it was recorded
+
+
+def test_early_stopping_halts_after_patience():
+    state, train, val = make_state(epochs=20, early_stopping_patience=1, lr=1e-9)
+    run_fit(state, train, val)
+    assert state.epoch < 20
+    assert state.epoch - state.best_epoch == 1

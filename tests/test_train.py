@@ -1,0 +1,146 @@
+"""End to end on a small real-MNIST subset: one MLflow run per model with every param, metric,
+artifact and a model that reloads and predicts; failures end runs FAILED/KILLED, resume works."""
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.checkpoint import load_checkpoint
+from mnist_lab.cli import main
+from mnist_lab.config import load_config
+from mnist_lab.train import resume, train
+
+SMALL = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
+FINAL_METRICS = (
+    names.TEST_ACCURACY,
+    names.TEST_F1_MACRO,
+    names.TEST_LOSS,
+    names.TRAIN_TIME_S,
+    names.NUM_PARAMS,
+    names.INFERENCE_MS_PER_IMAGE,
+    names.THROUGHPUT_IMG_PER_S,
+    names.PEAK_MEMORY_MB,
+)
+ARTIFACTS = {
+    names.PLOT_CONFUSION_MATRIX,
+    names.PLOT_LEARNING_CURVES,
+    names.PLOT_SAMPLE_PREDICTIONS,
+    names.REPORT_CLASSIFICATION,
+    names.CHECKPOINT_LAST,
+}
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("model", "options"),
+    [
+        ("cnn", {}),
+        ("vit", {"depth": 2}),
+        ("vgg16", {"input_size": 32}),
+        ("alexnet", {"input_size": 32}),
+        ("timm_vit", {"depth": 2}),
+        ("timm:resnet18", {}),
+    ],
+)
+def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
+    import mlflow
+
+    result = train(load_config(model, {**SMALL, **options}))
+    client = MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == names.DEFAULT_EXPERIMENT
+    assert run.data.tags[names.TAG_MODEL] == model
+    assert {names.TAG_DEVICE, names.TAG_TORCH_VERSION, names.TAG_GIT_COMMIT} <= set(run.data.tags)
+    assert run.data.params["model"] == model
+    assert run.data.params["max_train_samples"] == "300"
+    assert set(names.EPOCH_METRICS) | set(FINAL_METRICS) <= set(run.data.metrics)
+    assert 0 <= run.data.metrics[names.TEST_ACCURACY] <= 1
+    history = client.get_metric_history(result.run_id, names.VAL_ACCURACY)
+    assert [m.step for m in history] == [1]
+    assert artifact_paths(client, result.run_id) >= ARTIFACTS
+
+    loaded = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/{names.MODEL_ARTIFACT}")
+    digits = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    assert np.asarray(loaded.predict(digits)).shape == (4, 10)
+
+
+def test_cnn_learns_on_a_subset(mnist_dir, mlflow_store):
+    result = train(load_config("cnn", {**SMALL, "epochs": 2, "max_train_samples": 2000}))
+    assert result.metrics[names.TEST_ACCURACY] > 0.85
+
+
+class Interrupt:
+    def on_epoch_end(self, state, metrics):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_kills_the_run_keeps_the_checkpoint_and_resume_finishes_it(mnist_dir, mlflow_store):
+    config = load_config("cnn", {**SMALL, "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, listeners=(Interrupt(),))
+    client = MlflowClient()
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.DEFAULT_EXPERIMENT).experiment_id]
+    )
+    assert run.info.status == "KILLED"
+    assert "Ctrl-C" in run.data.tags[names.TAG_FAILURE_REASON]
+    checkpoint = client.download_artifacts(run.info.run_id, names.CHECKPOINT_LAST)
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+
+    result = resume(run.info.run_id)
+    assert result.run_id == run.info.run_id
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, names.VAL_ACCURACY)]
+    assert steps == [1, 2]
+    assert names.TEST_ACCURACY in run.data.metrics
+
+
+class Poison:
+    def on_epoch_end(self, state, metrics):
+        with torch.no_grad():
+            for p in state.model.parameters():
+                p.fill_(float("nan"))
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, mlflow_store):
+    from mnist_lab.engine import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError):
+        train(load_config("cnn", {**SMALL, "epochs": 3}), listeners=(Poison(),))
+    client = MlflowClient()
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name(names.DEFAULT_EXPERIMENT).experiment_id]
+    )
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError" in run.data.tags[names.TAG_FAILURE_REASON]
+    checkpoint = load_checkpoint(client.download_artifacts(run.info.run_id, names.CHECKPOINT_LAST))
+    assert checkpoint["epoch"] == 1
+    assert all(
+        torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
+    )
+
+
+def test_joins_the_run_mlflow_run_created(mnist_dir, mlflow_store, monkeypatch):
+    client = MlflowClient()
+    experiment_id = client.create_experiment("launched")
+    launched = client.create_run(experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched.info.run_id)
+    assert main(["train", "--model", "cnn", *flags(SMALL)]) == 0
+    runs = client.search_runs([experiment_id])
+    assert [r.info.run_id for r in runs] == [launched.info.run_id]
+    assert runs[0].info.status == "FINISHED"
+    assert names.TEST_ACCURACY in runs[0].data.metrics
+
+
+def flags(settings: dict) -> list[str]:
+    return [part for k, v in settings.items() for part in (f"--{k.replace('_', '-')}", str(v))]
