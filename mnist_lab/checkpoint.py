@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnist_lab.errors import LabError
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[None]:
-    """Hold back Ctrl-C until the block ends, so a write and its upload finish together."""
-    received: list[Any] = []
-    try:
-        previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
-    except ValueError:  # not the main thread: signals cannot be caught here anyway
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            raise KeyboardInterrupt
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.checkpoint import deferred_interrupt, save_checkpoint
+from mnist_lab.checkpoint import save_checkpoint
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
 from mnist_lab.engine import TrainState
 from mnist_lab.errors import LabError
@@ -154,7 +155,9 @@ def active_run_id() -> str:
 class EpochLogger:
     """Engine listener: per-epoch metrics (step = epoch) and `checkpoints/last.pt`.
 
-    The checkpoint is written atomically and uploaded with Ctrl-C held back, so the run's
+    The state is copied to host memory on the training thread; writing and uploading run on a
+    background thread so the next epoch does not wait for them. The file is written atomically
+    and `wait()` (called before the run ends, also on Ctrl-C) lets the upload finish, so the run's
     checkpoint is always a whole one. Time spent here is kept to report tracking overhead.
     """
 
@@ -162,16 +165,43 @@ class EpochLogger:
         self.checkpoint = checkpoint
         self.seconds = 0.0
         self._dir = Path(tempfile.mkdtemp(prefix="mnist-lab-ckpt-"))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future | None = None
+        # MLflow's active run is thread-local: the upload thread must name the run.
+        self._run_id = active_run_id()
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         start = time.perf_counter()
         log_metrics(metrics, step=state.epoch)
         if self.checkpoint:
-            path = self._dir / Path(names.CHECKPOINT_LAST).name
-            with deferred_interrupt():
-                save_checkpoint(state.state_dict(), path)
-                log_artifact(path, names.CHECKPOINT_DIR)
+            self.wait()  # one upload in flight at a time: epochs land in order
+            snapshot = _to_host(state.state_dict())
+            self._pending = self._pool.submit(self._write_and_upload, snapshot)
         self.seconds += time.perf_counter() - start
+
+    def _write_and_upload(self, snapshot: dict[str, Any]) -> None:
+        path = self._dir / Path(names.CHECKPOINT_LAST).name
+        save_checkpoint(snapshot, path)
+        MlflowClient().log_artifact(self._run_id, str(path), names.CHECKPOINT_DIR)
+
+    def wait(self) -> None:
+        """Block until the last checkpoint is uploaded; re-raise its error, if any."""
+        start = time.perf_counter()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+        self.seconds += time.perf_counter() - start
+
+
+def _to_host(value: Any) -> Any:
+    """A copy of nested dicts/lists/tuples of tensors with every tensor in host memory."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
 
 
 def download_checkpoint(run_id: str) -> Path:

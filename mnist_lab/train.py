@@ -44,6 +44,7 @@ class TrainResult:
     run_id: str
     metrics: dict[str, float]
     best_val_accuracy: float
+    epochs: int  # completed; fewer than config.epochs after early stopping
 
 
 class ConsoleReporter:
@@ -119,14 +120,17 @@ def train(
         if checkpoint is None:
             tracking.log_params(config.to_params())
         epoch_logger = tracking.EpochLogger(checkpoint=config.checkpoint)
-        fit(
-            state,
-            ClassificationTask(config.label_smoothing),
-            train_loader,
-            _eval_loader(splits.val_x, splits.val_y, config),
-            device,
-            listeners=(epoch_logger, ConsoleReporter(), *listeners),
-        )
+        try:
+            fit(
+                state,
+                ClassificationTask(config.label_smoothing),
+                train_loader,
+                _eval_loader(splits.val_x, splits.val_y, config),
+                device,
+                listeners=(epoch_logger, ConsoleReporter(), *listeners),
+            )
+        finally:
+            epoch_logger.wait()
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
         test = ClassificationTask().evaluate(
@@ -145,7 +149,7 @@ def train(
             metrics[names.TRAIN_TIME_S],
             tracking.active_run_id(),
         )
-        return TrainResult(tracking.active_run_id(), metrics, state.best_val_accuracy)
+        return TrainResult(tracking.active_run_id(), metrics, state.best_val_accuracy, state.epoch)
 
 
 def _eval_loader(images: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> BatchLoader:

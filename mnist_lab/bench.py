@@ -1,0 +1,118 @@
+"""`make bench` / `python -m mnist_lab.bench`: train the benchmark scenarios, print their figures.
+
+Every figure printed is a metric of a real MLflow run (the runs land in the experiment
+`mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise), so the README's numbers can be
+traced back to their runs. Speed targets are checked here, never by timed assertions in tests.
+
+    python -m mnist_lab.bench                         # every scenario
+    python -m mnist_lab.bench cnn-1-epoch cnn         # some of them
+    python -m mnist_lab.bench --device cuda --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from typing import Any
+
+import torch
+
+from mnist_lab import names
+
+# name → (model, overrides of experiments/<model>.yaml, what the issue asks of it)
+SCENARIOS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "cnn-1-epoch": (
+        "cnn",
+        {"epochs": 1},
+        ">= 99.0 % test accuracy, train_time_s <= 15 on 2 CPU cores",
+    ),
+    "cnn": ("cnn", {}, ">= 99.4 %, make train in ~2 min, peak RSS <= 2 GB"),
+    "vit": ("vit", {}, ">= 98.5 % within 10 min of CPU training"),
+    "timm_vit": ("timm_vit", {}, "cross-check of vit at the same settings"),
+    "vgg16": ("vgg16", {}, ">= 99.3 % (native 32 px)"),
+    "alexnet": ("alexnet", {}, ">= 99.3 % (native 32 px)"),
+    # CPU time per epoch of the 32-px VGG16/AlexNet, measured on a 5 500-image slice of an epoch.
+    "vgg16-cpu-epoch": ("vgg16", {"epochs": 1, "max_train_samples": 5500}, "CPU s/epoch = x10"),
+    "alexnet-cpu-epoch": ("alexnet", {"epochs": 1, "max_train_samples": 5500}, "CPU s/epoch = x10"),
+}
+COLUMNS = (
+    names.TEST_ACCURACY,
+    names.TRAIN_TIME_S,
+    "mean_epoch_time_s",
+    names.INFERENCE_MS_PER_IMAGE,
+    names.PEAK_MEMORY_MB,
+    names.TRACKING_OVERHEAD,
+)
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def run_scenario(name: str, device: str | None) -> dict[str, Any]:
+    from mnist_lab.config import load_config
+    from mnist_lab.train import train
+
+    model, overrides, target = SCENARIOS[name]
+    config = load_config(model, {**overrides, "device": device})
+    result = train(config, tags={"bench_scenario": name})
+    figures = {k: result.metrics[k] for k in COLUMNS if k in result.metrics}
+    figures["mean_epoch_time_s"] = result.metrics[names.TRAIN_TIME_S] / result.epochs
+    return {"scenario": name, "model": model, "target": target, "run_id": result.run_id, **figures}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        default=list(SCENARIOS),
+        metavar="SCENARIO",
+        help=f"any of: {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument("--device", default=None, help="override the configs' device")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
+
+    from mnist_lab.engine import resolve_device
+
+    device = resolve_device(args.device or "auto")
+    print(f"hardware: {hardware(device)}", flush=True)
+    rows = []
+    for name in args.scenarios:
+        row = run_scenario(name, args.device)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"hardware": hardware(device), "rows": rows}, f, indent=2)
+    return 0
+
+
+def format_row(row: dict[str, Any]) -> str:
+    acc = row.get(names.TEST_ACCURACY, float("nan"))
+    return (
+        f"{row['scenario']:<18} test_accuracy {100 * acc:6.2f} %  "
+        f"train_time_s {row.get(names.TRAIN_TIME_S, float('nan')):8.1f}  "
+        f"s/epoch {row['mean_epoch_time_s']:7.1f}  "
+        f"infer {row.get(names.INFERENCE_MS_PER_IMAGE, float('nan')):.3f} ms/img  "
+        f"peak {row.get(names.PEAK_MEMORY_MB, float('nan')):7.0f} MB  "
+        f"tracking {100 * row.get(names.TRACKING_OVERHEAD, 0):.1f} %  "
+        f"[{row['target']}]  run {row['run_id']}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
