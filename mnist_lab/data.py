@@ -144,7 +144,8 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> Mni
             _download(root)
             reason = "downloaded, yet files are missing"
         except (RuntimeError, OSError) as e:  # URLError, timeouts, read-only folder
-            reason = f"download failed: {str(e).strip().splitlines()[-1]}"  # the root cause
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # the root cause
+            reason = f"download failed: {cause}"
     if missing := _missing(raw):
         raise DataError(
             f"MNIST not found in {raw} ({reason}): it needs {', '.join(RAW_FILES.values())} "

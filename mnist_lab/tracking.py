@@ -121,7 +121,33 @@ def fail_launcher_run(reason: str, killed: bool = False) -> None:
 
 
 def log_params(params: dict[str, Any]) -> None:
-    mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
+    """Log `params`, skipping those the launcher (`mlflow run -P`) already logged equivalently.
+
+    `mlflow run` logs its -P values as typed ("1e-3", "true") before our code starts, and MLflow
+    forbids changing a param; an equivalent value ("0.001", "True") is the same setting.
+    """
+    existing = mlflow.get_run(active_run_id()).data.params
+    fresh = {}
+    for key, value in params.items():
+        if key not in existing:
+            fresh[key] = "None" if value is None else value
+        elif not _same_param(existing[key], value):
+            raise LabError(
+                f"parameter {key}: the run already has {key}={existing[key]!r} but the resolved "
+                f"config says {value!r}; start a new run rather than reusing this one"
+            )
+    mlflow.log_params(fresh)
+
+
+def _same_param(logged: str, value: Any) -> bool:
+    if logged == str(value) or (value is None and logged.lower() in ("", "none", "null")):
+        return True
+    if isinstance(value, bool):
+        return logged.lower() in (("true", "1", "yes") if value else ("false", "0", "no"))
+    try:
+        return float(logged) == float(value)
+    except (TypeError, ValueError):
+        return False
 
 
 def set_tags(tags: dict[str, Any]) -> None:

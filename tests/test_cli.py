@@ -1,0 +1,141 @@
+"""The CLI as a user meets it: bad input gets a clear message, exit 2 and no run; `mlflow run`."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.cli import main
+from mnist_lab.config import PROJECT_ROOT
+
+TINY = [
+    "--epochs",
+    "1",
+    "--max-train-samples",
+    "200",
+    "--max-test-samples",
+    "100",
+    "--val-size",
+    "100",
+]
+
+
+def runs_in_store() -> list:
+    client = MlflowClient()
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "resnet"], "unknown model 'resnet'; valid models: cnn, vgg16, alexnet, vit"),
+        (["--model", "cnn", "--lr", "0"], "lr=0.0 must be > 0"),
+        (["--model", "cnn", "--lr", "-1"], "lr=-1.0 must be > 0"),
+        (["--model", "cnn", "--epochs", "0"], "epochs=0 must be >= 1"),
+        (["--model", "cnn", "--batch-size", "0"], "batch_size=0 must be >= 1"),
+        (["--model", "vit", "--patch-size", "5"], "patch_size=5 must divide the 28-px image"),
+        (["--model", "vit", "--dim", "30", "--heads", "4"], "dim=30 must be divisible by heads=4"),
+        (["--model", "vgg16", "--weights", "missing.pth"], "weights='missing.pth': no such file"),
+        (["--model", "cnn", "--patch-size", "7"], "'patch_size' is not a setting of model 'cnn'"),
+    ],
+)
+def test_bad_settings_exit_2_before_any_run(mlflow_store, capsys, argv, message):
+    assert main(["train", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert runs_in_store() == []
+
+
+def offline(*args, **kwargs):
+    raise OSError  # what a failed download raises, message or not
+
+
+def test_missing_data_names_the_folder_and_the_fix(mlflow_store, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torchvision.datasets.MNIST", offline)
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and "MNIST_DATA_DIR" in err
+    assert "train-images-idx3-ubyte" in err
+    assert runs_in_store() == []
+
+
+def test_corrupt_data_names_the_file(mlflow_store, tmp_path, capsys):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, kind in [
+        ("train", "images-idx3"),
+        ("train", "labels-idx1"),
+        ("t10k", "images-idx3"),
+        ("t10k", "labels-idx1"),
+    ]:
+        (raw / f"{split}-{kind}-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 20)
+    assert main(["train", "--data-dir", str(tmp_path / "data"), *TINY]) == 2
+    assert "ubyte" in capsys.readouterr().err
+
+
+def test_weights_that_do_not_fit_the_model(mnist_dir, mlflow_store, tmp_path, capsys):
+    path = tmp_path / "other.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, path)
+    argv = ["train", "--model", "alexnet", "--weights", str(path), *TINY]
+    assert main(argv) == 2
+    assert str(path) in capsys.readouterr().err
+    assert runs_in_store() == []
+
+
+def test_a_failure_before_training_fails_the_launcher_run(mlflow_store, tmp_path, monkeypatch):
+    client = MlflowClient()
+    launched = client.create_run(client.create_experiment("launched"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", launched.info.run_id)
+    monkeypatch.setattr(
+        "torchvision.datasets.MNIST", lambda *a, **k: (_ for _ in ()).throw(OSError)
+    )
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), *TINY]) == 2
+    run = client.get_run(launched.info.run_id)
+    assert run.info.status == "FAILED"
+    assert "MNIST" in run.data.tags[names.TAG_FAILURE_REASON]
+
+
+def test_underscore_flags_are_accepted(mnist_dir, mlflow_store):
+    argv = ["train", "--model", "cnn", "--epochs", "1", "--eval_batch_size", "50"]
+    argv += ["--max_train_samples", "200", "--max_test_samples", "100", "--val_size", "100"]
+    assert main(argv) == 0
+    (run,) = runs_in_store()
+    assert run.data.params["eval_batch_size"] == "50"
+
+
+def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
+    """`mlflow run . -e train` creates the run; our code joins it; undeclared -P pass through."""
+    client = MlflowClient()
+    experiment_id = client.create_experiment("mnist-lab", artifact_location=str(tmp_path / "art"))
+    params = {
+        "model": "cnn",
+        "epochs": "1",
+        "max_train_samples": "200",
+        "max_test_samples": "100",
+        "val_size": "100",
+        "eval_batch_size": "50",  # not declared in MLproject: appended as --eval_batch_size
+        "lr": "1e-3",  # logged by the launcher as typed; our 0.001 is the same setting
+    }
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_cli, "run", str(PROJECT_ROOT), "-e", "train", "--env-manager", "local"]
+    command += ["--experiment-name", "mnist-lab"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    }
+    # --env-manager local runs `python` from PATH: this environment's, as after `activate`.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    (run,) = client.search_runs([experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["eval_batch_size"] == "50"
+    assert run.data.params["lr"] == "1e-3"
+    assert run.data.params["width"] == "16"  # the resolved config, from experiments/cnn.yaml
+    assert names.TEST_ACCURACY in run.data.metrics
