@@ -135,3 +135,21 @@ def test_early_stopping_halts_after_patience():
     run_fit(state, train, val)
     assert state.epoch < 20
     assert state.epoch - state.best_epoch == 1
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "scheduler"), [("sgd", "cosine"), ("adamw", "none"), ("sgd", "onecycle")]
+)
+def test_every_optimizer_and_schedule_trains(optimizer, scheduler):
+    state, train, val = make_state(epochs=2, optimizer=optimizer, scheduler=scheduler, lr=0.05)
+    run_fit(state, train, val)
+    assert state.history[-1][names.TRAIN_LOSS] < state.history[0][names.TRAIN_LOSS] + 1e-6
+    lrs = [group["lr"] for group in state.optimizer.param_groups]
+    assert (lrs[0] == 0.05) == (scheduler == "none")
+
+
+def test_weight_decay_skips_biases_and_norms():
+    state, _, _ = make_state()
+    decayed, plain = state.optimizer.param_groups
+    assert all(p.ndim >= 2 for p in decayed["params"]) and decayed["weight_decay"] > 0
+    assert all(p.ndim < 2 for p in plain["params"]) and plain["weight_decay"] == 0
