@@ -26,6 +26,7 @@ INFERENCE_MS_PER_IMAGE = "inference_ms_per_image"
 THROUGHPUT_IMG_PER_S = "throughput_img_per_s"
 PEAK_MEMORY_MB = "peak_memory_mb"
 BEST_VAL_ACCURACY = "best_val_accuracy"
+BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"
 
 # Artifacts.

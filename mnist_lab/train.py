@@ -136,9 +136,10 @@ def train(
         test = ClassificationTask().evaluate(
             model, _eval_loader(splits.test_x, splits.test_y, config), config.amp
         )
-        metrics = _final_metrics(state, test, model, device, epoch_logger.seconds)
+        summary = classification_summary(test.targets, test.predictions)
+        metrics = _final_metrics(state, test, summary, model, device, epoch_logger.seconds)
         tracking.log_metrics(metrics)
-        _log_reports(state, test, splits)
+        _log_reports(state, test, summary, splits)
         tracking.log_model(
             model.cpu(), splits.test_x[:8].unsqueeze(1).float().div(255).cpu().numpy()
         )
@@ -157,9 +158,13 @@ def _eval_loader(images: torch.Tensor, labels: torch.Tensor, config: TrainConfig
 
 
 def _final_metrics(
-    state: TrainState, test: Evaluation, model: nn.Module, device: torch.device, tracking_s: float
+    state: TrainState,
+    test: Evaluation,
+    summary: dict[str, Any],
+    model: nn.Module,
+    device: torch.device,
+    tracking_s: float,
 ) -> dict[str, float]:
-    summary = classification_summary(test.targets, test.predictions)
     train_time = state.train_seconds
     return {
         names.TEST_ACCURACY: summary["accuracy"],
@@ -167,7 +172,7 @@ def _final_metrics(
         names.TEST_LOSS: test.loss,
         names.TRAIN_TIME_S: train_time,
         names.BEST_VAL_ACCURACY: state.best_val_accuracy,
-        "best_epoch": float(state.best_epoch),
+        names.BEST_EPOCH: float(state.best_epoch),
         names.NUM_PARAMS: float(sum(p.numel() for p in model.parameters())),
         names.INFERENCE_MS_PER_IMAGE: 1000 * test.seconds / len(test.targets),
         names.THROUGHPUT_IMG_PER_S: len(test.targets) / test.seconds,
@@ -183,8 +188,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _log_reports(state: TrainState, test: Evaluation, splits: Splits) -> None:
-    summary = classification_summary(test.targets, test.predictions)
+def _log_reports(
+    state: TrainState, test: Evaluation, summary: dict[str, Any], splits: Splits
+) -> None:
     tracking.log_dict(summary, names.REPORT_CLASSIFICATION)
     figures = {
         names.PLOT_CONFUSION_MATRIX: confusion_matrix_figure(np.array(summary["confusion_matrix"])),
