@@ -1,0 +1,70 @@
+"""benchmark: every model a child run of one parent; a failing model is a failed row."""
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.benchmark import default_models
+from mnist_lab.cli import main
+
+TINY = ["--epochs", "1", "--max-train-samples", "200", "--max-test-samples", "100"]
+
+
+def test_a_failing_model_is_recorded_and_the_others_still_run(
+    mnist_dir, mlflow_store, tmp_path, monkeypatch, capsys
+):
+    import mnist_lab.train
+
+    real_fit = mnist_lab.train.fit
+
+    def fit(state, *args, **kwargs):
+        if state.config.model == "vit":
+            raise RuntimeError("boom in vit")
+        return real_fit(state, *args, **kwargs)
+
+    monkeypatch.setattr(mnist_lab.train, "fit", fit)
+    out = tmp_path / "out"
+    argv = ["benchmark", "--models", "vit,cnn", *TINY, "--val-size", "100"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], "tags.kind = 'benchmark'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_kind = {(r.data.tags[names.TAG_KIND], r.data.tags.get(names.TAG_MODEL)): r for r in children}
+    assert set(by_kind) == {("train", "cnn"), ("train", "vit"), ("comparison", None)}
+    assert by_kind["train", "cnn"].info.status == "FINISHED"
+    assert by_kind["train", "vit"].info.status == "FAILED"
+    assert by_kind["train", "cnn"].data.params["max_train_samples"] == "200"
+
+    table = pd.read_csv(out / "comparison.csv").set_index("model")
+    assert list(table.index) == ["cnn", "vit"]  # trained ones first, then the failures
+    assert table.loc["cnn", "status"] == "finished"
+    assert table.loc["vit", "status"] == "failed: RuntimeError: boom in vit"
+    assert table.loc["vit", "run_id"] == by_kind["train", "vit"].info.run_id
+    assert pd.isna(table.loc["vit", names.TEST_ACCURACY])
+    assert "failed: RuntimeError: boom in vit" in capsys.readouterr().out
+    assert "| vit | – |" in (out / "comparison.md").read_text()
+
+
+def test_default_models_are_the_lab_models_in_the_registry():
+    from mnist_lab.models import MODELS
+
+    assert default_models()[:4] == ["cnn", "vgg16", "alexnet", "vit"]
+    assert ("faster_rcnn" in default_models()) == ("faster_rcnn" in MODELS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "cnn,resnet"], "unknown model 'resnet'; valid models: cnn"),
+        (["--models", "cnn", "--epochs", "0"], "epochs=0 must be >= 1"),
+    ],
+)
+def test_bad_benchmark_options_exit_2_before_any_run(mlflow_store, capsys, argv, message):
+    assert main(["benchmark", *argv]) == 2
+    assert message in capsys.readouterr().err
+    client = MlflowClient()
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
