@@ -20,8 +20,10 @@ from mnist_lab.mlflow_model import DIGIT, PROB_COLUMNS
 from mnist_lab.names import IMAGE_SIZE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-IDX_IMAGES_MAGIC = b"\x00\x00\x08\x03"
+IDX_UBYTE_MAGIC = b"\x00\x00\x08"  # then 3 (images) or 1 (labels)
 BOX = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
+# Where MNIST's centres of mass sit (row and column, pixel-centre coordinates): 14, not 13.5.
+MNIST_CENTRE = IMAGE_SIZE / 2
 INK = 0.1  # pixels above this (in [0, 1], after inversion) count as the digit
 
 
@@ -73,11 +75,11 @@ def mnist_style(image: Image.Image) -> np.ndarray:
 
 
 def _centre_by_mass(field: np.ndarray) -> np.ndarray:
-    """Shift [28, 28] by whole pixels so its centre of mass is at the centre, nothing cut off."""
+    """Shift [28, 28] by whole pixels so its centre of mass is where MNIST's are, nothing cut."""
     ys, xs = np.indices(field.shape)
     total = field.sum()
-    dy = round((IMAGE_SIZE - 1) / 2 - (ys * field).sum() / total)
-    dx = round((IMAGE_SIZE - 1) / 2 - (xs * field).sum() / total)
+    dy = round(MNIST_CENTRE - (ys * field).sum() / total)
+    dx = round(MNIST_CENTRE - (xs * field).sum() / total)
     rows, cols = np.nonzero(field)
     dy = int(np.clip(dy, -rows.min(), IMAGE_SIZE - 1 - rows.max()))
     dx = int(np.clip(dx, -cols.min(), IMAGE_SIZE - 1 - cols.max()))
@@ -99,11 +101,11 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def is_idx(path: Path) -> bool:
-    """IDX image files by content: the magic number, plain or gzipped."""
+    """IDX (unsigned byte) files by content, plain or gzipped; labels are refused later."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            return f.read(4) == IDX_IMAGES_MAGIC
+            return f.read(3) == IDX_UBYTE_MAGIC
     except OSError:
         return False
 
@@ -115,7 +117,9 @@ def read_idx_images(path: Path) -> np.ndarray:
     except DataError as err:
         raise InputError(str(err)) from None
     if images.ndim != 3 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
-        raise InputError(f"{path}: an IDX file of shape {list(images.shape)}, not 28×28 images")
+        raise InputError(
+            f"{path}: an IDX file of shape {list(images.shape)} (labels?), not 28×28 images"
+        )
     return images.numpy().astype(np.float32) / 255.0
 
 

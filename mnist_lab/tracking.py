@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -269,12 +270,15 @@ def log_model(model: nn.Module, example: np.ndarray) -> str:
 
     model = model.eval()
     output = mlflow_model.DigitClassifier(model, _device_of(model)).predict(example)
+    with warnings.catch_warnings():  # "integer column cannot hold missing values": `digit` never
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        signature = infer_signature(example, output)
     info = mlflow.models.Model.log(
         artifact_path=None,
         name=names.MODEL_ARTIFACT,
         flavor=mlflow_model,
         pytorch_model=model,
-        signature=infer_signature(example, output),
+        signature=signature,
         input_example=example,
         code_paths=[str(PROJECT_ROOT / "mnist_lab")],
         pip_requirements=_model_requirements(),
