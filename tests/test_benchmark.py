@@ -68,3 +68,53 @@ def test_bad_benchmark_options_exit_2_before_any_run(mlflow_store, capsys, argv,
     assert message in capsys.readouterr().err
     client = MlflowClient()
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_the_mlproject_entry_points_benchmark_compare_register(mnist_dir, mlflow_store, tmp_path):
+    """The issue's user flow through `mlflow run`, empty-string defaults included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mnist_lab.config import PROJECT_ROOT
+
+    client = MlflowClient()
+    experiment_id = client.create_experiment("mnist-lab", artifact_location=str(tmp_path / "art"))
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+
+    def mlflow_run(entry: str, **params: str) -> str:
+        command = [mlflow_cli, "run", str(PROJECT_ROOT), "-e", entry, "--env-manager", "local"]
+        command += ["--experiment-name", "mnist-lab"]
+        for key, value in params.items():
+            command += ["-P", f"{key}={value}"]
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = tmp_path / "bench"
+    printed = mlflow_run(
+        "benchmark",
+        models="cnn",
+        epochs="1",
+        max_train_samples="200",
+        max_test_samples="100",
+        output_dir=str(out),
+    )
+    assert "| cnn |" in printed and (out / "comparison.html").is_file()
+    (parent,) = client.search_runs([experiment_id], "tags.kind = 'benchmark'")
+    assert parent.info.status == "FINISHED"
+
+    printed = mlflow_run("compare", output_dir=str(tmp_path / "again"))
+    assert "| cnn |" in printed
+    comparisons = client.search_runs([experiment_id], "tags.kind = 'comparison'")
+    assert len(comparisons) == 2 and all(r.info.status == "FINISHED" for r in comparisons)
+
+    printed = mlflow_run("register", model="cnn")
+    assert "as mnist-cnn version 1; it is now @champion" in printed
