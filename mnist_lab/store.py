@@ -137,9 +137,19 @@ def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="MNIST digit classifier (mnist-lab)")
-    source = f"runs:/{run_id}/{names.MODEL_ARTIFACT}"
-    version = mlflow.register_model(source, name, tags=tags)
+    version = mlflow.register_model(model_source(run_id), name, tags=tags)
     return Version(name, str(version.version), run_id, tags)
+
+
+def model_source(run_id: str) -> str:
+    """`models:/<id>` of the run's logged `model` (MLflow 3 keeps it outside the run's
+    artifacts); `runs:/<run>/model` for runs logged before LoggedModels existed."""
+    client = MlflowClient()
+    outputs = client.get_run(run_id).outputs
+    for output in outputs.model_outputs if outputs else ():
+        if client.get_logged_model(output.model_id).name == names.MODEL_ARTIFACT:
+            return f"models:/{output.model_id}"
+    return f"runs:/{run_id}/{names.MODEL_ARTIFACT}"
 
 
 def set_champion(name: str, version: str) -> None:
