@@ -11,18 +11,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from mnist_lab import names, store, tracking
-from mnist_lab.compare import Comparison, Failure, compare
+from mnist_lab.compare import LAB_MODELS, Comparison, Failure, compare
 from mnist_lab.config import load_config
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import MODELS
 
 log = logging.getLogger(__name__)
 
-# The lab's architectures, in table order; faster_rcnn joins once it is in the registry.
-LAB_MODELS = ("cnn", "vgg16", "alexnet", "vit", "faster_rcnn")
-
 
 def default_models() -> list[str]:
+    """The lab's architectures that are in the registry (faster_rcnn once it is)."""
     return [m for m in LAB_MODELS if m in MODELS]
 
 

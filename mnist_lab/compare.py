@@ -27,6 +27,8 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.store import RunRecord
 
 MISSING = "–"
+# The lab's architectures in table order; any other model follows, alphabetically.
+LAB_MODELS = ("cnn", "vgg16", "alexnet", "vit", "faster_rcnn")
 COLUMNS = [
     "model",
     names.TEST_ACCURACY,
@@ -125,7 +127,7 @@ def select_runs(
     run_ids: Sequence[str] = (),
     include_tuning: bool = False,
 ) -> list[tuple[str, RunRecord]]:
-    """(row label, run) pairs to compare, architectures in order of first appearance."""
+    """(row label, run) pairs to compare: the lab's models in LAB_MODELS order, then others."""
     if run_ids:
         return _label([store.get_run(run_id) for run_id in run_ids])
     query = [f"tags.{names.TAG_KIND} = 'train'", "attributes.status = 'FINISHED'"]
@@ -133,6 +135,7 @@ def select_runs(
     runs = store.search_runs(experiment, " and ".join(query))
     plain = [r for r in runs if names.TAG_STUDY_NAME not in r.tags]
     chosen = [_pick(group, best_by) for group in _groups(plain, lambda r: r.model)]
+    chosen.sort(key=_table_order)
     labelled = _label(chosen)
     if include_tuning:
         trials = [r for r in runs if names.TAG_STUDY_NAME in r.tags]
@@ -149,6 +152,11 @@ def _groups(runs: list[RunRecord], key) -> list[list[RunRecord]]:
     for run in runs:
         groups.setdefault(key(run), []).append(run)
     return list(groups.values())
+
+
+def _table_order(run: RunRecord) -> tuple[int, str]:
+    in_lab = run.model in LAB_MODELS
+    return (LAB_MODELS.index(run.model) if in_lab else len(LAB_MODELS), run.model)
 
 
 def _pick(runs: list[RunRecord], metric: str | None) -> RunRecord:

@@ -40,11 +40,12 @@ def accuracy_bars_figure(
                 )
     finite = np.concatenate([acc[~np.isnan(acc)], f1s[~np.isnan(f1s)]])
     low = float(finite.min()) if finite.size else 0.0
-    ax.set_ylim(max(0.0, low - 5), 100.5)
+    # Zoom in on the top when every model is good (where the differences are), else show all.
+    ax.set_ylim(low - 5 if low > 80 else 0.0, 101)
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel("%")
     ax.set_title("Test accuracy and macro F1 per model")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     return fig
 
 
