@@ -79,7 +79,12 @@ def learning_curves_figure(
         if history:
             steps, values = zip(*history, strict=True)
             ax.plot(steps, [v * 100 for v in values], marker="o", markersize=3, label=label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = max((step for history in histories for step, _ in history), default=1)
+    ax.set_xlim(0.5, last + 0.5)  # whole epochs, also when every run has just one
+    if last <= 20:
+        ax.set_xticks(range(1, last + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Learning curves (validation accuracy)")
