@@ -4,9 +4,13 @@ Runs here are fakes with a tiny logged model (no training); the same scenario ru
 store and against a real `mlflow server` on 127.0.0.1.
 """
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +26,10 @@ from mnist_lab.cli import main
 
 def logged_run(experiment: str, val_accuracy: float, test_accuracy: float, monkeypatch) -> str:
     """A finished cnn `train` run with these metrics and a real (untrained) logged model."""
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)  # what `register` reads
+    mlflow.set_experiment(experiment)  # an earlier test's active experiment must not win
     torch.manual_seed(0)
     tiny = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     with tracking.run(tags={names.TAG_KIND: "train", names.TAG_MODEL: "cnn"}) as active:
@@ -82,18 +89,17 @@ def test_champion_logic_on_sqlite(mlflow_store, monkeypatch, capsys):
     check_champion_logic(monkeypatch, capsys)
 
 
-@pytest.fixture
-def tracking_server(tmp_path, monkeypatch):
-    """`mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts), stopped after."""
+@contextlib.contextmanager
+def tracking_server(folder: Path, backend_uri: str, monkeypatch) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_uri` (proxied artifacts), stopped after."""
     import mlflow
 
     port = free_port()
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
-    command += ["--artifacts-destination", str(tmp_path / "artifacts")]
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(command, cwd=tmp_path, env=venv_env(), stdout=log, stderr=log)
+    command += ["--port", str(port), "--workers", "1", "--backend-store-uri", backend_uri]
+    command += ["--artifacts-destination", str(folder / "artifacts")]
+    log = (folder / "server.log").open("w")
+    server = subprocess.Popen(command, cwd=folder, env=venv_env(), stdout=log, stderr=log)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -103,12 +109,12 @@ def tracking_server(tmp_path, monkeypatch):
                     break
             except requests.ConnectionError:
                 pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
             time.sleep(0.5)
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
             monkeypatch.delenv(var, raising=False)
-        monkeypatch.chdir(tmp_path)
+        monkeypatch.chdir(folder)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
         yield uri
@@ -124,10 +130,42 @@ def tracking_server(tmp_path, monkeypatch):
         log.close()
 
 
-def test_champion_logic_on_a_tracking_server(tracking_server, monkeypatch, capsys):
-    check_champion_logic(monkeypatch, capsys)
+def test_champion_logic_on_a_tracking_server(tmp_path, monkeypatch, capsys):
+    with tracking_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", monkeypatch):
+        check_champion_logic(monkeypatch, capsys)
     # The artifacts went through the server, not to the local disk.
-    assert not (Path.cwd() / "mlruns").exists()
+    assert not (tmp_path / "mlruns").exists()
+    assert any((tmp_path / "artifacts").rglob("MLmodel"))
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh, uniquely named PostgreSQL database, dropped after."""
+    url = os.environ.get("MNIST_LAB_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("MNIST_LAB_TEST_POSTGRES_URL is not set: no PostgreSQL server to test on")
+    import psycopg2
+
+    name = f"mnist_lab_register_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        # The psycopg2 driver named explicitly: it is the one installed.
+        server_url = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
+        yield f"{server_url}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def test_champion_logic_on_a_tracking_server_backed_by_postgres(
+    tmp_path, monkeypatch, capsys, postgres_database
+):
+    with tracking_server(tmp_path, postgres_database, monkeypatch):
+        check_champion_logic(monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(
