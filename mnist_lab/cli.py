@@ -133,8 +133,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mnist_lab import store
     from mnist_lab.predict import collect, predict
 
-    collect(args.inputs)  # bad input fails before the (slow) model load
-    predictions = predict(store.load_model(args.model_uri), args.inputs)
+    sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
+    predictions = predict(store.load_model(args.model_uri), sources, images)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
     else:

@@ -154,9 +154,11 @@ def collect(paths: list[str | Path]) -> tuple[list[str], np.ndarray]:
     return sources, np.concatenate(batches)
 
 
-def predict(model, paths: list[str | Path], batch_size: int = 1000) -> list[Prediction]:
-    """`model` is a loaded pyfunc (`store.load_model`); one Prediction per image."""
-    sources, images = collect(paths)
+def predict(
+    model, sources: list[str], images: np.ndarray, batch_size: int = 1000
+) -> list[Prediction]:
+    """`model`: a loaded pyfunc (`store.load_model`); `sources`, `images` [N, 28, 28] as
+    `collect` returns them. One Prediction per image."""
     out: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         frame = model.predict(images[start : start + batch_size])
