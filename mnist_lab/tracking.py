@@ -1,4 +1,5 @@
-"""The only module that calls MLflow.
+"""The only module that writes runs to MLflow (`store` reads them back; `mlflow_model` is the
+logged model's own flavor).
 
 Where runs land follows MLflow's own rules: `MLFLOW_TRACKING_URI` if set, else MLflow's default
 (`sqlite:///mlflow.db`, artifacts in `./mlruns/`); `MLFLOW_EXPERIMENT_NAME`/`_ID` if set, else the
