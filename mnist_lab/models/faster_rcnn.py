@@ -32,6 +32,7 @@ from torchvision.models.detection.faster_rcnn import (
     TwoMLPHead,
 )
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
 from mnist_lab.errors import ConfigError, WeightsError
@@ -118,7 +119,7 @@ class SmallBackbone(nn.Sequential):
         c = self.channels
         super().__init__(
             OrderedDict(
-                layer1=nn.Sequential(conv_bn(1, c[0]), conv_bn(c[0], c[0], 2)),
+                layer1=nn.Sequential(conv_bn(1, c[0], 2), conv_bn(c[0], c[0])),
                 layer2=nn.Sequential(conv_bn(c[0], c[1], 2), conv_bn(c[1], c[1])),
                 layer3=nn.Sequential(conv_bn(c[1], c[2], 2), conv_bn(c[2], c[2])),
                 layer4=nn.Sequential(conv_bn(c[2], c[3], 2), conv_bn(c[3], c[3])),
@@ -289,6 +290,8 @@ def build_faster_rcnn(
     small = backbone == "small"
     extra = {}
     if small:  # a 256-wide box head: torchvision's 1024 would be 4 M of the model's 5 M weights
+        # sampling_ratio 1: RoIAlign's backward dominates a CPU step; digits need no finer grid.
+        extra["box_roi_pool"] = MultiScaleRoIAlign(["0", "1", "2"], 7, sampling_ratio=1)
         extra["box_head"] = TwoMLPHead(body.out_channels * 7 * 7, SMALL_HEAD)
         extra["box_predictor"] = FastRCNNPredictor(SMALL_HEAD, NUM_CLASSES + 1)
     if backbone == "resnet50":  # the v2 heads, as torchvision's fasterrcnn_resnet50_fpn_v2
@@ -308,7 +311,7 @@ def build_faster_rcnn(
         rpn_post_nms_top_n_train=300,  # at most 4 digits a scene: 300 proposals are plenty
         rpn_pre_nms_top_n_test=500,
         rpn_post_nms_top_n_test=100,
-        box_batch_size_per_image=128,
+        box_batch_size_per_image=64,  # RoIs per scene for the box head; 25 % positives
         box_score_thresh=0.01,  # a weak box beats no box for classification and mAP
         box_detections_per_img=20,
         **extra,
