@@ -141,7 +141,12 @@ class GreyToImageNet(nn.Module):
         return self.body((x.expand(-1, 3, -1, -1) - self.mean) / self.std)
 
 
-def _load_backbone(net: nn.Module, weights: str, backbone: str, imagenet=None) -> None:
+def _load_backbone(
+    net: nn.Module,
+    weights: str,
+    backbone: str,
+    imagenet: torchvision.models.WeightsEnum | None = None,
+) -> None:
     """Fill `net` (the backbone's classification network) from 'imagenet' or a state-dict file;
     a file for another network is a WeightsError naming `weights_backbone`."""
     if weights == "none":
