@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from torchmetrics.detection import MeanAveragePrecision
 
 from mnist_lab import names
 from mnist_lab.config import TrainConfig
@@ -135,6 +134,8 @@ def detection_report(
 ) -> tuple[dict[str, float], Figure]:
     """test_no_detection_rate, test_map_50 and test_map (COCO mAP@[.5:.95], torchmetrics) on
     multi-digit scenes of the test set, and the figure of some of those scenes."""
+    from torchmetrics.detection import MeanAveragePrecision  # slow import, only needed here
+
     detector = model.detector.eval()
     metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
     shown: tuple[Scenes, list[dict[str, torch.Tensor]]] | None = None
