@@ -77,6 +77,107 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flag_true(value: str | None) -> bool:
+    """`--force`, `--force true` and MLproject's `--force false` / `--force ''` spellings."""
+    if value in (None, "", "false", "False", "0", "no"):
+        return False
+    if value in ("true", "True", "1", "yes"):
+        return True
+    raise LabError(f"expected true or false, got {value!r}")
+
+
+def _csv(values: Sequence[str] | None) -> list[str]:
+    """Repeatable, comma-separated flag values as one list; empty items dropped."""
+    return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mnist_lab.compare import compare, markdown, parse_tags
+
+    result = compare(
+        best_by=args.best_by or None,
+        tags=parse_tags(_csv(args.tag)),
+        run_ids=_csv(args.run_ids),
+        include_tuning=_flag_true(args.include_tuning),
+        output_dir=args.output_dir or "comparison",
+    )
+    print(markdown(result.table), end="")
+    print(f"written to {result.files['comparison.html'].parent}/; logged to run {result.run_id}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from mnist_lab.benchmark import benchmark
+    from mnist_lab.compare import markdown
+
+    overrides = {
+        k: getattr(args, k) or None
+        for k in ("epochs", "max_train_samples", "max_test_samples", "val_size", "device")
+    }
+    result = benchmark(_csv(args.models), overrides, output_dir=args.output_dir or "comparison")
+    print(markdown(result.table), end="")
+    print(f"written to {result.files['comparison.html'].parent}/; logged to run {result.run_id}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from mnist_lab.register import register
+
+    print(register(args.model, force=_flag_true(args.force)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from mnist_lab import store
+    from mnist_lab.predict import collect, predict
+
+    sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
+    predictions = predict(store.load_model(args.model_uri), sources, images)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in predictions], indent=2))
+    else:
+        for p in predictions:
+            print(f"{p.source}: {p.digit}  ({p.confidence:.1%})")
+    return 0
+
+
+def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
+    """compare, benchmark, register and predict."""
+    from mnist_lab.compare import SELECTABLE_METRICS
+
+    compare = commands.add_parser("compare", help="table and plots of finished runs")
+    add_flag(
+        compare, "best_by", help=f"per model, the best run by: {', '.join(SELECTABLE_METRICS)}"
+    )
+    compare.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+    )
+    add_flag(compare, "run_ids", action="append", help="compare exactly these runs (comma list)")
+    add_flag(compare, "include_tuning", nargs="?", const="true", help="add each study's winner")
+    add_flag(compare, "output_dir", help="where the files go (default: comparison/)")
+    compare.set_defaults(handler=cmd_compare)
+
+    bench = commands.add_parser("benchmark", help="train every model, then compare")
+    add_flag(bench, "models", action="append", help="comma list (default: every lab model)")
+    for name in ("epochs", "max_train_samples", "max_test_samples", "val_size", "device"):
+        add_flag(bench, name, help="override for every model (default: its experiments yaml)")
+    add_flag(bench, "output_dir", help="where the files go (default: comparison/)")
+    bench.set_defaults(handler=cmd_benchmark)
+
+    register = commands.add_parser("register", help="best run by val accuracy → registry")
+    register.add_argument("--model", required=True, help=f"one of {', '.join(model_names())}")
+    register.add_argument("--force", nargs="?", const="true", default=None, help="move champion")
+    register.set_defaults(handler=cmd_register)
+
+    predict = commands.add_parser("predict", help="digits from images, IDX files or folders")
+    predict.add_argument("inputs", nargs="*", help="image files, IDX image files or folders")
+    add_flag(predict, "model_uri", help="e.g. models:/mnist-cnn@champion or runs:/<id>/model")
+    predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.set_defaults(handler=cmd_predict, model_uri="models:/mnist-cnn@champion")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mnist-lab {__version__}")
@@ -93,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_flags(train)
     train.set_defaults(handler=cmd_train)
+    add_analysis_commands(commands)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""The only module that calls MLflow.
+"""The only module that writes runs to MLflow (`store` reads them back; `mlflow_model` is the
+logged model's own flavor).
 
 Where runs land follows MLflow's own rules: `MLFLOW_TRACKING_URI` if set, else MLflow's default
 (`sqlite:///mlflow.db`, artifacts in `./mlruns/`); `MLFLOW_EXPERIMENT_NAME`/`_ID` if set, else the
@@ -14,6 +15,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -257,25 +259,36 @@ def reopen_for_resume(run_id: str) -> None:
 
 
 def log_model(model: nn.Module, example: np.ndarray) -> str:
-    """Log `model` (input [B, 1, 28, 28] float32 in [0, 1]) as pyfunc-loadable `model`.
+    """Log `model` ([B, 1, 28, 28] float in [0, 1] → [B, 10] logits) as the run's `model`.
 
-    The package source travels with the model (`code_paths`), so it loads wherever mlflow and
-    torch are installed. Returns the model URI.
+    One MLflow model, two flavors (see `mnist_lab.mlflow_model`): `mlflow.pytorch.load_model`
+    gives the module back; `mlflow.pyfunc.load_model` and `mlflow models serve` take a batch of
+    28×28 digits (`example`: [B, 28, 28] float32 in [0, 1]; 0–255 values are scaled) and answer
+    `digit` and `prob_0` … `prob_9`. The package source travels with the model (`code_paths`),
+    so it loads wherever mlflow and torch are installed. Returns the model URI.
     """
+    from mnist_lab import mlflow_model
+
     model = model.eval()
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        output = model(torch.from_numpy(example).to(device)).float().cpu().numpy()
-    info = mlflow.pytorch.log_model(
-        model,
+    output = mlflow_model.DigitClassifier(model, _device_of(model)).predict(example)
+    with warnings.catch_warnings():  # "integer column cannot hold missing values": `digit` never
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        signature = infer_signature(example, output)
+    info = mlflow.models.Model.log(
+        artifact_path=None,
         name=names.MODEL_ARTIFACT,
-        serialization_format="pickle",  # "pt2" cannot trace a detector (data-dependent NMS)
-        signature=infer_signature(example, output),
+        flavor=mlflow_model,
+        pytorch_model=model,
+        signature=signature,
         input_example=example,
         code_paths=[str(PROJECT_ROOT / "mnist_lab")],
         pip_requirements=_model_requirements(),
     )
     return info.model_uri
+
+
+def _device_of(model: nn.Module) -> str:
+    return str(next(model.parameters()).device)
 
 
 def _model_requirements() -> list[str]:

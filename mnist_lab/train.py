@@ -152,9 +152,7 @@ def train(
             tracking.log_torch_model(model.detector.cpu(), names.DETECTOR_ARTIFACT)
         tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits)
-        tracking.log_model(
-            model.cpu(), splits.test_x[:8].unsqueeze(1).float().div(255).cpu().numpy()
-        )
+        tracking.log_model(model.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())
         log.info(
             "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
             metrics[names.TEST_ACCURACY],

@@ -52,6 +52,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 )
 def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     import mlflow
+    import mlflow.pytorch
 
     result = train(load_config(model, {**SMALL, **options}))
     client = MlflowClient()
@@ -68,9 +69,22 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert [m.step for m in history] == [1]
     assert artifact_paths(client, result.run_id) >= ARTIFACTS
 
-    loaded = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/{names.MODEL_ARTIFACT}")
-    digits = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-    assert np.asarray(loaded.predict(digits)).shape == (4, 10)
+    uri = f"runs:/{result.run_id}/{names.MODEL_ARTIFACT}"
+    digits = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    answer = mlflow.pyfunc.load_model(uri).predict(digits)
+    assert list(answer.columns) == ["digit"] + [f"prob_{k}" for k in range(10)]
+    probs = answer.drop(columns="digit").to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    assert (answer["digit"].to_numpy() == probs.argmax(axis=1)).all()
+    # The same digits as 0-255 values give the same answer.
+    same = mlflow.pyfunc.load_model(uri).predict((digits * 255).astype(np.float32))
+    assert (same["digit"] == answer["digit"]).all()
+    # The same model is MLflow's pytorch flavor too: the raw module, [B, 1, 28, 28] -> logits.
+    module = mlflow.pytorch.load_model(uri)
+    with torch.no_grad():
+        logits = module(torch.from_numpy(digits).unsqueeze(1))
+    assert logits.shape == (4, 10)
+    np.testing.assert_allclose(logits.softmax(1).numpy(), probs, rtol=1e-4, atol=1e-6)
 
 
 def test_cnn_learns_on_a_subset(mnist_dir, mlflow_store):

@@ -1,0 +1,75 @@
+"""Train every model with its experiments/<model>.yaml under one parent run, then compare them.
+
+Each model is a nested child run of a `kind=benchmark` parent. A model that fails (a bad config,
+missing weights, a crash, a NaN loss) becomes a failed row of the table; the others still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from mnist_lab import names, store, tracking
+from mnist_lab.compare import LAB_MODELS, Comparison, Failure, compare
+from mnist_lab.config import load_config
+from mnist_lab.errors import ConfigError
+from mnist_lab.models import MODELS
+
+log = logging.getLogger(__name__)
+
+
+def default_models() -> list[str]:
+    """The lab's architectures that are in the registry (faster_rcnn once it is)."""
+    return [m for m in LAB_MODELS if m in MODELS]
+
+
+def check_models(models: Sequence[str]) -> list[str]:
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ConfigError(
+            f"unknown model {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"valid models: {', '.join(MODELS)}"
+        )
+    return list(models)
+
+
+def benchmark(
+    models: Sequence[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    output_dir: str = "comparison",
+) -> Comparison:
+    """Train `models` (default: every lab model) with `overrides` on top of their YAML, compare.
+
+    Configs are all built before anything trains, so a typo fails fast, not an hour in.
+    """
+    from mnist_lab.train import train
+
+    models = check_models(models or default_models())
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    configs = {m: load_config(m, overrides) for m in models}
+    run_ids: list[str] = []
+    failures: list[Failure] = []
+    with tracking.run(run_name="benchmark", tags={names.TAG_KIND: "benchmark"}) as parent:
+        tracking.set_tags({names.TAG_KIND: "benchmark", "benchmark_models": ",".join(models)})
+        tracking.log_params({f"benchmark_{k}": v for k, v in overrides.items()})
+        for model, config in configs.items():
+            log.info("benchmark: training %s", model)
+            try:
+                result = train(config, nested=True, tags={"benchmark_run": parent.info.run_id})
+                run_ids.append(result.run_id)
+            except Exception as err:  # one broken model must not stop the others
+                log.exception("benchmark: %s failed", model)
+                child = _failed_child(parent.info.run_id, model)
+                failures.append(Failure(model, f"{type(err).__name__}: {err}", child))
+        comparison = compare(run_ids=run_ids, failures=failures, output_dir=output_dir, nested=True)
+    return comparison
+
+
+def _failed_child(parent_id: str, model: str) -> str | None:
+    """The run id of the FAILED child for `model`, if training got as far as starting one."""
+    children = store.search_runs(
+        store.experiment_name(),
+        f"tags.mlflow.parentRunId = '{parent_id}' and tags.{names.TAG_MODEL} = '{model}'",
+    )
+    return children[0].run_id if children else None

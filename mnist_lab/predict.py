@@ -1,0 +1,169 @@
+"""Digits from image files, IDX files or folders → a logged model → digit and confidence.
+
+Images of any size, colour or grey, are made MNIST-like the way MNIST itself was made: grey,
+light digit on black (inverted when the background is light), cropped to the ink, scaled to fit
+a 20×20 box, then placed in 28×28 so that the centre of mass sits at the centre.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from mnist_lab.data import read_idx
+from mnist_lab.errors import DataError, LabError
+from mnist_lab.mlflow_model import DIGIT, PROB_COLUMNS
+from mnist_lab.names import IMAGE_SIZE
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IDX_UBYTE_MAGIC = b"\x00\x00\x08"  # then 3 (images) or 1 (labels)
+BOX = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
+# Where MNIST's centres of mass sit (row and column, pixel-centre coordinates): 14, not 13.5.
+MNIST_CENTRE = IMAGE_SIZE / 2
+INK = 0.1  # pixels above this (in [0, 1], after inversion) count as the digit
+
+
+class InputError(LabError):
+    """An input file or folder that cannot be read as digits."""
+
+
+@dataclass
+class Prediction:
+    source: str  # the file, or "file[i]" for the i-th image of an IDX file
+    digit: int
+    confidence: float
+    probabilities: list[float]
+
+    def as_dict(self) -> dict:
+        return {
+            "input": self.source,
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+        }
+
+
+def mnist_style(image: Image.Image) -> np.ndarray:
+    """Any PIL image → [28, 28] float32 in [0, 1], light digit on black, centred by mass."""
+    if image.mode in ("RGBA", "LA", "P"):  # transparent background → white paper
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, rgba)
+    grey = np.asarray(ImageOps.grayscale(image), dtype=np.float32) / 255.0
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) > 0.5:  # dark digit on light paper
+        grey = 1.0 - grey
+    background = float(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
+    peak = float(grey.max())
+    if peak - background < 1e-3:  # a blank image: nothing to centre
+        return np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    grey = np.clip((grey - background) / (peak - background), 0.0, 1.0)
+    rows, cols = np.nonzero(grey > INK)
+    crop = grey[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    small = Image.fromarray((crop * 255).astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    digit = np.asarray(small, dtype=np.float32) / 255.0
+    field = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    top, left = (IMAGE_SIZE - digit.shape[0]) // 2, (IMAGE_SIZE - digit.shape[1]) // 2
+    field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
+    return _centre_by_mass(field)
+
+
+def _centre_by_mass(field: np.ndarray) -> np.ndarray:
+    """Shift [28, 28] by whole pixels so its centre of mass is where MNIST's are, nothing cut."""
+    ys, xs = np.indices(field.shape)
+    total = field.sum()
+    dy = round(MNIST_CENTRE - (ys * field).sum() / total)
+    dx = round(MNIST_CENTRE - (xs * field).sum() / total)
+    rows, cols = np.nonzero(field)
+    dy = int(np.clip(dy, -rows.min(), IMAGE_SIZE - 1 - rows.max()))
+    dx = int(np.clip(dx, -cols.min(), IMAGE_SIZE - 1 - cols.max()))
+    return np.roll(field, (dy, dx), axis=(0, 1))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file → [28, 28] float32; InputError naming the file if it is not an image."""
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty; give a PNG/JPG image or an IDX file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return mnist_style(image)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise InputError(
+            f"{path}: not a readable image ({err}); give PNG/JPG images or IDX files"
+        ) from None
+
+
+def is_idx(path: Path) -> bool:
+    """IDX (unsigned byte) files by content, plain or gzipped; labels are refused later."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            return f.read(3) == IDX_UBYTE_MAGIC
+    except OSError:
+        return False
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    """[N, 28, 28] float32 in [0, 1] from an IDX image file."""
+    try:
+        images = read_idx(path)
+    except DataError as err:
+        raise InputError(str(err)) from None
+    if images.ndim != 3 or tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(
+            f"{path}: an IDX file of shape {list(images.shape)} (labels?), not 28×28 images"
+        )
+    return images.numpy().astype(np.float32) / 255.0
+
+
+def collect(paths: list[str | Path]) -> tuple[list[str], np.ndarray]:
+    """Every input as (source names, [N, 28, 28] float32 in [0, 1]); folders are expanded."""
+    if not paths:
+        raise InputError("no input given; name image files, IDX files or a folder")
+    sources: list[str] = []
+    batches: list[np.ndarray] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_idx(p)
+            )
+            if not files:
+                raise InputError(
+                    f"{path}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) "
+                    "or IDX files"
+                )
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputError(f"{path}: no such file or folder")
+        for file in files:
+            if is_idx(file):
+                images = read_idx_images(file)
+                sources += [f"{file}[{i}]" for i in range(len(images))]
+                batches.append(images)
+            else:
+                sources.append(str(file))
+                batches.append(read_image(file)[None])
+    return sources, np.concatenate(batches)
+
+
+def predict(
+    model, sources: list[str], images: np.ndarray, batch_size: int = 1000
+) -> list[Prediction]:
+    """`model`: a loaded pyfunc (`store.load_model`); `sources`, `images` [N, 28, 28] as
+    `collect` returns them. One Prediction per image."""
+    out: list[Prediction] = []
+    for start in range(0, len(images), batch_size):
+        frame = model.predict(images[start : start + batch_size])
+        for source, row in zip(sources[start:], frame.itertuples(index=False), strict=False):
+            probs = [float(getattr(row, c)) for c in PROB_COLUMNS]
+            digit = int(getattr(row, DIGIT))
+            out.append(Prediction(source, digit, probs[digit], probs))
+    return out

@@ -1,0 +1,120 @@
+"""benchmark: every model a child run of one parent; a failing model is a failed row."""
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.benchmark import default_models
+from mnist_lab.cli import main
+
+TINY = ["--epochs", "1", "--max-train-samples", "200", "--max-test-samples", "100"]
+
+
+def test_a_failing_model_is_recorded_and_the_others_still_run(
+    mnist_dir, mlflow_store, tmp_path, monkeypatch, capsys
+):
+    import mnist_lab.train
+
+    real_fit = mnist_lab.train.fit
+
+    def fit(state, *args, **kwargs):
+        if state.config.model == "vit":
+            raise RuntimeError("boom in vit")
+        return real_fit(state, *args, **kwargs)
+
+    monkeypatch.setattr(mnist_lab.train, "fit", fit)
+    out = tmp_path / "out"
+    argv = ["benchmark", "--models", "vit,cnn", *TINY, "--val-size", "100"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT).experiment_id
+    (parent,) = client.search_runs([experiment], "tags.kind = 'benchmark'")
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_kind = {(r.data.tags[names.TAG_KIND], r.data.tags.get(names.TAG_MODEL)): r for r in children}
+    assert set(by_kind) == {("train", "cnn"), ("train", "vit"), ("comparison", None)}
+    assert by_kind["train", "cnn"].info.status == "FINISHED"
+    assert by_kind["train", "vit"].info.status == "FAILED"
+    assert by_kind["train", "cnn"].data.params["max_train_samples"] == "200"
+
+    table = pd.read_csv(out / "comparison.csv").set_index("model")
+    assert list(table.index) == ["cnn", "vit"]  # trained ones first, then the failures
+    assert table.loc["cnn", "status"] == "finished"
+    assert table.loc["vit", "status"] == "failed: RuntimeError: boom in vit"
+    assert table.loc["vit", "run_id"] == by_kind["train", "vit"].info.run_id
+    assert pd.isna(table.loc["vit", names.TEST_ACCURACY])
+    assert "failed: RuntimeError: boom in vit" in capsys.readouterr().out
+    assert "| vit | – |" in (out / "comparison.md").read_text()
+
+
+def test_default_models_are_the_lab_models_in_the_registry():
+    from mnist_lab.models import MODELS
+
+    assert default_models()[:4] == ["cnn", "vgg16", "alexnet", "vit"]
+    assert ("faster_rcnn" in default_models()) == ("faster_rcnn" in MODELS)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "cnn,resnet"], "unknown model 'resnet'; valid models: cnn"),
+        (["--models", "cnn", "--epochs", "0"], "epochs=0 must be >= 1"),
+    ],
+)
+def test_bad_benchmark_options_exit_2_before_any_run(mlflow_store, capsys, argv, message):
+    assert main(["benchmark", *argv]) == 2
+    assert message in capsys.readouterr().err
+    client = MlflowClient()
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_the_mlproject_entry_points_benchmark_compare_register(mnist_dir, mlflow_store, tmp_path):
+    """The issue's user flow through `mlflow run`, empty-string defaults included."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mnist_lab.config import PROJECT_ROOT
+
+    client = MlflowClient()
+    experiment_id = client.create_experiment("mnist-lab", artifact_location=str(tmp_path / "art"))
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+
+    def mlflow_run(entry: str, **params: str) -> str:
+        command = [mlflow_cli, "run", str(PROJECT_ROOT), "-e", entry, "--env-manager", "local"]
+        command += ["--experiment-name", "mnist-lab"]
+        for key, value in params.items():
+            command += ["-P", f"{key}={value}"]
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = tmp_path / "bench"
+    printed = mlflow_run(
+        "benchmark",
+        models="cnn",
+        epochs="1",
+        max_train_samples="200",
+        max_test_samples="100",
+        output_dir=str(out),
+    )
+    assert "| cnn |" in printed and (out / "comparison.html").is_file()
+    (parent,) = client.search_runs([experiment_id], "tags.kind = 'benchmark'")
+    assert parent.info.status == "FINISHED"
+
+    printed = mlflow_run("compare", output_dir=str(tmp_path / "again"))
+    assert "| cnn |" in printed
+    comparisons = client.search_runs([experiment_id], "tags.kind = 'comparison'")
+    assert len(comparisons) == 2 and all(r.info.status == "FINISHED" for r in comparisons)
+
+    printed = mlflow_run("register", model="cnn")
+    assert "as mnist-cnn version 1; it is now @champion" in printed
