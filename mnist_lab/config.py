@@ -17,6 +17,8 @@ import yaml
 
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import model_names, model_options
+from mnist_lab.models.faster_rcnn import check_options as check_detector_options
+from mnist_lab.names import DETECTOR_MODEL
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -187,6 +189,8 @@ def _validate_model_options(model: str, options: dict[str, Any]) -> None:
         _check(0 <= dropout < 1, "dropout", dropout, "must be in [0, 1)")
     if (size := options.get("input_size")) is not None:
         _check(size in (32, 224), "input_size", size, "must be 32 (native) or 224 (transfer)")
+    if model == DETECTOR_MODEL:
+        check_detector_options(**options)
     for name in ("weights", "weights_backbone"):
         value = options.get(name)
         if value not in (None, "imagenet", "none") and not Path(value).is_file():

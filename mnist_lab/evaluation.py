@@ -38,7 +38,8 @@ def classification_summary(
 
     ``f1_macro`` averages over the classes that occur in ``y_true`` or ``y_pred`` (sklearn's
     default), so a small subset missing some classes is not penalised for them; on a full test
-    set it equals ``macro_avg["f1"]``.
+    set it equals ``macro_avg["f1"]``. A prediction of -1 means "no prediction" (the detector
+    found no box): it counts as wrong, is left out of the confusion matrix and adds no class.
     """
     y_true = np.asarray(y_true).reshape(-1)
     y_pred = np.asarray(y_pred).reshape(-1)
@@ -47,11 +48,13 @@ def classification_summary(
     if y_true.size == 0:
         raise ValueError("cannot summarise an empty set of predictions")
     labels = list(range(num_classes))
+    # -1 is "no prediction" (a detector that found no box): wrong, but not an eleventh class.
+    seen = sorted(set(y_true.tolist()) | set(y_pred.tolist()) - {-1})
     report = classification_report(y_true, y_pred, labels=labels, output_dict=True, zero_division=0)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "f1_macro": float(f1_score(y_true, y_pred, labels=seen, average="macro", zero_division=0)),
         "per_class": {str(c): _scores(report[str(c)]) for c in labels},
         "macro_avg": _scores(report["macro avg"]),
         "weighted_avg": _scores(report["weighted avg"]),

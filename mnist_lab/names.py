@@ -28,6 +28,11 @@ PEAK_MEMORY_MB = "peak_memory_mb"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"
+# Detector only (faster_rcnn): classification through detection finds no box; COCO mAP@.5 and
+# mAP@[.5:.95] on multi-digit test scenes.
+TEST_NO_DETECTION_RATE = "test_no_detection_rate"
+TEST_MAP_50 = "test_map_50"
+TEST_MAP = "test_map"
 
 # Artifacts.
 PLOT_CONFUSION_MATRIX = "plots/confusion_matrix.png"
@@ -37,6 +42,9 @@ REPORT_CLASSIFICATION = "reports/classification_report.json"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_LAST = "checkpoints/last.pt"
 MODEL_ARTIFACT = "model"
+PLOT_DETECTIONS = "plots/detections.png"  # faster_rcnn: predicted vs true boxes on test scenes
+DETECTOR_ARTIFACT = "detector"  # faster_rcnn: the raw torchvision detector (mlflow.pytorch)
+DETECTOR_MODEL = "faster_rcnn"  # the one registered model trained on scenes, not on digits
 
 # Tags.
 TAG_MODEL = "model"

@@ -162,3 +162,55 @@ def sample_predictions_figure(
         fontsize=10,
     )
     return fig
+
+
+def detections_figure(
+    canvases: np.ndarray,
+    true_boxes: Sequence[np.ndarray],
+    true_digits: Sequence[np.ndarray],
+    pred_boxes: Sequence[np.ndarray],
+    pred_digits: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    min_score: float = 0.5,
+    zoom: int = 4,
+) -> Figure:
+    """Detection scenes with true boxes (green) and predicted boxes (red, "digit score").
+
+    canvases: [N, C, C] float in [0, 1]. Per scene i: true_boxes[i] [n, 4] and pred_boxes[i]
+    [m, 4] (x1, y1, x2, y2) px, digits [n] / [m] in 0..9, pred_scores[i] [m]. Predictions below
+    `min_score` are not drawn. Boxes are drawn with torchvision's `draw_bounding_boxes` on the
+    canvas enlarged `zoom` times, so the labels stay legible.
+    """
+    import torch
+    from torchvision.utils import draw_bounding_boxes
+
+    n = max(len(canvases), 1)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3 * cols, 3 * rows + 0.5), dpi=DPI, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for i, ax in enumerate(axes):
+        ax.axis("off")
+        if i >= len(canvases):
+            continue
+        grey = torch.from_numpy(np.asarray(canvases[i])).mul(255).round().to(torch.uint8)
+        image = grey.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1).expand(3, -1, -1)
+        keep = np.asarray(pred_scores[i]) >= min_score
+        boxes = np.concatenate([true_boxes[i], np.asarray(pred_boxes[i])[keep]]) * zoom
+        labels = [f"{d}" for d in true_digits[i]] + [
+            f"{d} {s:.2f}" for d, s in zip(pred_digits[i][keep], pred_scores[i][keep], strict=True)
+        ]
+        colours = ["#2ca02c"] * len(true_boxes[i]) + [WRONG_COLOUR] * int(keep.sum())
+        drawn = draw_bounding_boxes(
+            image.contiguous(),
+            torch.as_tensor(boxes, dtype=torch.float).reshape(-1, 4),
+            labels=labels,
+            colors=colours,
+            width=2,
+        )
+        ax.imshow(drawn.permute(1, 2, 0).numpy())
+    fig.suptitle(
+        f"Detections on test scenes: true boxes green, predicted red (score >= {min_score})",
+        fontsize=10,
+    )
+    return fig

@@ -304,3 +304,16 @@ def _model_requirements() -> list[str]:
         f"timm=={timm.__version__}",
         f"numpy=={np.__version__}",
     ]
+
+
+def log_torch_model(module: nn.Module, name: str = names.DETECTOR_ARTIFACT) -> str:
+    """Log `module` as it is, pickled, with no signature (e.g. a torchvision detector, which
+    takes a list of images), so `mlflow.pytorch.load_model` returns it. Returns the model URI."""
+    info = mlflow.pytorch.log_model(
+        module.eval(),
+        name=name,
+        serialization_format="pickle",  # "pt2" traces one input shape; a detector has none
+        code_paths=[str(PROJECT_ROOT / "mnist_lab")],
+        pip_requirements=_model_requirements(),
+    )
+    return info.model_uri

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_lab import names, tracking
+from mnist_lab import detection, names, tracking
 from mnist_lab.checkpoint import load_checkpoint
 from mnist_lab.config import TrainConfig, build_config
 from mnist_lab.data import BatchLoader, Splits, load_mnist, make_splits
+from mnist_lab.detection import DetectionTask
 from mnist_lab.engine import (
     ClassificationTask,
     Evaluation,
@@ -98,15 +99,23 @@ def train(
         max_test_samples=config.max_test_samples,
     ).to(device)
     model = build_model(config.model, **config.model_options).to(device)
-    train_loader = BatchLoader(
-        splits.train_x,
-        splits.train_y,
-        batch_size=config.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        augment=config.augment,
-        drop_last=False,
-    )
+    detector = config.model == names.DETECTOR_MODEL
+    if detector:  # trained and evaluated on scenes made from the same splits
+        task = test_task = DetectionTask()
+        train_loader, val_loader, test_loader = detection.loaders(config, splits)
+    else:
+        task, test_task = ClassificationTask(config.label_smoothing), ClassificationTask()
+        train_loader = BatchLoader(
+            splits.train_x,
+            splits.train_y,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            augment=config.augment,
+            drop_last=False,
+        )
+        val_loader = _eval_loader(splits.val_x, splits.val_y, config)
+        test_loader = _eval_loader(splits.test_x, splits.test_y, config)
     optimizer = make_optimizer(model, config)
     state = TrainState(
         config, model, optimizer, make_scheduler(optimizer, config, len(train_loader))
@@ -123,9 +132,9 @@ def train(
         try:
             fit(
                 state,
-                ClassificationTask(config.label_smoothing),
+                task,
                 train_loader,
-                _eval_loader(splits.val_x, splits.val_y, config),
+                val_loader,
                 device,
                 listeners=(epoch_logger, ConsoleReporter(), *listeners),
             )
@@ -133,11 +142,14 @@ def train(
             epoch_logger.wait()
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
-        test = ClassificationTask().evaluate(
-            model, _eval_loader(splits.test_x, splits.test_y, config), config.amp
-        )
+        test = test_task.evaluate(model, test_loader, config.amp)
         summary = classification_summary(test.targets, test.predictions)
         metrics = _final_metrics(state, test, summary, model, device, epoch_logger.seconds)
+        if detector:
+            detection_metrics, figure = detection.detection_report(model, config, splits, test)
+            metrics.update(detection_metrics)
+            tracking.log_figure(figure, names.PLOT_DETECTIONS)
+            tracking.log_torch_model(model.detector.cpu(), names.DETECTOR_ARTIFACT)
         tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits)
         tracking.log_model(model.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())

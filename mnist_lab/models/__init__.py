@@ -14,6 +14,7 @@ from torch import nn
 from mnist_lab.errors import ConfigError
 from mnist_lab.models.cnn import build_cnn
 from mnist_lab.models.common import MnistNormalize
+from mnist_lab.models.faster_rcnn import build_faster_rcnn
 from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16
 from mnist_lab.models.vit import build_timm_vit, build_vit
 
@@ -25,7 +26,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "alexnet": build_alexnet,
     "vit": build_vit,
     "timm_vit": build_timm_vit,
-    # "faster_rcnn": build_faster_rcnn,  (added with mnist_lab/models/faster_rcnn.py)
+    "faster_rcnn": build_faster_rcnn,
 }
 
 __all__ = ["MODELS", "TIMM_PREFIX", "build_model", "model_names", "model_options"]
