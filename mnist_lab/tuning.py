@@ -136,7 +136,7 @@ class Objective:
             names.TAG_STUDY_NAME: self.job.options.name,
             names.TAG_TRIAL_NUMBER: str(trial.number),
             names.TAG_KIND: "trial",
-            **tracking.child_run_tags(self.job.parent_run_id),
+            **tracking.child_run_tags(self.job.parent_run_id, f"trial-{trial.number}"),
         }
         try:
             config = trial_config(self.job.options, self.job.space, overrides)
