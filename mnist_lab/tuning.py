@@ -18,7 +18,9 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,12 +218,26 @@ def run_trials(job: Job) -> None:
         timeout=options.timeout,
         catch=(Exception,),
         callbacks=[StopWhenDone(options.n_trials)],
-        gc_after_trial=True,
+        gc_after_trial=False,
     )
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill <pid>` (SIGTERM) ends trials and runs like Ctrl-C does: FAIL / KILLED, not RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_main(job: Job) -> None:
     """Entry point of a spawned worker: same tracking store and experiment as the parent."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     os.environ.pop("MLFLOW_RUN_ID", None)  # the parent's run; the worker's runs are children
     os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
     os.environ["MLFLOW_EXPERIMENT_ID"] = job.experiment_id
@@ -312,6 +328,11 @@ def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig]:
 def tune(options: TuneOptions) -> TuneResult:
     """Run (or continue) the study, log it to MLflow, and retrain its best configuration."""
     space, base = check(options)
+    with sigterm_as_interrupt():
+        return _tune(options, space, base)
+
+
+def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneResult:
     storage = open_storage(options.storage, options.heartbeat_interval)
     objective_data = {"max_train_samples": base.max_train_samples, "val_size": base.val_size}
     study = open_study(storage, options.name, space, objective_data)
