@@ -99,11 +99,19 @@ TUNE_FLAGS = {
 }
 
 
+UNSET = ("", "none")
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from mnist_lab.study import DEFAULT_STORAGE
     from mnist_lab.tuning import DATA_OPTIONS, TuneOptions, tune
 
-    given = {k: v for k, v in vars(args).items() if v not in (None, "")}
+    # "" or "none" is "unset": MLproject's defaults for the settings that default to nothing.
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and (k == "pruner" or str(v).lower() not in UNSET)  # pruner none: a choice
+    }
     data = {k: given[k] for k in DATA_OPTIONS if k in given}
     options = TuneOptions(
         model=args.model or "cnn",

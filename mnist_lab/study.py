@@ -51,6 +51,7 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
             if not path.parent.is_dir():
                 raise FileNotFoundError(f"folder {path.parent} does not exist")
             return JournalStorage(JournalFileBackend(str(path)))
+        url = with_installed_driver(url)
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # Several workers write to one file: wait for the lock rather than fail at once.
@@ -68,6 +69,18 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
             f"cannot open the Optuna storage {redact(url)}: {reason}. Give --storage as an "
             "SQLAlchemy URL (sqlite:///optuna.db, postgresql://user@host/db) or journal:<file>"
         ) from None
+
+
+def with_installed_driver(url: str) -> str:
+    """`postgresql://` names no driver, and SQLAlchemy 2.1 then picks psycopg 3; the project
+    ships psycopg2, so use it unless psycopg 3 is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    return url
 
 
 def make_sampler(kind: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:

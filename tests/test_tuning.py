@@ -212,7 +212,8 @@ def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
         (["--storage", "bogus://x"], "cannot open the Optuna storage bogus://x"),
         (
             ["--storage", "postgresql://user:secret@127.0.0.1:1/optuna"],
-            "cannot open the Optuna storage postgresql://127.0.0.1:1/optuna",
+            "cannot open the Optuna storage postgresql://127.0.0.1:1/optuna: (psycopg2."
+            'OperationalError) connection to server at "127.0.0.1", port 1 failed',
         ),
         (["--space", "nowhere.yaml"], "nowhere.yaml: no search space file for model 'cnn'"),
         (["--model", "timm_vit"], "no search space file for model 'timm_vit'"),
@@ -444,6 +445,42 @@ def test_two_workers_share_one_study(mnist_dir, mlflow_store, tmp_path, space, k
     assert len(trial_runs()) == 4
 
 
+@pytest.mark.slow
+def test_mlflow_run_tune_entry_point(mnist_dir, mlflow_store, tmp_path, space):
+    """`mlflow run . -e tune`: the launcher's run becomes the parent of the trials' runs."""
+    client = MlflowClient()
+    experiment_id = client.create_experiment("tuning", artifact_location=str(tmp_path / "art"))
+    params = {
+        "model": "cnn",
+        "n_trials": "2",
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "pruner": "none",
+        "max_train_samples": "300",
+        "max_test_samples": "100",
+        "val_size": "100",  # undeclared: appended as --val_size
+        "space": str(space),
+        "retrain": "none",
+    }
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_cli, "run", str(PROJECT_ROOT), "-e", "tune", "--env-manager", "local"]
+    command += ["--experiment-name", "tuning"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID",)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get(names.TAG_KIND) == "tune"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["n_trials"] == "2" and parent.data.params["timeout"] == "none"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+    assert all(r.data.tags[names.TAG_TRIAL_STATE] == "COMPLETE" for r in children)
+
+
 # --- PostgreSQL and an mlflow server ---------------------------------------------------------
 
 
@@ -464,7 +501,9 @@ def postgres_db():
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
         created.append(name)
-        return url.rsplit("/", 1)[0] + f"/{name}"
+        # psycopg2 is the driver installed; SQLAlchemy 2.1's default for postgresql:// is 3.
+        base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+        return f"{base}/{name}"
 
     yield make
     with admin.cursor() as cursor:
@@ -510,6 +549,13 @@ def mlflow_server(postgres_db, tmp_path, monkeypatch):
     log.close()
 
 
+@pytest.mark.postgres
+def test_a_plain_postgresql_url_opens_with_the_installed_driver(postgres_db, tmp_path, space):
+    url = postgres_db().replace("postgresql+psycopg2://", "postgresql://")
+    study = open_study(open_storage(url), "s", load_space("cnn", space), {})
+    assert study.user_attrs["model"] == "cnn"
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_with_an_mlflow_server(
@@ -522,5 +568,5 @@ def test_two_workers_on_postgresql_with_an_mlflow_server(
     runs = trial_runs(result.parent_run_id)
     assert_consistent(study, runs)
     parent = MlflowClient().get_run(result.parent_run_id)
-    assert parent.data.tags[names.TAG_STORAGE].startswith("postgresql://127.0.0.1")
+    assert parent.data.tags[names.TAG_STORAGE].startswith("postgresql+psycopg2://127.0.0.1")
     assert MlflowClient().get_metric_history(runs[0].info.run_id, names.VAL_ACCURACY)
