@@ -51,13 +51,12 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
             if not path.parent.is_dir():
                 raise FileNotFoundError(f"folder {path.parent} does not exist")
             return JournalStorage(JournalFileBackend(str(path)))
-        url = with_installed_driver(url)
         engine_kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # Several workers write to one file: wait for the lock rather than fail at once.
             engine_kwargs["connect_args"] = {"timeout": 60}
         return RDBStorage(
-            url,
+            with_installed_driver(url),
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_interval,
             grace_period=2 * heartbeat_interval,
