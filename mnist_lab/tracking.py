@@ -306,12 +306,15 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-def child_run_tags(parent_run_id: str, run_name: str) -> dict[str, str]:
-    """Tags that name a run and nest it under `parent_run_id`, also from a worker process with
-    no active run (MLflow's active run is per thread and process: `nested=True` cannot)."""
+def child_run_tags(parent_run_id: str, run_name: str | None = None) -> dict[str, str]:
+    """Tags that nest a run under `parent_run_id` (and name it), also from a worker process
+    with no active run (MLflow's active run is per thread and process: `nested=True` cannot)."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-    return {MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: run_name}
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id}
+    if run_name:
+        tags[MLFLOW_RUN_NAME] = run_name
+    return tags
 
 
 def find_run(experiment_id: str, tags: dict[str, str]) -> str | None:

@@ -140,15 +140,11 @@ class Objective:
             names.TAG_KIND: "trial",
             **tracking.child_run_tags(self.job.parent_run_id, f"trial-{trial.number}"),
         }
-        try:
-            config = trial_config(self.job.options, self.job.space, overrides)
-        except ConfigError as err:  # a combination no run can use (dim not divisible by heads)
-            trial.set_user_attr(ATTR_FAILURE, str(err))
-            params = {"model": self.model, **self.job.space.fixed, **overrides}
-            tracking.log_failed_run(self.job.experiment_id, tags, params, str(err))
-            raise
+        params = {"model": self.model, **self.job.space.fixed, **overrides}
         listener = PruningListener(trial)
         try:
+            # A combination no run can use (dim not divisible by heads) fails right here.
+            config = trial_config(self.job.options, self.job.space, overrides)
             result = train(
                 config, listeners=(listener,), nested=True, tags=tags, evaluate_test=False
             )
@@ -161,23 +157,36 @@ class Objective:
         except Exception as err:  # NaN loss, out of memory, ...: FAIL, and the study goes on
             reason = f"{type(err).__name__}: {err}"
             trial.set_user_attr(ATTR_FAILURE, reason)
-            self._mark_failed(trial, listener, reason)
+            self._mark_failed(trial, listener, reason, tags, params)
             raise
         tracking.mark_trial_run(result.run_id, "COMPLETE")
         return result.best_val_accuracy
 
     def _run_of(self, trial: optuna.Trial) -> str | None:
+        """The run `train()` started for `trial` under this invocation's parent, if any."""
         query = {
             names.TAG_STUDY_NAME: self.job.options.name,
             names.TAG_TRIAL_NUMBER: str(trial.number),
+            **tracking.child_run_tags(self.job.parent_run_id),
         }
         return tracking.find_run(self.job.experiment_id, query)
 
-    def _mark_failed(self, trial: optuna.Trial, listener: PruningListener, reason: str) -> None:
+    def _mark_failed(
+        self,
+        trial: optuna.Trial,
+        listener: PruningListener,
+        reason: str,
+        tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Tag the trial's run FAIL; with `tags`, log a FAILED run if `train()` started none
+        (bad combination, missing weights), so every failed trial has its run."""
         with contextlib.suppress(Exception):  # the trial's own error is the one to report
             run_id = listener.run_id or self._run_of(trial)
             if run_id:
                 tracking.mark_trial_run(run_id, "FAIL", reason)
+            elif tags is not None:
+                tracking.log_failed_run(self.job.experiment_id, tags, params or {}, reason)
 
     def _end_run_of_retried(self, trial: optuna.Trial) -> None:
         """A retry of a trial whose worker died (the heartbeat callback copied its user attrs):
