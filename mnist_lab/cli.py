@@ -178,6 +178,77 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     predict.set_defaults(handler=cmd_predict, model_uri="models:/mnist-cnn@champion")
 
 
+TUNE_FLAGS = {
+    "n_trials": "the study's size: a re-run runs only the missing trials (default 20)",
+    "timeout": "stop starting trials after this many seconds",
+    "workers": "processes running trials on the same storage (default 1)",
+    "storage": "Optuna storage: an SQLAlchemy URL or journal:<file> (default sqlite:///optuna.db "
+    "at the repo root)",
+    "study_name": "default: the model name; the same name continues the study",
+    "sampler": "tpe (default, seeded) or random",
+    "pruner": "hyperband (default), median or none",
+    "seed": "sampler seed, also the trials' training seed (default 0)",
+    "device": "every trial's device (default: auto)",
+    "max_train_samples": "train each trial on a subset (e.g. 10000)",
+    "max_test_samples": "test subset of the retrain with --retrain subset",
+    "val_size": "validation images held out of training (the objective)",
+    "data_dir": "MNIST folder (default $MNIST_DATA_DIR or ./data)",
+    "space": "search space file (default tuning/<model>.yaml)",
+    "retrain": "retrain the best config on the full data (full, default), on the trials' subset "
+    "(subset), or not (none)",
+    "heartbeat_interval": "seconds between trial heartbeats on RDB storages (default 60)",
+}
+
+
+UNSET = ("", "none")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mnist_lab.study import DEFAULT_STORAGE
+    from mnist_lab.tuning import DATA_OPTIONS, TuneOptions, tune
+
+    # "" or "none" is "unset": MLproject's defaults for the settings that default to nothing.
+    given = {
+        k: v
+        for k, v in vars(args).items()
+        if v is not None and (k == "pruner" or str(v).lower() not in UNSET)  # pruner none: a choice
+    }
+    data = {k: given[k] for k in DATA_OPTIONS if k in given}
+    options = TuneOptions(
+        model=args.model or "cnn",
+        n_trials=_number(given, "n_trials", int, 20),
+        timeout=_number(given, "timeout", float, None),
+        workers=_number(given, "workers", int, 1),
+        storage=given.get("storage", DEFAULT_STORAGE),
+        study_name=given.get("study_name"),
+        sampler=given.get("sampler", "tpe"),
+        pruner=given.get("pruner", "hyperband"),
+        seed=_number(given, "seed", int, 0),
+        data=data,
+        space_path=given.get("space"),
+        retrain=given.get("retrain", "full"),
+        heartbeat_interval=_number(given, "heartbeat_interval", int, 60),
+    )
+    result = tune(options)
+    print(
+        f"study {result.study_name}: {result.counts}, best val_accuracy "
+        f"{result.best_value:.4f} with {result.best_overrides} (parent run {result.parent_run_id})"
+    )
+    if result.retrain_run_id:
+        accuracy = result.retrain_metrics.get("test_accuracy", float("nan"))
+        print(f"retrained as run {result.retrain_run_id}: test_accuracy {accuracy:.4f}")
+    return 0
+
+
+def _number(given: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    if name not in given:
+        return default
+    try:
+        return kind(given[name])
+    except ValueError:
+        raise LabError(f"{name}={given[name]!r} is not a valid {kind.__name__}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mnist-lab {__version__}")
@@ -195,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(train)
     train.set_defaults(handler=cmd_train)
     add_analysis_commands(commands)
+
+    tune = commands.add_parser("tune", help="Optuna study over tuning/<model>.yaml, in MLflow")
+    tune.add_argument("--model", default="cnn", help=f"one of {', '.join(model_names())}")
+    for name, text in TUNE_FLAGS.items():
+        add_flag(tune, name, help=text, metavar=name.upper())
+    tune.set_defaults(handler=cmd_tune)
     return parser
 
 

@@ -55,4 +55,23 @@ TAG_GIT_COMMIT = "git_commit"
 TAG_FAILURE_REASON = "failure_reason"
 TAG_STUDY_NAME = "study_name"
 
+# Tuning (`tune`): the parent run of a study invocation and its nested trial runs.
+TAG_TRIAL_NUMBER = "trial_number"
+TAG_TRIAL_STATE = "trial_state"  # COMPLETE / PRUNED / FAIL
+TAG_SAMPLER = "sampler"
+TAG_PRUNER = "pruner"
+TAG_STORAGE = "storage"  # the Optuna storage URL, credentials removed
+TAG_BEST_PARAMS = "best_params"
+TAG_TUNE_RUN_ID = "tune_run_id"  # on the retrain: the parent run of its study
+TAG_RETRAIN_RUN_ID = "retrain_run_id"  # on the parent: the retrained best configuration
+N_COMPLETE_TRIALS = "n_complete_trials"
+N_PRUNED_TRIALS = "n_pruned_trials"
+N_FAILED_TRIALS = "n_failed_trials"
+TRIALS_PER_MINUTE = "trials_per_minute"
+BEST_PARAMS_FILE = "best_params.json"
+PLOT_OPTIMIZATION_HISTORY = "plots/optimization_history.png"
+PLOT_PARAM_IMPORTANCES = "plots/param_importances.png"
+PLOT_PARALLEL_COORDINATE = "plots/parallel_coordinate.png"
+PLOT_INTERMEDIATE_VALUES = "plots/intermediate_values.png"
+
 DEFAULT_EXPERIMENT = "mnist-lab"

@@ -317,3 +317,86 @@ def log_torch_model(module: nn.Module, name: str = names.DETECTOR_ARTIFACT) -> s
         pip_requirements=_model_requirements(),
     )
     return info.model_uri
+
+
+# --- Tuning: a parent run per `tune` invocation, a nested run per trial ---------------------
+
+
+def active_experiment_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("no active MLflow run")
+    return run.info.experiment_id
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def child_run_tags(parent_run_id: str, run_name: str | None = None) -> dict[str, str]:
+    """Tags that nest a run under `parent_run_id` (and name it), also from a worker process
+    with no active run (MLflow's active run is per thread and process: `nested=True` cannot)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id}
+    if run_name:
+        tags[MLFLOW_RUN_NAME] = run_name
+    return tags
+
+
+def find_run(experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The newest run of `experiment_id` carrying all `tags`, or None."""
+    where = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])
+
+
+def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
+    """Tag a trial's run with its Optuna state once the trial has ended.
+
+    A pruned trial leaves `train()` by an exception, so `run()` ended its run FAILED with a
+    `failure_reason`; pruning is the tuner working as intended, so it becomes FINISHED.
+    """
+    client = MlflowClient()
+    client.set_tag(run_id, names.TAG_TRIAL_STATE, state)
+    if state == "PRUNED":
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            client.delete_tag(run_id, names.TAG_FAILURE_REASON)
+        if reason:
+            client.set_tag(run_id, "pruned_reason", reason[:MAX_TAG_LENGTH])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    elif state == "FAIL" and reason and client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+
+def log_failed_run(
+    experiment_id: str, tags: dict[str, str], params: dict[str, Any], reason: str
+) -> str:
+    """A FAILED run for a trial that failed before `train()` could start one (a bad combination
+    of parameters), so every trial has its run."""
+    client = MlflowClient()
+    run = client.create_run(experiment_id, tags={**tags, names.TAG_TRIAL_STATE: "FAIL"})
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+    )
+    client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    return run_id
+
+
+def kill_orphaned_run(run_id: str, reason: str) -> None:
+    """End a run whose process died (a killed tuning worker) KILLED, if still RUNNING."""
+    client = MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))

@@ -83,11 +83,14 @@ def train(
     tags: dict[str, str] | None = None,
     resume_run_id: str | None = None,
     checkpoint: dict[str, Any] | None = None,
+    evaluate_test: bool = True,
 ) -> TrainResult:
     """Train `config.model`, evaluate it on the test set once, and log everything to one run.
 
     `listeners` get every epoch's metrics (the tuner's pruning callback is one); `nested` makes
-    the run a child of the active run. Use `resume()` rather than the last two arguments.
+    the run a child of the active run. `evaluate_test=False` (tuning trials) stops after
+    training: no test set, reports or model, so selection can only see validation.
+    Use `resume()` rather than `resume_run_id`/`checkpoint`.
     """
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -140,6 +143,11 @@ def train(
             )
         finally:
             epoch_logger.wait()
+        if not evaluate_test:
+            metrics = _training_metrics(state, model)
+            tracking.log_metrics(metrics)
+            run_id = tracking.active_run_id()
+            return TrainResult(run_id, metrics, state.best_val_accuracy, state.epoch)
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
         test = test_task.evaluate(model, test_loader, config.amp)
@@ -188,6 +196,16 @@ def _final_metrics(
         names.THROUGHPUT_IMG_PER_S: len(test.targets) / test.seconds,
         names.PEAK_MEMORY_MB: peak_memory_mb(device),
         names.TRACKING_OVERHEAD: tracking_s / train_time if train_time > 0 else 0.0,
+    }
+
+
+def _training_metrics(state: TrainState, model: nn.Module) -> dict[str, float]:
+    """The final metrics of a run without a test evaluation (a tuning trial)."""
+    return {
+        names.TRAIN_TIME_S: state.train_seconds,
+        names.BEST_VAL_ACCURACY: state.best_val_accuracy,
+        names.BEST_EPOCH: float(state.best_epoch),
+        names.NUM_PARAMS: float(sum(p.numel() for p in model.parameters())),
     }
 
 

@@ -1,0 +1,509 @@
+"""`tune`: an Optuna study over `tuning/<model>.yaml`, every trial a nested MLflow run.
+
+    options ─► checks (model, space, data, storage) ─► study (created or continued)
+            ─► parent run ─► N workers × trials: suggest ─► train(evaluate_test=False) ─► prune?
+            ─► study summary + plots on the parent ─► the best config retrained as a `train` run
+
+The objective is the trial's best validation accuracy; the test set is only touched by the
+retrain. `n_trials` is the size of the study, not of this invocation: a re-run after Ctrl-C, a
+killed worker or on another machine runs only the trials still missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from mnist_lab import names, tracking
+from mnist_lab.config import TrainConfig, load_config
+from mnist_lab.data import load_mnist
+from mnist_lab.engine import TrainState, resolve_device
+from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.search_space import SearchSpace, load_space
+from mnist_lab.study import (
+    ATTR_FAILURE,
+    ATTR_OVERRIDES,
+    DEFAULT_STORAGE,
+    PRUNERS,
+    SAMPLERS,
+    StopWhenDone,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    open_study,
+    redact,
+    state_counts,
+    trials_done,
+)
+from mnist_lab.train import train
+
+log = logging.getLogger(__name__)
+
+RETRAIN_MODES = ("full", "subset", "none")
+# Settings of every trial that come from the command line rather than the space file.
+DATA_OPTIONS = ("device", "seed", "max_train_samples", "max_test_samples", "val_size", "data_dir")
+SUBSET_OPTIONS = ("max_train_samples", "max_test_samples")
+ATTR_ATTEMPTS = "attempts"  # trial numbers that ran these parameters (retries after a crash)
+
+
+@dataclass
+class TuneOptions:
+    model: str
+    n_trials: int = 20
+    timeout: float | None = None  # seconds, per invocation
+    workers: int = 1
+    storage: str = DEFAULT_STORAGE
+    study_name: str | None = None  # default: the model name
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    seed: int = 0  # the sampler's; also the trials' training seed when given in `data`
+    data: dict[str, Any] = field(default_factory=dict)  # DATA_OPTIONS for every trial
+    space_path: str | None = None  # default tuning/<model>.yaml
+    retrain: str = "full"  # the best config on the full data / on the trials' subset / not
+    heartbeat_interval: int = 60
+
+    @property
+    def name(self) -> str:
+        return self.study_name or self.model.replace(":", "-")
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    parent_run_id: str
+    trials_run: int  # finished by this invocation
+    counts: dict[str, int]  # over the whole study: COMPLETE / PRUNED / FAIL
+    best_value: float
+    best_overrides: dict[str, Any]
+    seconds: float
+    retrain_run_id: str | None = None
+    retrain_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class PruningListener:
+    """Engine listener: report each epoch's validation accuracy; raise TrialPruned when told."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.run_id: str | None = None
+
+    def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+        self.run_id = tracking.active_run_id()
+        self.trial.report(metrics[names.VAL_ACCURACY], step=state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"pruned after epoch {state.epoch}: val_accuracy {metrics[names.VAL_ACCURACY]:.4f}"
+            )
+
+
+@dataclass
+class Job:
+    """What a worker (this process or a spawned one) needs to run trials: picklable."""
+
+    options: TuneOptions
+    space: SearchSpace
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    quota: int
+    worker: int = 0
+
+
+class Objective:
+    """One trial: suggest, train without the test set, return the best validation accuracy."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.model = job.options.model
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self._end_run_of_retried(trial)
+        overrides = self.job.space.suggest(trial)
+        trial.set_user_attr(ATTR_OVERRIDES, overrides)
+        tags = {
+            names.TAG_STUDY_NAME: self.job.options.name,
+            names.TAG_TRIAL_NUMBER: str(trial.number),
+            names.TAG_KIND: "trial",
+            **tracking.child_run_tags(self.job.parent_run_id, f"trial-{trial.number}"),
+        }
+        params = {"model": self.model, **self.job.space.fixed, **overrides}
+        listener = PruningListener(trial)
+        try:
+            # A combination no run can use (dim not divisible by heads) fails right here.
+            config = trial_config(self.job.options, self.job.space, overrides)
+            result = train(
+                config, listeners=(listener,), nested=True, tags=tags, evaluate_test=False
+            )
+        except optuna.TrialPruned as pruned:
+            tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
+            raise
+        except KeyboardInterrupt:
+            self._mark_failed(trial, listener, "interrupted by the user (Ctrl-C)")
+            raise
+        except Exception as err:  # NaN loss, out of memory, ...: FAIL, and the study goes on
+            reason = f"{type(err).__name__}: {err}"
+            trial.set_user_attr(ATTR_FAILURE, reason)
+            self._mark_failed(trial, listener, reason, tags, params)
+            raise
+        tracking.mark_trial_run(result.run_id, "COMPLETE")
+        return result.best_val_accuracy
+
+    def _run_of(self, trial: optuna.Trial) -> str | None:
+        """The run `train()` started for `trial` under this invocation's parent, if any."""
+        query = {
+            names.TAG_STUDY_NAME: self.job.options.name,
+            names.TAG_TRIAL_NUMBER: str(trial.number),
+            **tracking.child_run_tags(self.job.parent_run_id),
+        }
+        return tracking.find_run(self.job.experiment_id, query)
+
+    def _mark_failed(
+        self,
+        trial: optuna.Trial,
+        listener: PruningListener,
+        reason: str,
+        tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        """Tag the trial's run FAIL; with `tags`, log a FAILED run if `train()` started none
+        (bad combination, missing weights), so every failed trial has its run."""
+        with contextlib.suppress(Exception):  # the trial's own error is the one to report
+            run_id = listener.run_id or self._run_of(trial)
+            if run_id:
+                tracking.mark_trial_run(run_id, "FAIL", reason)
+            elif tags is not None:
+                tracking.log_failed_run(self.job.experiment_id, tags, params or {}, reason)
+
+    def _end_run_of_retried(self, trial: optuna.Trial) -> None:
+        """A retry of a trial whose worker died (the heartbeat callback copied its user attrs):
+        the earlier attempts' runs are still RUNNING; end them KILLED."""
+        attempts = list(trial.user_attrs.get(ATTR_ATTEMPTS, []))
+        for number in attempts:
+            query = {
+                names.TAG_STUDY_NAME: self.job.options.name,
+                names.TAG_TRIAL_NUMBER: str(number),
+            }
+            if run_id := tracking.find_run(self.job.experiment_id, query):
+                reason = f"its worker stopped sending heartbeats; retried as trial {trial.number}"
+                tracking.kill_orphaned_run(run_id, reason)
+        trial.set_user_attr(ATTR_ATTEMPTS, [*attempts, trial.number])
+
+
+def trial_config(
+    options: TuneOptions, space: SearchSpace, overrides: dict[str, Any], data: dict | None = None
+) -> TrainConfig:
+    """Space `fixed` < command-line data options < the trial's suggestions."""
+    data = options.data if data is None else data
+    return load_config(options.model, {**space.fixed, **data, **overrides})
+
+
+def run_trials(job: Job) -> None:
+    """Run up to `job.quota` trials of the study (stopping early when the study is full)."""
+    options = job.options
+    storage = open_storage(options.storage, options.heartbeat_interval)
+    study = optuna.load_study(study_name=options.name, storage=storage)
+    # Seeded by study size and worker: a resumed study or a second worker must not replay the
+    # first trials' random draws.
+    seed = options.seed + 1000 * job.worker + len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(options.sampler, seed, options.n_trials)
+    study.pruner = make_pruner(options.pruner, job.space, _epoch_budget(options, job.space))
+    study.optimize(
+        Objective(job),
+        n_trials=job.quota,
+        timeout=options.timeout,
+        catch=(Exception,),
+        callbacks=[StopWhenDone(options.n_trials)],
+        gc_after_trial=False,
+    )
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill <pid>` (SIGTERM) ends trials and runs like Ctrl-C does: FAIL / KILLED, not RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _worker_main(job: Job) -> None:
+    """Entry point of a spawned worker: same tracking store and experiment as the parent."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    os.environ.pop("MLFLOW_RUN_ID", None)  # the parent's run; the worker's runs are children
+    os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
+    os.environ["MLFLOW_EXPERIMENT_ID"] = job.experiment_id
+    os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.options.workers))
+    logging.basicConfig(level=logging.INFO, format=f"[worker {job.worker}] %(message)s")
+    try:
+        run_trials(job)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _run_workers(jobs: list[Job]) -> None:
+    """Trials in this process for one worker; else one spawned process per worker.
+
+    Spawned, not forked: a fork would copy torch's thread pools and MLflow's logging threads.
+    On Ctrl-C the terminal interrupts every worker itself; any still running after a grace
+    period is interrupted, then terminated, so each ends its trial and run cleanly first.
+    """
+    if len(jobs) == 1:
+        run_trials(jobs[0])
+        return
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(job,)) for job in jobs]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        _stop(processes)
+        raise
+    crashed = [p.exitcode for p in processes if p.exitcode != 0]
+    if crashed:
+        log.warning(
+            "%d worker(s) exited with %s; their running trials are re-queued when the study "
+            "resumes (heartbeat + retry)",
+            len(crashed),
+            crashed,
+        )
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
+    deadline = time.monotonic() + 20
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+            process.join(20)
+        if process.is_alive():
+            process.terminate()
+            process.join()
+
+
+def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig]:
+    """Reject bad input before any trial: returns the space and the trials' base config."""
+    if options.n_trials < 1:
+        raise ConfigError(f"n_trials={options.n_trials} must be >= 1")
+    if options.workers < 1:
+        raise ConfigError(f"workers={options.workers} must be >= 1")
+    if options.timeout is not None and options.timeout <= 0:
+        raise ConfigError(f"timeout={options.timeout} must be > 0 seconds (or unset)")
+    if options.heartbeat_interval < 1:
+        raise ConfigError(f"heartbeat_interval={options.heartbeat_interval} must be >= 1 s")
+    for name, value, allowed in (
+        ("sampler", options.sampler, SAMPLERS),
+        ("pruner", options.pruner, PRUNERS),
+        ("retrain", options.retrain, RETRAIN_MODES),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    if not re.fullmatch(r"[\w.:-]+", options.name):
+        raise ConfigError(
+            f"study_name={options.name!r}: use letters, digits, '_', '-', '.' or ':' only"
+        )
+    unknown = sorted(set(options.data) - set(DATA_OPTIONS))
+    if unknown:
+        raise ConfigError(f"tune takes no setting {unknown}; put it in the space file's fixed:")
+    load_config(options.model, options.data)  # unknown model, bad data options
+    space = load_space(options.model, options.space_path)
+    base = trial_config(options, space, {})
+    resolve_device(base.device)
+    load_mnist(base.data_dir)  # missing or corrupt data fails here, not in every trial
+    return space, base
+
+
+def tune(options: TuneOptions) -> TuneResult:
+    """Run (or continue) the study, log it to MLflow, and retrain its best configuration."""
+    space, base = check(options)
+    with sigterm_as_interrupt():
+        return _tune(options, space, base)
+
+
+def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneResult:
+    storage = open_storage(options.storage, options.heartbeat_interval)
+    objective_data = {"max_train_samples": base.max_train_samples, "val_size": base.val_size}
+    study = open_study(storage, options.name, space, objective_data)
+    done_before = trials_done(study)
+    missing = max(0, options.n_trials - done_before)
+    log.info(
+        "study %s (%s): %d of %d trials done, %d to run on %d worker(s)",
+        options.name,
+        redact(options.storage),
+        done_before,
+        options.n_trials,
+        missing,
+        options.workers,
+    )
+    tags = {
+        names.TAG_STUDY_NAME: options.name,
+        names.TAG_MODEL: options.model,
+        names.TAG_KIND: "tune",
+        names.TAG_SAMPLER: options.sampler,
+        names.TAG_PRUNER: options.pruner,
+        names.TAG_STORAGE: redact(options.storage),
+        names.TAG_GIT_COMMIT: tracking.git_commit(),
+    }
+    start = time.perf_counter()
+    with tracking.run(run_name=f"tune-{options.name}", tags=tags):
+        parent_run_id = tracking.active_run_id()
+        tracking.log_params(_parent_params(options))
+        if missing:
+            workers = min(options.workers, missing)
+            jobs = [
+                Job(
+                    options,
+                    space,
+                    parent_run_id,
+                    tracking.active_experiment_id(),
+                    tracking.tracking_uri(),
+                    quota=missing // workers + (i < missing % workers),
+                    worker=i,
+                )
+                for i in range(workers)
+            ]
+            _run_workers(jobs)
+        seconds = time.perf_counter() - start
+        study = optuna.load_study(study_name=options.name, storage=storage)
+        result = _summarize(
+            study, options, parent_run_id, trials_done(study) - done_before, seconds
+        )
+    if options.retrain != "none":
+        _retrain(options, space, result)
+    return result
+
+
+def _summarize(
+    study: optuna.Study, options: TuneOptions, parent_run_id: str, trials_run: int, seconds: float
+) -> TuneResult:
+    """Counts, best trial and plots of the whole study, logged to the parent run."""
+    counts = state_counts(study)
+    summary = {
+        names.N_COMPLETE_TRIALS: counts[TrialState.COMPLETE],
+        names.N_PRUNED_TRIALS: counts[TrialState.PRUNED],
+        names.N_FAILED_TRIALS: counts[TrialState.FAIL],
+        names.TRIALS_PER_MINUTE: 60 * trials_run / seconds if seconds > 0 else 0.0,
+    }
+    tracking.log_metrics({k: float(v) for k, v in summary.items()})
+    _log_plots(study)
+    state_names = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}
+    by_state = {label: counts[state] for label, state in state_names.items()}
+    by_state["FAIL"] = counts[TrialState.FAIL]
+    if counts[TrialState.COMPLETE] == 0:
+        raise LabError(
+            f"no trial of study {options.name!r} completed ({by_state}); the failed trials' "
+            f"runs carry the reason in their {names.TAG_FAILURE_REASON} tag"
+        )
+    best = study.best_trial
+    overrides = best.user_attrs.get(ATTR_OVERRIDES, {})
+    report = {
+        "trial": best.number,
+        names.VAL_ACCURACY: best.value,
+        "overrides": overrides,
+        "optuna_params": best.params,
+        "command": _train_command(options.model, overrides),
+    }
+    tracking.log_metrics({names.BEST_VAL_ACCURACY: best.value})
+    tracking.set_tags({names.TAG_BEST_PARAMS: json.dumps(overrides, sort_keys=True)})
+    tracking.log_dict(report, names.BEST_PARAMS_FILE)
+    log.info(
+        "study %s: %s; best trial %d val_accuracy %.4f with %s",
+        options.name,
+        by_state,
+        best.number,
+        best.value,
+        overrides,
+    )
+    return TuneResult(
+        options.name, parent_run_id, trials_run, by_state, best.value, overrides, seconds
+    )
+
+
+def _log_plots(study: optuna.Study) -> None:
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    plots = {
+        names.PLOT_OPTIMIZATION_HISTORY: vis.plot_optimization_history,
+        names.PLOT_PARAM_IMPORTANCES: vis.plot_param_importances,
+        names.PLOT_PARALLEL_COORDINATE: vis.plot_parallel_coordinate,
+        names.PLOT_INTERMEDIATE_VALUES: vis.plot_intermediate_values,
+    }
+    for path, plot in plots.items():
+        try:
+            axes = plot(study)
+        except Exception as err:  # e.g. importances need two finished trials
+            log.warning("skipped %s: %s", path, err)
+            continue
+        figure = getattr(axes, "figure", None) or axes.flat[0].figure
+        figure.set_size_inches(9, 6)
+        figure.tight_layout()
+        tracking.log_figure(figure, path)
+        plt.close(figure)
+
+
+def _retrain(options: TuneOptions, space: SearchSpace, result: TuneResult) -> None:
+    """The best configuration as a normal `train` run, test-evaluated, model logged."""
+    data = dict(options.data)
+    if options.retrain == "full":
+        for key in SUBSET_OPTIONS:
+            data.pop(key, None)
+        fixed = {k: v for k, v in space.fixed.items() if k not in SUBSET_OPTIONS}
+        space = SearchSpace(space.model, space.path, fixed, space.params, space.pruner)
+    config = trial_config(options, space, result.best_overrides, data)
+    config.checkpoint = True
+    log.info("retraining the best configuration (%s data)", options.retrain)
+    retrained = train(
+        config,
+        tags={names.TAG_STUDY_NAME: options.name, names.TAG_TUNE_RUN_ID: result.parent_run_id},
+    )
+    tracking.set_run_tags(result.parent_run_id, {names.TAG_RETRAIN_RUN_ID: retrained.run_id})
+    result.retrain_run_id = retrained.run_id
+    result.retrain_metrics = retrained.metrics
+
+
+def _parent_params(options: TuneOptions) -> dict[str, Any]:
+    """The invocation's settings as given (study name and storage go to tags: `mlflow run`
+    logs its own defaults for them, which must not clash with resolved values)."""
+    return {
+        "model": options.model,
+        "n_trials": options.n_trials,
+        "timeout": options.timeout,
+        "workers": options.workers,
+        "sampler": options.sampler,
+        "pruner": options.pruner,
+        "seed": options.seed,
+        **{k: options.data.get(k) for k in DATA_OPTIONS if k != "seed"},
+    }
+
+
+def _epoch_budget(options: TuneOptions, space: SearchSpace) -> int | None:
+    if "epochs" in space.params:
+        return None
+    return trial_config(options, space, {}).epochs
+
+
+def _train_command(model: str, overrides: dict[str, Any]) -> str:
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in overrides.items())
+    return f"python -m mnist_lab train --model {model} {flags}".strip()

@@ -1,0 +1,574 @@
+"""`tune`: search spaces, small studies on tiny subsets, and what lands in Optuna and MLflow.
+
+Studies run 2-4 trials of a tiny CNN on a few hundred images. SQLite and journal storages run
+everywhere; PostgreSQL (and an `mlflow server` backed by it) where MNIST_LAB_TEST_POSTGRES_URL
+is set, each test in a database of its own that is dropped afterwards.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from mnist_lab import names
+from mnist_lab.cli import main
+from mnist_lab.config import PROJECT_ROOT
+from mnist_lab.errors import ConfigError
+from mnist_lab.search_space import TUNING_DIR, load_space
+from mnist_lab.study import open_storage, open_study
+from mnist_lab.tuning import TuneOptions, tune
+
+TINY_SPACE = """
+fixed:
+  epochs: 2
+  checkpoint: false
+  width: 4
+params:
+  lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
+  depth: {type: int, low: 1, high: 2}
+  dropout: {type: categorical, choices: [0.0, 0.2]}
+pruner:
+  median: {n_startup_trials: 1, n_warmup_steps: 0}
+"""
+DATA = {"max_train_samples": 300, "max_test_samples": 100, "val_size": 100}
+DATA_FLAGS = ["--max-train-samples", "300", "--max-test-samples", "100", "--val-size", "100"]
+FINAL = {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def options(tmp_path: Path, space: Path, **kwargs) -> TuneOptions:
+    defaults = {
+        "model": "cnn",
+        "n_trials": 2,
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "space_path": str(space),
+        "data": dict(DATA),
+        "retrain": "none",
+        "pruner": "none",
+    }
+    return TuneOptions(**{**defaults, **kwargs})
+
+
+def load(opts: TuneOptions) -> optuna.Study:
+    return optuna.load_study(study_name=opts.name, storage=open_storage(opts.storage))
+
+
+def no_runs(tmp_path: Path) -> bool:
+    """Nothing was logged: the tracking store was not even created (or holds no run)."""
+    return not (tmp_path / "mlflow.db").exists() or all_runs() == []
+
+
+def all_runs() -> list:
+    client = MlflowClient()
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def trial_runs(parent_run_id: str | None = None) -> list:
+    runs = [r for r in all_runs() if r.data.tags.get(names.TAG_KIND) == "trial"]
+    if parent_run_id:
+        runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_run_id]
+    return runs
+
+
+def assert_consistent(study: optuna.Study, runs: list) -> None:
+    """Every trial final, numbered once, and its run tagged with the same state."""
+    trials = study.get_trials()
+    assert {t.state for t in trials} <= FINAL
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    by_number = {int(r.data.tags[names.TAG_TRIAL_NUMBER]): r for r in runs}
+    for trial in trials:
+        run = by_number[trial.number]
+        assert run.data.tags[names.TAG_TRIAL_STATE] == trial.state.name
+        expected = "FAILED" if trial.state == TrialState.FAIL else "FINISHED"
+        assert run.info.status == expected
+
+
+# --- search spaces -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(TUNING_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_space_loads_and_suggests_valid_configs(path):
+    from mnist_lab.config import load_config
+
+    space = load_space(path.stem)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        overrides = space.suggest(trial)
+        load_config(path.stem, {**space.fixed, **overrides})  # raises on a bad combination
+        study.tell(trial, 0.0)
+
+
+def test_each_issue_model_has_a_space():
+    assert {"cnn", "vgg16", "alexnet", "vit", "faster_rcnn"} <= {
+        p.stem for p in TUNING_DIR.glob("*.yaml")
+    }
+
+
+def test_conditional_parameters():
+    vit = load_space("vit")
+    vgg = load_space("vgg16")
+    vit_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    vgg_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_frozen, seen_native = False, False
+    for _ in range(40):
+        trial = vit_study.ask()
+        chosen = vit.suggest(trial)
+        assert chosen["dim"] % chosen["heads"] == 0
+        assert f"heads|dim={chosen['dim']}" in trial.params  # one Optuna name per case
+        vit_study.tell(trial, 0.0)
+        trial = vgg_study.ask()
+        native = vgg.suggest(trial)
+        if native["input_size"] == 32:
+            assert "weights" not in native and "freeze_features" not in native
+            seen_native = True
+        else:
+            seen_frozen |= "freeze_features" in native
+        vgg_study.tell(trial, 0.0)
+    assert seen_frozen and seen_native
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ("params: [1, 2", "", "not valid YAML"),
+        ("fixed: {}\n", "params", "must map settings to specs"),
+        ("bogus: 1\nparams: {lr: {type: float, low: 1, high: 2}}", "bogus", "unknown section"),
+        ("params: {lr: {type: normal, low: 1, high: 2}}", "params.lr.type", "got 'normal'"),
+        ("params: {lr: {type: float, low: 0.1, high: 0.01}}", "params.lr", "must be < high"),
+        ("params: {lr: {type: float, low: 0, high: 1, log: true}}", "params.lr.low", "> 0"),
+        ("params: {lr: {type: float, low: x, high: 1}}", "params.lr.low", "'x' is not a float"),
+        ("params: {lr: {type: float, high: 1}}", "params.lr.low", "is missing"),
+        ("params: {lr: {type: float, low: 1, high: 2, lo: 3}}", "params.lr", "unknown keys"),
+        ("params: {width: {type: categorical, choices: []}}", "params.width.choices", "list"),
+        ("params: {patch_size: {type: int, low: 1, high: 2}}", "patch_size", "not a setting"),
+        ("fixed: {epochs: 0}\nparams: {lr: {type: float, low: 1, high: 2}}", "fixed", "epochs"),
+        (
+            "params: {depth: {depends_on: width, cases: {8: {type: int, low: 1, high: 2}}}}",
+            "params.depth.depends_on",
+            "'width' is not an earlier parameter",
+        ),
+        (
+            "params: {dropout: {type: float, low: 0, high: 0.5, when: {width: 8}}}",
+            "params.dropout.when",
+            "'width' is not an earlier parameter",
+        ),
+        (
+            "params: {lr: {type: float, low: 1, high: 2}}\npruner: {asha: {}}",
+            "pruner.asha",
+            "not one of",
+        ),
+    ],
+)
+def test_malformed_space_names_file_key_and_problem(tmp_path, text, key, problem):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_space("cnn", path)
+    message = str(err.value)
+    assert str(path) in message and key in message and problem in message
+
+
+def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    first = load_space("cnn", space)
+    open_study(storage, "s", first, {"max_train_samples": 300})
+    open_study(storage, "s", first, {"max_train_samples": 300})  # the same: continues
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_SPACE.replace("high: 2}", "high: 3}"))
+    with pytest.raises(ConfigError, match="started with another search space"):
+        open_study(storage, "s", load_space("cnn", other), {"max_train_samples": 300})
+    with pytest.raises(ConfigError, match="--study-name"):
+        open_study(storage, "s", first, {"max_train_samples": 1000})
+
+
+# --- bad input: exit 2 before any trial or run -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "resnet"], "unknown model 'resnet'"),
+        (["--n-trials", "0"], "n_trials=0 must be >= 1"),
+        (["--n_trials", "two"], "n_trials='two' is not a valid int"),
+        (["--workers", "0"], "workers=0 must be >= 1"),
+        (["--pruner", "asha"], "pruner='asha' must be one of hyperband, median, none"),
+        (["--storage", "sqlite:////nonexistent-dir/x/optuna.db"], "cannot open the Optuna storage"),
+        (["--storage", "journal:/nonexistent-dir/x.log"], "folder /nonexistent-dir does not"),
+        (["--storage", "bogus://x"], "cannot open the Optuna storage bogus://x"),
+        (
+            ["--storage", "postgresql://user:secret@127.0.0.1:1/optuna"],
+            "cannot open the Optuna storage postgresql://127.0.0.1:1/optuna: (psycopg2."
+            'OperationalError) connection to server at "127.0.0.1", port 1 failed',
+        ),
+        (["--space", "nowhere.yaml"], "nowhere.yaml: no search space file for model 'cnn'"),
+        (["--model", "timm_vit"], "no search space file for model 'timm_vit'"),
+        (["--study-name", "a'b"], 'study_name="a\'b": use letters'),
+    ],
+)
+def test_bad_input_exits_2_before_any_trial(mlflow_store, tmp_path, capsys, argv, message):
+    storage = ["--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
+    assert main(["tune", *storage, *DATA_FLAGS, *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "secret" not in err
+    assert no_runs(tmp_path)
+
+
+def test_malformed_space_file_exits_2(mlflow_store, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params: {lr: {type: float, low: 1}}")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main(["tune", "--space", str(bad), "--storage", storage]) == 2
+    assert f"{bad}: params.lr.high: is missing" in capsys.readouterr().err
+    assert no_runs(tmp_path)
+
+
+# --- studies ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_small_study_lands_in_optuna_and_mlflow_then_resumes(
+    mnist_dir, mlflow_store, tmp_path, space
+):
+    opts = options(tmp_path, space, n_trials=2, retrain="subset")
+    result = tune(opts)
+    study = load(opts)
+    assert len(study.trials) == 2 and result.trials_run == 2
+
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    tags = parent.data.tags
+    assert tags[names.TAG_STUDY_NAME] == "cnn" and tags[names.TAG_MODEL] == "cnn"
+    assert tags[names.TAG_SAMPLER] == "tpe" and tags[names.TAG_PRUNER] == "none"
+    assert tags[names.TAG_STORAGE] == opts.storage
+    metrics = parent.data.metrics
+    assert metrics[names.BEST_VAL_ACCURACY] == pytest.approx(study.best_value)
+    assert metrics[names.N_COMPLETE_TRIALS] == 2 and metrics[names.N_PRUNED_TRIALS] == 0
+    assert metrics[names.N_FAILED_TRIALS] == 0
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    assert {
+        names.PLOT_OPTIMIZATION_HISTORY,
+        names.PLOT_PARAM_IMPORTANCES,
+        names.PLOT_PARALLEL_COORDINATE,
+        names.PLOT_INTERMEDIATE_VALUES,
+    } <= artifacts
+    assert '"lr"' in tags[names.TAG_BEST_PARAMS]
+
+    runs = trial_runs(result.parent_run_id)
+    assert len(runs) == 2
+    assert_consistent(study, runs)
+    for run in runs:
+        assert run.data.params["max_train_samples"] == "300"
+        assert run.data.params["epochs"] == "2" and "lr" in run.data.params
+        assert names.TEST_ACCURACY not in run.data.metrics  # trials never see the test set
+        history = client.get_metric_history(run.info.run_id, names.VAL_ACCURACY)
+        assert [m.step for m in history] == [1, 2]
+        trial = study.trials[int(run.data.tags[names.TAG_TRIAL_NUMBER])]
+        assert run.data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(trial.value)
+
+    retrain = client.get_run(result.retrain_run_id)
+    assert retrain.data.tags[names.TAG_STUDY_NAME] == "cnn"
+    assert retrain.data.tags[names.TAG_KIND] == "train"
+    assert "mlflow.parentRunId" not in retrain.data.tags
+    assert names.TEST_ACCURACY in retrain.data.metrics
+    assert float(retrain.data.params["lr"]) == pytest.approx(study.best_params["lr"])
+    models = mlflow.search_logged_models(
+        experiment_ids=[retrain.info.experiment_id],
+        filter_string=f"source_run_id = '{retrain.info.run_id}'",
+        output_format="list",
+    )
+    assert [m.name for m in models] == [names.MODEL_ARTIFACT]
+    assert tags[names.TAG_RETRAIN_RUN_ID] == result.retrain_run_id
+
+    # The same name continues the study: n_trials is its size, so one more trial runs.
+    again = tune(options(tmp_path, space, n_trials=3))
+    assert again.trials_run == 1 and len(load(opts).trials) == 3
+
+
+@pytest.mark.slow
+def test_pruner_stops_trials_on_a_space_built_for_it(mnist_dir, mlflow_store, tmp_path, space):
+    opts = options(tmp_path, space, n_trials=3, pruner="median")
+    storage = open_storage(opts.storage)
+    study = open_study(
+        storage, "cnn", load_space("cnn", space), {"max_train_samples": 300, "val_size": 100}
+    )
+    study.enqueue_trial({"lr": 0.03, "depth": 2, "dropout": 0.0})  # learns
+    study.enqueue_trial({"lr": 0.003, "depth": 1, "dropout": 0.2})  # far behind after epoch 1
+    study.enqueue_trial({"lr": 0.003, "depth": 1, "dropout": 0.2})
+    opts.data["max_train_samples"] = 300
+    tune(opts)
+    study = load(opts)
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.COMPLETE
+    assert TrialState.PRUNED in states[1:]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert all(max(t.intermediate_values) < 2 for t in pruned)  # stopped before the budget
+    runs = trial_runs()
+    assert_consistent(study, runs)
+    for run in runs:
+        if run.data.tags[names.TAG_TRIAL_STATE] == "PRUNED":
+            assert names.TAG_FAILURE_REASON not in run.data.tags  # not a generic failure
+            assert "pruned after epoch 1" in run.data.tags["pruned_reason"]
+
+
+@pytest.mark.slow
+def test_failing_trials_are_fail_with_reason_and_the_study_goes_on(
+    mnist_dir, mlflow_store, tmp_path, space
+):
+    text = TINY_SPACE.replace("high: 2}", "high: 6}")  # cnn depth 5-6 is a bad combination
+    space.write_text(text.replace("checkpoint: false", "checkpoint: false\n  grad_clip: 0"))
+    opts = options(tmp_path, space, n_trials=3)
+    study = open_study(
+        open_storage(opts.storage),
+        "cnn",
+        load_space("cnn", space),
+        {"max_train_samples": 300, "val_size": 100},
+    )
+    study.enqueue_trial({"lr": 0.01, "depth": 6, "dropout": 0.0})  # no such cnn
+    study.enqueue_trial({"lr": 1e12, "depth": 1, "dropout": 0.0})  # loss becomes NaN
+    study.enqueue_trial({"lr": 0.01, "depth": 1, "dropout": 0.0})  # fine
+    tune(opts)
+    trials = load(opts).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert "depth=6 must be in [1, 4]" in trials[0].user_attrs["failure_reason"]
+    assert "NonFiniteLossError" in trials[1].user_attrs["failure_reason"]
+    assert_consistent(load(opts), trial_runs())
+    failed = [r for r in trial_runs() if r.data.tags[names.TAG_TRIAL_STATE] == "FAIL"]
+    assert all(names.TAG_FAILURE_REASON in r.data.tags for r in failed)
+
+
+def _cli(tmp_path: Path, space: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    command = [sys.executable, "-m", "mnist_lab", "tune", "--space", str(space), *DATA_FLAGS]
+    command += ["--storage", f"sqlite:///{tmp_path / 'optuna.db'}", "--retrain", "none"]
+    return subprocess.Popen([*command, *extra], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+
+
+def _wait_for(opts: TuneOptions, state: TrialState, count: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with __import__("contextlib").suppress(KeyError, Exception):
+            if sum(t.state == state for t in load(opts).trials) >= count:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"no {count} {state.name} trial(s) within {timeout} s")
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_consistent_study_that_a_rerun_continues(
+    mnist_dir, mlflow_store, tmp_path, space
+):
+    space.write_text(TINY_SPACE.replace("epochs: 2", "epochs: 4"))
+    opts = options(tmp_path, space, n_trials=3)
+    process = _cli(tmp_path, space, "--n-trials", "3")
+    _wait_for(opts, TrialState.COMPLETE, 1)
+    _wait_for(opts, TrialState.RUNNING, 1)
+    time.sleep(1)  # inside the trial's training
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()[-2000:]
+
+    study = load(opts)
+    assert {t.state for t in study.trials} <= FINAL  # nothing left RUNNING
+    (parent,) = [r for r in all_runs() if r.data.tags.get(names.TAG_KIND) == "tune"]
+    assert parent.info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in all_runs())
+
+    result = tune(opts)
+    study = load(opts)
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 3 and result.trials_run == 3 - sum(
+        t.state == TrialState.COMPLETE
+        for t in study.trials[: len(study.trials) - result.trials_run]
+    )
+    assert all(r.info.status != "RUNNING" for r in all_runs())
+
+
+@pytest.mark.slow
+def test_a_killed_workers_trial_is_retried_on_resume(mnist_dir, mlflow_store, tmp_path, space):
+    space.write_text(TINY_SPACE.replace("epochs: 2", "epochs: 6"))
+    opts = options(tmp_path, space, n_trials=2, heartbeat_interval=1)
+    process = _cli(tmp_path, space, "--n-trials", "2", "--heartbeat-interval", "1")
+    _wait_for(opts, TrialState.RUNNING, 1)
+    deadline = time.monotonic() + 120
+    while not [r for r in trial_runs() if r.info.status == "RUNNING"]:  # inside the trial
+        assert time.monotonic() < deadline, "the trial's run never started"
+        time.sleep(0.5)
+    process.kill()
+    process.wait()
+    killed = next(t for t in load(opts).trials if t.state == TrialState.RUNNING)
+    time.sleep(3)  # > grace period (2 heartbeats)
+
+    tune(opts)
+    trials = load(opts).trials
+    assert trials[killed.number].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    orphan = [r for r in trial_runs() if r.data.tags[names.TAG_TRIAL_NUMBER] == str(killed.number)]
+    assert [r.info.status for r in orphan] == ["KILLED"]
+    assert "heartbeats" in orphan[0].data.tags[names.TAG_FAILURE_REASON]
+    # Every trial's run is final; only the killed invocation's parent run cannot be ended.
+    assert all(r.info.status != "RUNNING" for r in trial_runs())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_two_workers_share_one_study(mnist_dir, mlflow_store, tmp_path, space, kind):
+    storage = {
+        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "journal": f"journal:{tmp_path / 'optuna.log'}",
+    }[kind]
+    opts = options(tmp_path, space, n_trials=4, workers=2, storage=storage)
+    result = tune(opts)
+    study = load(opts)
+    assert len(study.trials) == 4 and result.trials_run == 4
+    assert_consistent(study, trial_runs(result.parent_run_id))
+    assert len(trial_runs()) == 4
+
+
+@pytest.mark.slow
+def test_mlflow_run_tune_entry_point(mnist_dir, mlflow_store, tmp_path, space):
+    """`mlflow run . -e tune`: the launcher's run becomes the parent of the trials' runs."""
+    client = MlflowClient()
+    experiment_id = client.create_experiment("tuning", artifact_location=str(tmp_path / "art"))
+    params = {
+        "model": "cnn",
+        "n_trials": "2",
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "pruner": "none",
+        "max_train_samples": "300",
+        "max_test_samples": "100",
+        "val_size": "100",  # undeclared: appended as --val_size
+        "space": str(space),
+        "retrain": "none",
+    }
+    mlflow_cli = str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_cli, "run", str(PROJECT_ROOT), "-e", "tune", "--env-manager", "local"]
+    command += ["--experiment-name", "tuning"]
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID",)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(PROJECT_ROOT)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get(names.TAG_KIND) == "tune"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["n_trials"] == "2" and parent.data.params["timeout"] == "none"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2
+    assert all(r.data.tags[names.TAG_TRIAL_STATE] == "COMPLETE" for r in children)
+
+
+# --- PostgreSQL and an mlflow server ---------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_db():
+    """A fresh database on the test PostgreSQL server, dropped afterwards; yields a factory."""
+    url = os.environ.get("MNIST_LAB_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("MNIST_LAB_TEST_POSTGRES_URL is not set: no PostgreSQL server to test on")
+    import psycopg2
+
+    created: list[str] = []
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+
+    def make() -> str:
+        name = f"mnist_lab_test_{uuid.uuid4().hex[:12]}"
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        # psycopg2 is the driver installed; SQLAlchemy 2.1's default for postgresql:// is 3.
+        base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+        return f"{base}/{name}"
+
+    yield make
+    with admin.cursor() as cursor:
+        for name in created:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(postgres_db, tmp_path, monkeypatch):
+    """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store; stopped afterwards."""
+    import mlflow
+
+    port = _free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1", "--backend-store-uri", postgres_db()]
+    command += ["--artifacts-destination", str(tmp_path / "server-artifacts")]
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    log.close()
+
+
+@pytest.mark.postgres
+def test_a_plain_postgresql_url_opens_with_the_installed_driver(postgres_db, tmp_path, space):
+    url = postgres_db().replace("postgresql+psycopg2://", "postgresql://")
+    study = open_study(open_storage(url), "s", load_space("cnn", space), {})
+    assert study.user_attrs["model"] == "cnn"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_on_postgresql_with_an_mlflow_server(
+    mnist_dir, mlflow_store, postgres_db, mlflow_server, tmp_path, space
+):
+    opts = options(tmp_path, space, n_trials=3, workers=2, storage=postgres_db())
+    result = tune(opts)
+    study = load(opts)
+    assert len(study.trials) == 3 and result.trials_run == 3
+    runs = trial_runs(result.parent_run_id)
+    assert_consistent(study, runs)
+    parent = MlflowClient().get_run(result.parent_run_id)
+    assert parent.data.tags[names.TAG_STORAGE].startswith("postgresql+psycopg2://127.0.0.1")
+    assert MlflowClient().get_metric_history(runs[0].info.run_id, names.VAL_ACCURACY)
