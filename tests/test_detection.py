@@ -4,7 +4,6 @@ backbone weights, bad input, and one end-to-end run on a tiny subset."""
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torchvision
@@ -243,12 +242,12 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     assert artifacts <= found
 
     uri = f"runs:/{result.run_id}/{names.MODEL_ARTIFACT}"
-    digits = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
-    out = mlflow.pyfunc.load_model(uri).predict(digits)
-    if isinstance(out, pd.DataFrame):  # the pyfunc that answers `digit` and `prob_0` … `prob_9`
-        out = out[[f"prob_{k}" for k in range(10)]]
-    probs = np.asarray(out, dtype=np.float64)
+    digits = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    out = mlflow.pyfunc.load_model(uri).predict(digits)  # the pyfunc every model shares
+    probs = out[[f"prob_{k}" for k in range(10)]].to_numpy(dtype=np.float64)
     assert probs.shape == (4, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (out["digit"].to_numpy() == probs.argmax(axis=1)).all()
 
     detector = mlflow.pytorch.load_model(f"runs:/{result.run_id}/{names.DETECTOR_ARTIFACT}")
     detections = detector.eval()([torch.rand(1, 64, 64)])
