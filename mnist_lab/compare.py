@@ -53,18 +53,7 @@ FORMATS = {
     names.THROUGHPUT_IMG_PER_S: "{:,.0f}",
 }
 # Metrics a run can be chosen by; for these, lower is better.
-SELECTABLE_METRICS = (
-    *names.EPOCH_METRICS,
-    names.TEST_ACCURACY,
-    names.TEST_F1_MACRO,
-    names.TEST_LOSS,
-    names.TRAIN_TIME_S,
-    names.NUM_PARAMS,
-    names.INFERENCE_MS_PER_IMAGE,
-    names.THROUGHPUT_IMG_PER_S,
-    names.PEAK_MEMORY_MB,
-    names.BEST_VAL_ACCURACY,
-)
+SELECTABLE_METRICS = (*names.EPOCH_METRICS, *names.FINAL_METRICS, names.BEST_VAL_ACCURACY)
 LOWER_IS_BETTER = {
     names.TRAIN_LOSS,
     names.VAL_LOSS,

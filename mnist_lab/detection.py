@@ -8,9 +8,9 @@ the label of the top-scoring box; no box counts as wrong); mAP uses multi-digit 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -103,7 +103,7 @@ class DetectionTask:
             detector(list(first.images[:1]))
         synchronize(device)
         loss_sum, probs, predicted, targets, seconds = 0.0, [], [], [], 0.0
-        for scenes in _chain(first, batches):
+        for scenes in itertools.chain([first], batches):
             start = time.perf_counter()
             with autocast(device, amp):
                 detections = detector(list(scenes.images))
@@ -164,8 +164,3 @@ def detection_report(
         [d["scores"].cpu().numpy() for d in detections[:n]],
     )
     return metrics, figure
-
-
-def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
-    yield first
-    yield from rest

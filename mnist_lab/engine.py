@@ -8,6 +8,7 @@ classifiers use `ClassificationTask`; the detector brings its own task, not a se
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import sys
 import time
@@ -86,7 +87,7 @@ class ClassificationTask:
         synchronize(device)
         losses, probs, targets = [], [], []
         seconds = 0.0
-        for x, y in _chain(first, batches):
+        for x, y in itertools.chain([first], batches):
             start = time.perf_counter()
             with autocast(device, amp):
                 logits = model(x).float()
@@ -304,8 +305,3 @@ def fit(
         if patience and epoch - state.best_epoch >= patience:
             break
     return state
-
-
-def _chain(first: Batch, rest: Iterator[Batch]) -> Iterator[Batch]:
-    yield first
-    yield from rest

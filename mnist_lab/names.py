@@ -25,6 +25,16 @@ NUM_PARAMS = "num_params"
 INFERENCE_MS_PER_IMAGE = "inference_ms_per_image"
 THROUGHPUT_IMG_PER_S = "throughput_img_per_s"
 PEAK_MEMORY_MB = "peak_memory_mb"
+FINAL_METRICS = (
+    TEST_ACCURACY,
+    TEST_F1_MACRO,
+    TEST_LOSS,
+    TRAIN_TIME_S,
+    NUM_PARAMS,
+    INFERENCE_MS_PER_IMAGE,
+    THROUGHPUT_IMG_PER_S,
+    PEAK_MEMORY_MB,
+)
 BEST_VAL_ACCURACY = "best_val_accuracy"
 BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"

@@ -37,7 +37,11 @@ from torchvision.ops import misc as misc_nn_ops
 
 from mnist_lab.errors import ConfigError, WeightsError
 from mnist_lab.models.common import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
-from mnist_lab.models.torchvision_nets import _file_state_dict, _imagenet_state_dict
+from mnist_lab.models.torchvision_nets import (
+    _file_state_dict,
+    _imagenet_state_dict,
+    describe_mismatch,
+)
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 from mnist_lab.scenes import paste
 
@@ -152,23 +156,11 @@ def _load_backbone(
     if weights == "none":
         return
     sd = _imagenet_state_dict(imagenet) if weights == "imagenet" else _file_state_dict(weights)
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in own and not k.endswith("num_batches_tracked")]
-    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label} {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
-            for label, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong),
-            )
-            if keys
-        )
+    mismatch = describe_mismatch(net.state_dict(), sd)
+    if mismatch:
         raise WeightsError(
             f"weights_backbone={weights!r} does not fit backbone {backbone!r} "
-            f"({type(net).__name__}): {detail}. Give a state dict of that network, 'imagenet' or "
+            f"({type(net).__name__}): {mismatch}. Give a state dict of that network, 'imagenet' or "
             "'none', or choose the backbone the file was saved from"
         )
     net.load_state_dict(sd, strict=False)

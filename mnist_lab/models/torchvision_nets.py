@@ -142,6 +142,31 @@ def _file_state_dict(path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def describe_mismatch(
+    own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], ignore: tuple[str, ...] = ()
+) -> str:
+    """What keeps state dict `sd` from fitting a model whose state dict is `own` ("" if it fits):
+    missing keys, unexpected keys, wrong shapes. Keys under the `ignore` prefixes don't count."""
+    counted = [k for k in own if not k.startswith(ignore) and not k.endswith("num_batches_tracked")]
+    given = [k for k in sd if not k.startswith(ignore) and not k.endswith("num_batches_tracked")]
+    missing = [k for k in counted if k not in sd]
+    unexpected = [k for k in given if k not in own]
+    wrong = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in given
+        if k in own and sd[k].shape != own[k].shape
+    ]
+    return "; ".join(
+        f"{label} {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        )
+        if items
+    )
+
+
 def _load_fitting(
     model: nn.Module, sd: dict[str, torch.Tensor], new: tuple[str, ...], source: str
 ) -> set[str]:
@@ -159,27 +184,9 @@ def _load_fitting(
         # Grey input x = R = G = B, so summing the RGB kernels gives the same response.
         sd["features.0.weight"] = first.sum(dim=1, keepdim=True)
 
-    def is_new(key: str) -> bool:
-        return key.startswith(new)
-
-    missing = [k for k in own if k not in sd and not is_new(k)]
-    unexpected = [k for k in sd if k not in own and not is_new(k)]
-    wrong = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sd
-        if k in own and sd[k].shape != own[k].shape and not is_new(k)
-    ]
-    if missing or unexpected or wrong:
-        parts = [
-            f"{label} {', '.join(items[:5])}{' …' if len(items) > 5 else ''}"
-            for label, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape", wrong),
-            )
-            if items
-        ]
-        raise WeightsError(f"weights {source} do not fit this model: {'; '.join(parts)}")
+    mismatch = describe_mismatch(own, sd, ignore=new)
+    if mismatch:
+        raise WeightsError(f"weights {source} do not fit this model: {mismatch}")
     fitting = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(fitting, strict=False)
     skipped = sorted(k for k in own if k not in fitting and not k.startswith("classifier."))
