@@ -1,6 +1,8 @@
-"""Shared fixtures: an isolated MLflow store per test and the real-MNIST location."""
+"""Shared fixtures: an isolated MLflow store per test, the real-MNIST location and a fresh
+PostgreSQL database."""
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,31 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def postgres_db():
+    """A fresh database on the test PostgreSQL server, dropped afterwards; yields a factory."""
+    url = os.environ.get("MNIST_LAB_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("MNIST_LAB_TEST_POSTGRES_URL is not set: no PostgreSQL server to test on")
+    import psycopg2
+
+    created: list[str] = []
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+
+    def make() -> str:
+        name = f"mnist_lab_test_{uuid.uuid4().hex[:12]}"
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        # psycopg2 is the driver installed; SQLAlchemy 2.1's default for postgresql:// is 3.
+        base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+        return f"{base}/{name}"
+
+    yield make
+    with admin.cursor() as cursor:
+        for name in created:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()

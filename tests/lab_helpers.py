@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import pytest
+import requests
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
@@ -65,9 +70,65 @@ def free_port() -> int:
 def venv_env(**extra: str) -> dict[str, str]:
     """The environment for `mlflow` subprocesses: this venv's bin first on PATH (what
     `--env-manager local` runs `python` from), no inherited run/experiment."""
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k not in MLFLOW_ENV}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def server_process(
+    command: list[str], ready_url: str, log_path: Path, timeout: float = 120.0, **popen
+) -> Iterator[subprocess.Popen]:
+    """Start a server, wait until `ready_url` answers 200, yield the process; stop it after.
+
+    Fails the test with the tail of the server's log if it exits or is not up in `timeout` s.
+    """
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _answers(ready_url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    state = "exited" if process.poll() is not None else f"not up in {timeout} s"
+                    pytest.fail(f"{' '.join(command[:3])} {state}: {log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+@contextlib.contextmanager
+def tracking_server(folder: Path, backend_uri: str, monkeypatch) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_uri` (artifacts proxied into
+    folder/artifacts), with MLFLOW_TRACKING_URI pointing at it; stopped after."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1", "--backend-store-uri", backend_uri]
+    command += ["--artifacts-destination", str(folder / "artifacts")]
+    uri = f"http://127.0.0.1:{port}"
+    with server_process(
+        command, f"{uri}/health", folder / "server.log", cwd=folder, env=venv_env()
+    ):
+        for var in MLFLOW_ENV:
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.chdir(folder)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield uri
+        finally:
+            while mlflow.active_run():
+                mlflow.end_run()
+            mlflow.set_tracking_uri(None)

@@ -212,14 +212,7 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     assert run.data.tags[names.TAG_MODEL] == "faster_rcnn"
     assert run.data.params["backbone"] == "small" and run.data.params["canvas_size"] == "64"
     final = {
-        names.TEST_ACCURACY,
-        names.TEST_F1_MACRO,
-        names.TEST_LOSS,
-        names.TRAIN_TIME_S,
-        names.NUM_PARAMS,
-        names.INFERENCE_MS_PER_IMAGE,
-        names.THROUGHPUT_IMG_PER_S,
-        names.PEAK_MEMORY_MB,
+        *names.FINAL_METRICS,
         names.TEST_NO_DETECTION_RATE,
         names.TEST_MAP_50,
         names.TEST_MAP,

@@ -3,15 +3,13 @@ folders, bad input, and `mlflow models serve` answering real test digits."""
 
 import json
 import struct
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from lab_helpers import free_port, sqlite_store, venv_env
+from lab_helpers import free_port, server_process, sqlite_store, venv_env
 from PIL import Image
 
 from mnist_lab.cli import main
@@ -172,34 +170,12 @@ def server(lab):
     command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
     command += ["-m", "models:/mnist-cnn@champion", "--env-manager", "local"]
     command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log_path = lab["folder"] / "serve.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=lab["folder"],
-            env=venv_env(MLFLOW_TRACKING_URI=lab["uri"]),
-            stdout=log,
-            stderr=log,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if requests.get(f"{url}/ping", timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert process.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow models serve did not start"
-                time.sleep(0.5)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    url = f"http://127.0.0.1:{port}"
+    env = venv_env(MLFLOW_TRACKING_URI=lab["uri"])
+    with server_process(
+        command, f"{url}/ping", lab["folder"] / "serve.log", cwd=lab["folder"], env=env
+    ):
+        yield url
 
 
 def invoke(url: str, payload) -> requests.Response:

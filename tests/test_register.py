@@ -4,19 +4,9 @@ Runs here are fakes with a tiny logged model (no training); the same scenario ru
 store and against a real `mlflow server` on 127.0.0.1.
 """
 
-import contextlib
-import os
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-import requests
 import torch
-from lab_helpers import free_port, venv_env
+from lab_helpers import tracking_server
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -89,47 +79,6 @@ def test_champion_logic_on_sqlite(mlflow_store, monkeypatch, capsys):
     check_champion_logic(monkeypatch, capsys)
 
 
-@contextlib.contextmanager
-def tracking_server(folder: Path, backend_uri: str, monkeypatch) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 over `backend_uri` (proxied artifacts), stopped after."""
-    import mlflow
-
-    port = free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1", "--backend-store-uri", backend_uri]
-    command += ["--artifacts-destination", str(folder / "artifacts")]
-    log = (folder / "server.log").open("w")
-    server = subprocess.Popen(command, cwd=folder, env=venv_env(), stdout=log, stderr=log)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
-            time.sleep(0.5)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.chdir(folder)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        yield uri
-    finally:
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
-
-
 def test_champion_logic_on_a_tracking_server(tmp_path, monkeypatch, capsys):
     with tracking_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", monkeypatch):
         check_champion_logic(monkeypatch, capsys)
@@ -138,33 +87,10 @@ def test_champion_logic_on_a_tracking_server(tmp_path, monkeypatch, capsys):
     assert any((tmp_path / "artifacts").rglob("MLmodel"))
 
 
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A fresh, uniquely named PostgreSQL database, dropped after."""
-    url = os.environ.get("MNIST_LAB_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("MNIST_LAB_TEST_POSTGRES_URL is not set: no PostgreSQL server to test on")
-    import psycopg2
-
-    name = f"mnist_lab_register_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(url)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        # The psycopg2 driver named explicitly: it is the one installed.
-        server_url = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
-        yield f"{server_url}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
 def test_champion_logic_on_a_tracking_server_backed_by_postgres(
-    tmp_path, monkeypatch, capsys, postgres_database
+    tmp_path, monkeypatch, capsys, postgres_db
 ):
-    with tracking_server(tmp_path, postgres_database, monkeypatch):
+    with tracking_server(tmp_path, postgres_db(), monkeypatch):
         check_champion_logic(monkeypatch, capsys)
 
 

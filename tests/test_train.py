@@ -13,16 +13,6 @@ from mnist_lab.config import load_config
 from mnist_lab.train import resume, train
 
 SMALL = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
-FINAL_METRICS = (
-    names.TEST_ACCURACY,
-    names.TEST_F1_MACRO,
-    names.TEST_LOSS,
-    names.TRAIN_TIME_S,
-    names.NUM_PARAMS,
-    names.INFERENCE_MS_PER_IMAGE,
-    names.THROUGHPUT_IMG_PER_S,
-    names.PEAK_MEMORY_MB,
-)
 ARTIFACTS = {
     names.PLOT_CONFUSION_MATRIX,
     names.PLOT_LEARNING_CURVES,
@@ -63,7 +53,7 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert {names.TAG_DEVICE, names.TAG_TORCH_VERSION, names.TAG_GIT_COMMIT} <= set(run.data.tags)
     assert run.data.params["model"] == model
     assert run.data.params["max_train_samples"] == "300"
-    assert set(names.EPOCH_METRICS) | set(FINAL_METRICS) <= set(run.data.metrics)
+    assert set(names.EPOCH_METRICS) | set(names.FINAL_METRICS) <= set(run.data.metrics)
     assert 0 <= run.data.metrics[names.TEST_ACCURACY] <= 1
     history = client.get_metric_history(result.run_id, names.VAL_ACCURACY)
     assert [m.step for m in history] == [1]

@@ -7,16 +7,15 @@ is set, each test in a database of its own that is dropped afterwards.
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
+from lab_helpers import tracking_server
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -487,68 +486,10 @@ def test_mlflow_run_tune_entry_point(mnist_dir, mlflow_store, tmp_path, space):
 
 
 @pytest.fixture
-def postgres_db():
-    """A fresh database on the test PostgreSQL server, dropped afterwards; yields a factory."""
-    url = os.environ.get("MNIST_LAB_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("MNIST_LAB_TEST_POSTGRES_URL is not set: no PostgreSQL server to test on")
-    import psycopg2
-
-    created: list[str] = []
-    admin = psycopg2.connect(url)
-    admin.autocommit = True
-
-    def make() -> str:
-        name = f"mnist_lab_test_{uuid.uuid4().hex[:12]}"
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        # psycopg2 is the driver installed; SQLAlchemy 2.1's default for postgresql:// is 3.
-        base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
-        return f"{base}/{name}"
-
-    yield make
-    with admin.cursor() as cursor:
-        for name in created:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
 def mlflow_server(postgres_db, tmp_path, monkeypatch):
     """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store; stopped afterwards."""
-    import mlflow
-
-    port = _free_port()
-    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1", "--backend-store-uri", postgres_db()]
-    command += ["--artifacts-destination", str(tmp_path / "server-artifacts")]
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.5)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    server.terminate()
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-    log.close()
+    with tracking_server(tmp_path, postgres_db(), monkeypatch) as uri:
+        yield uri
 
 
 @pytest.mark.postgres
