@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from mnist_lab import names
+from mnist_lab.engine import amp_dtype, resolve_device
 
 # name → (model, overrides of experiments/<model>.yaml, what the issue asks of it)
 SCENARIOS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -60,11 +61,23 @@ COLUMNS = (
 )
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{cpu} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name(device)}, bf16, torch {torch.__version__}"
+    precision = "bf16 (AMX)" if amp_dtype(device, enabled=True) else "fp32"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {precision}, torch {torch.__version__}"
 
 
 def run_scenario(name: str, device: str | None) -> dict[str, Any]:
@@ -96,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
-
-    from mnist_lab.engine import resolve_device
 
     device = resolve_device(args.device or "auto")
     print(f"hardware: {hardware(device)}", flush=True)

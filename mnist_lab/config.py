@@ -54,7 +54,7 @@ class TrainConfig:
     # Runtime.
     device: str = "auto"
     compile: bool = False
-    amp: bool = True  # bf16 autocast on CUDA; ignored elsewhere
+    amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
     eval_batch_size: int = 1000
     checkpoint: bool = True
     # Architecture options, checked against the model builder's keyword arguments.

@@ -27,6 +27,7 @@ from mnist_lab.engine import (
     fit,
     make_optimizer,
     make_scheduler,
+    place_model,
     resolve_device,
 )
 from mnist_lab.evaluation import classification_summary
@@ -101,7 +102,7 @@ def train(
         max_train_samples=config.max_train_samples,
         max_test_samples=config.max_test_samples,
     ).to(device)
-    model = build_model(config.model, **config.model_options).to(device)
+    model = place_model(build_model(config.model, **config.model_options), device)
     detector = config.model == names.DETECTOR_MODEL
     if detector:  # trained and evaluated on scenes made from the same splits
         task = test_task = DetectionTask()

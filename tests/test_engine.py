@@ -3,16 +3,19 @@
 import pytest
 import torch
 
-from mnist_lab import names
+from mnist_lab import engine, names
 from mnist_lab.config import build_config
 from mnist_lab.data import BatchLoader
 from mnist_lab.engine import (
     ClassificationTask,
     NonFiniteLossError,
     TrainState,
+    amp_dtype,
+    autocast,
     fit,
     make_optimizer,
     make_scheduler,
+    place_model,
 )
 from mnist_lab.models import build_model
 
@@ -153,3 +156,26 @@ def test_weight_decay_skips_biases_and_norms():
     decayed, plain = state.optimizer.param_groups
     assert all(p.ndim >= 2 for p in decayed["params"]) and decayed["weight_decay"] > 0
     assert all(p.ndim < 2 for p in plain["params"]) and plain["weight_decay"] == 0
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_bf16_autocast_only_where_the_hardware_computes_in_bf16(monkeypatch, amx):
+    monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: amx)
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, enabled=True) == (torch.bfloat16 if amx else None)
+    assert amp_dtype(cpu, enabled=False) is None
+    assert amp_dtype(torch.device("cuda"), enabled=True) == torch.bfloat16
+    model = torch.nn.Linear(4, 2)
+    with autocast(cpu, enabled=True):
+        out = model(torch.ones(1, 4))
+    assert out.dtype == (torch.bfloat16 if amx else torch.float32)
+
+
+def test_place_model_keeps_the_function_and_stores_conv_weights_channels_last():
+    model = build_model("cnn", depth=2, width=8).eval()
+    x = torch.rand(3, 1, 28, 28)
+    expected = model(x)
+    placed = place_model(model, torch.device("cpu"))
+    conv = placed.features[1][0].weight  # [16, 8, 3, 3]; the first conv has one input channel
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(placed(x), expected)
