@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mnist_lab import names
 from mnist_lab.config import TrainConfig
 from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.interrupt import StopRequest, deferred_interrupts
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -256,76 +257,97 @@ def fit(
 
     After each epoch: evaluate on validation, keep the best weights (selection by validation
     only), and call every listener. A NaN/inf loss raises `NonFiniteLossError` before the
-    epoch's listeners run, so the last checkpoint stays the last good one.
+    epoch's listeners run, so the last checkpoint stays the last good one. Ctrl-C raises
+    KeyboardInterrupt at the next step boundary, never inside a listener.
     """
+    config, model = state.config, state.model
+    step_model = torch.compile(model) if config.compile else model
+    listeners = list(listeners)
+    with deferred_interrupts() as stop:  # Ctrl-C lands between steps, see interrupt.py
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            start = time.perf_counter()
+            lr = state.optimizer.param_groups[0]["lr"]  # at the epoch's first step
+            loss_sum, hits, seen = _train_epoch(
+                state, task, step_model, train_loader, device, epoch, stop, nan_check_every
+            )
+            val = task.evaluate(model, val_loader, config.amp)
+            metrics = {
+                names.TRAIN_LOSS: loss_sum / seen,
+                names.TRAIN_ACCURACY: hits / seen,
+                names.VAL_LOSS: val.loss,
+                names.VAL_ACCURACY: val.accuracy,
+                names.LR: lr,
+                names.EPOCH_TIME_S: time.perf_counter() - start,
+                **val.extra,
+            }
+            state.epoch = epoch
+            state.history.append({"epoch": epoch, **metrics})
+            improved = val.accuracy > state.best_val_accuracy
+            if improved:
+                state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
+                state.best_model = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
+            state.train_seconds += metrics[names.EPOCH_TIME_S]
+            listeners_start = time.perf_counter()
+            for listener in listeners:
+                listener.on_epoch_end(state, metrics)
+            state.train_seconds += time.perf_counter() - listeners_start
+            stop.check()
+            patience = config.early_stopping_patience
+            if patience and epoch - state.best_epoch >= patience:
+                break
+    return state
+
+
+def _train_epoch(
+    state: TrainState,
+    task: Task,
+    step_model: nn.Module,
+    loader: Loader,
+    device: torch.device,
+    epoch: int,
+    stop: StopRequest,
+    nan_check_every: int,
+) -> tuple[float, float, float]:
+    """One pass over `loader`: (sum of loss x batch size, correct predictions, images seen)."""
     config, model, optimizer, scheduler = (
         state.config,
         state.model,
         state.optimizer,
         state.scheduler,
     )
-    step_model = torch.compile(model) if config.compile else model
-    listeners = list(listeners)
-    for epoch in range(state.epoch + 1, config.epochs + 1):
-        start = time.perf_counter()
-        train_loader.set_epoch(epoch)
-        model.train()
-        totals = torch.zeros(3, device=device)  # loss sum, correct, count: summed on the device
-        lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch}/{config.epochs}",
-            leave=False,
-            disable=not sys.stderr.isatty(),
-            dynamic_ncols=True,
+    loader.set_epoch(epoch)
+    model.train()
+    totals = torch.zeros(3, device=device)  # loss sum, correct, count: summed on the device
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch}/{config.epochs}",
+        leave=False,
+        disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+    for step, batch in enumerate(bar, start=1):
+        with autocast(device, config.amp):
+            loss, correct, count = task.train_step(step_model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        stop.check()
+        totals += torch.stack(
+            [loss.detach().float() * count, correct.float(), totals.new_tensor(count)]
         )
-        for step, batch in enumerate(bar, start=1):
-            with autocast(device, config.amp):
-                loss, correct, count = task.train_step(step_model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            totals += torch.stack(
-                [loss.detach().float() * count, correct.float(), totals.new_tensor(count)]
-            )
-            if step % nan_check_every == 0 or step == len(train_loader):
-                loss_sum, hits, seen = totals.tolist()
-                if not math.isfinite(loss_sum):
-                    raise NonFiniteLossError(
-                        f"training loss became {loss_sum} at epoch {epoch}, step {step}; "
-                        f"try a lower lr (now {config.lr}) or a grad_clip > 0 "
-                        f"(now {config.grad_clip})"
-                    )
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.4f}")
-        loss_sum, hits, seen = totals.tolist()
-        val = task.evaluate(model, val_loader, config.amp)
-        metrics = {
-            names.TRAIN_LOSS: loss_sum / seen,
-            names.TRAIN_ACCURACY: hits / seen,
-            names.VAL_LOSS: val.loss,
-            names.VAL_ACCURACY: val.accuracy,
-            names.LR: lr,
-            names.EPOCH_TIME_S: time.perf_counter() - start,
-            **val.extra,
-        }
-        state.epoch = epoch
-        state.history.append({"epoch": epoch, **metrics})
-        improved = val.accuracy > state.best_val_accuracy
-        if improved:
-            state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
-            state.best_model = {
-                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-            }
-        state.train_seconds += metrics[names.EPOCH_TIME_S]
-        listeners_start = time.perf_counter()
-        for listener in listeners:
-            listener.on_epoch_end(state, metrics)
-        state.train_seconds += time.perf_counter() - listeners_start
-        patience = config.early_stopping_patience
-        if patience and epoch - state.best_epoch >= patience:
-            break
-    return state
+        if step % nan_check_every == 0 or step == len(loader):
+            loss_sum, hits, seen = totals.tolist()
+            if not math.isfinite(loss_sum):
+                raise NonFiniteLossError(
+                    f"training loss became {loss_sum} at epoch {epoch}, step {step}; "
+                    f"try a lower lr (now {config.lr}) or a grad_clip > 0 "
+                    f"(now {config.grad_clip})"
+                )
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.4f}")
+    return tuple(totals.tolist())

@@ -1,5 +1,8 @@
 """The training loop on synthetic digits: learning, determinism, exact resume, NaN, early stop."""
 
+import os
+import signal
+
 import pytest
 import torch
 
@@ -17,6 +20,7 @@ from mnist_lab.engine import (
     make_scheduler,
     place_model,
 )
+from mnist_lab.interrupt import deferred_interrupts
 from mnist_lab.models import build_model
 
 
@@ -179,3 +183,32 @@ def test_place_model_keeps_the_function_and_stores_conv_weights_channels_last():
     conv = placed.features[1][0].weight  # [16, 8, 3, 3]; the first conv has one input channel
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     torch.testing.assert_close(placed(x), expected)
+
+
+class CtrlC:
+    """Sends this process SIGINT from inside a listener, as a user's Ctrl-C mid-epoch would."""
+
+    def __init__(self):
+        self.finished_listener = False
+
+    def on_epoch_end(self, state, metrics):
+        os.kill(os.getpid(), signal.SIGINT)
+        self.finished_listener = True  # the signal did not cut the listener short
+
+
+def test_ctrl_c_while_training_stops_at_the_next_step_boundary():
+    state, train, val = make_state(epochs=3)
+    ctrl_c, after = CtrlC(), Recorder()
+    with pytest.raises(KeyboardInterrupt, match="SIGINT during training"):
+        run_fit(state, train, val, [ctrl_c, after])
+    assert ctrl_c.finished_listener and len(after.epochs) == 1  # every listener saw epoch 1
+    assert state.epoch == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_a_second_ctrl_c_interrupts_at_once():
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT  # deferred: still running here
+        os.kill(os.getpid(), signal.SIGINT)
+        pytest.fail("the second SIGINT should have raised")

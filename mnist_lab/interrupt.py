@@ -1,0 +1,64 @@
+"""Ctrl-C during training, delivered where it is safe to stop.
+
+Python raises KeyboardInterrupt wherever the main thread happens to be: inside MLflow's
+async-logging flush, a SQLAlchemy commit of the Optuna storage, or torch's optimizer step. A
+flush interrupted half-way can leave MLflow's queue waiting forever, so the process hangs
+instead of ending its run KILLED. While training, the first Ctrl-C (or SIGTERM, where it was
+mapped to KeyboardInterrupt) only sets a flag; the training loop raises KeyboardInterrupt at
+its next step boundary. A second one interrupts at once, for a step that never ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+class StopRequest:
+    """Whether a deferred Ctrl-C is waiting; `check()` raises it."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C arrived since training started."""
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(self.signal).name} during training")
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("stopping after this training step (Ctrl-C again to stop at once)")
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[StopRequest]:
+    """Defer SIGINT, and SIGTERM where it raises KeyboardInterrupt, to `StopRequest.check()`.
+
+    Signals whose handler is not Python's KeyboardInterrupt (set by the caller or an embedding
+    program) are left alone, and so is everything off the main thread, where handlers cannot be
+    installed.
+    """
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+    previous = {
+        signum: signal.getsignal(signum)
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) is signal.default_int_handler
+    }
+    for signum in previous:
+        signal.signal(signum, request._handle)
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
