@@ -9,6 +9,7 @@ import torchvision
 
 from mnist_lab.errors import ConfigError, WeightsError
 from mnist_lab.models import MODELS, build_model, model_names, model_options
+from mnist_lab.models.vit import attention
 
 VGG16_FILE = "vgg16-397923af.pth"
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -101,6 +102,24 @@ def test_cnn_bad_depth() -> None:
 @pytest.mark.parametrize("patch_size", [4, 7, 14])
 def test_vit(name: str, patch_size: int) -> None:
     forward_backward(build_model(name, patch_size=patch_size, dim=32, depth=2, heads=4))
+
+
+def test_vit_attention_runs_in_fp32_under_cpu_autocast(monkeypatch) -> None:
+    """bf16 flash-attention backward is slow on CPU: attend in fp32, hand back bf16."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    seen = []
+
+    def recording_sdpa(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    q, k, v = torch.randn(3, 2, 4, 17, 8).unbind(0)
+    expected = sdpa(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), dropout_p=0.0)
+    assert seen == [torch.float32] and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, atol=0.05, rtol=0.05)
 
 
 def test_vit_matches_timm_parameter_count() -> None:

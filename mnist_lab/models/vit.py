@@ -17,6 +17,21 @@ from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 PATCH_SIZES = (4, 7, 14)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` on [B, heads, N, D / heads]; in fp32 under CPU autocast.
+
+    PyTorch's CPU flash-attention backward in bf16 took 22 ms a call against ~1 ms in fp32
+    (torch 2.14, this ViT at batch 128): a 3.5× slower training step. CUDA's bf16 is fast.
+    """
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), dropout_p=dropout_p
+            )
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention: [B, N, D] → [B, N, D]."""
 
@@ -33,7 +48,7 @@ class Attention(nn.Module):
         # [B, N, 3D] → 3 × [B, heads, N, D / heads]
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         drop = self.dropout if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        x = attention(q, k, v, dropout_p=drop)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
 
 
