@@ -5,7 +5,8 @@ async-logging flush, a SQLAlchemy commit of the Optuna storage, or torch's optim
 flush interrupted half-way can leave MLflow's queue waiting forever, so the process hangs
 instead of ending its run KILLED. While training, the first Ctrl-C (or SIGTERM, where it was
 mapped to KeyboardInterrupt) only sets a flag; the training loop raises KeyboardInterrupt at
-its next step boundary. A second one interrupts at once, for a step that never ends.
+its next step boundary, and `train()` at its end if the signal came after training. A second
+one interrupts at once, for a step (or a test evaluation) that takes too long.
 """
 
 from __future__ import annotations
@@ -38,14 +39,22 @@ class StopRequest:
         log.warning("stopping after this training step (Ctrl-C again to stop at once)")
 
 
+_active: StopRequest | None = None  # the outermost deferral's; nested ones share it
+
+
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[StopRequest]:
     """Defer SIGINT, and SIGTERM where it raises KeyboardInterrupt, to `StopRequest.check()`.
 
-    Signals whose handler is not Python's KeyboardInterrupt (set by the caller or an embedding
-    program) are left alone, and so is everything off the main thread, where handlers cannot be
-    installed.
+    A Ctrl-C still pending when the outermost block ends normally is raised there, so none is
+    lost. Nested blocks share the outermost one's request. Signals whose handler is not
+    Python's KeyboardInterrupt (set by the caller or an embedding program) are left alone, and
+    so is everything off the main thread, where handlers cannot be installed.
     """
+    global _active
+    if _active is not None:
+        yield _active
+        return
     request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield request
@@ -57,8 +66,11 @@ def deferred_interrupts() -> Iterator[StopRequest]:
     }
     for signum in previous:
         signal.signal(signum, request._handle)
+    _active = request
     try:
         yield request
     finally:
+        _active = None
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    request.check()

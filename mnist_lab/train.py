@@ -31,6 +31,7 @@ from mnist_lab.engine import (
     resolve_device,
 )
 from mnist_lab.evaluation import classification_summary
+from mnist_lab.interrupt import deferred_interrupts
 from mnist_lab.models import build_model
 from mnist_lab.plots import (
     confusion_matrix_figure,
@@ -76,6 +77,7 @@ def resume(run_id: str) -> TrainResult:
     return train(config, resume_run_id=run_id, checkpoint=checkpoint)
 
 
+@deferred_interrupts()  # Ctrl-C ends the run KILLED between steps, see interrupt.py
 def train(
     config: TrainConfig,
     *,

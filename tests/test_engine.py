@@ -212,3 +212,12 @@ def test_a_second_ctrl_c_interrupts_at_once():
         assert stop.signal == signal.SIGINT  # deferred: still running here
         os.kill(os.getpid(), signal.SIGINT)
         pytest.fail("the second SIGINT should have raised")
+
+
+def test_a_ctrl_c_after_training_is_raised_when_the_outermost_block_ends():
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts() as outer:
+        with deferred_interrupts() as inner:  # train() inside tune(): one shared request
+            assert inner is outer
+            os.kill(os.getpid(), signal.SIGINT)
+        assert outer.signal == signal.SIGINT  # the inner block's end did not raise
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
