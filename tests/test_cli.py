@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.cli import main
-from mnist_lab.config import PROJECT_ROOT
+from mnist_lab.config import PROJECT_ROOT, load_config
 
 TINY = [
     "--epochs",
@@ -137,5 +137,6 @@ def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["eval_batch_size"] == "50"
     assert run.data.params["lr"] == "1e-3"
-    assert run.data.params["width"] == "16"  # the resolved config, from experiments/cnn.yaml
+    # the resolved config: experiments/cnn.yaml's width, which -P did not set
+    assert run.data.params["width"] == str(load_config("cnn").model_options["width"])
     assert names.TEST_ACCURACY in run.data.metrics
