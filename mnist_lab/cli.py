@@ -16,6 +16,7 @@ from typing import Any
 from mnist_lab import __version__
 from mnist_lab.config import TRAIN_FIELDS
 from mnist_lab.errors import LabError
+from mnist_lab.interrupt import sigterm_as_interrupt
 from mnist_lab.models import MODELS, model_names, model_options
 
 log = logging.getLogger("mnist_lab")
@@ -285,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mnist_lab import tracking
 
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():  # `kill` ends a run KILLED, as Ctrl-C does
+            return args.handler(args)
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)
         tracking.fail_launcher_run(str(err))

@@ -1,9 +1,9 @@
 """Ctrl-C during training, delivered where it is safe to stop.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be: inside MLflow's
-async-logging flush, a SQLAlchemy commit of the Optuna storage, or torch's optimizer step. A
-flush interrupted half-way can leave MLflow's queue waiting forever, so the process hangs
-instead of ending its run KILLED. While training, the first Ctrl-C (or SIGTERM, where it was
+async-logging flush, a SQLAlchemy commit of the Optuna storage, or torch's optimizer step, and
+the cleanup that ends the run KILLED then works on a half-done operation (a Ctrl-C test of the
+tuner once hung there, under load). While training, the first Ctrl-C (or SIGTERM, where it was
 mapped to KeyboardInterrupt) only sets a flag; the training loop raises KeyboardInterrupt at
 its next step boundary, and `train()` at its end if the signal came after training. A second
 one interrupts at once, for a step (or a test evaluation) that takes too long.
@@ -37,6 +37,21 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signal = signum
         log.warning("stopping after this training step (Ctrl-C again to stop at once)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """`kill <pid>` (SIGTERM) ends trials and runs like Ctrl-C does: FAIL / KILLED, not RUNNING.
+
+    Outermost, around a whole command: `deferred_interrupts()` then defers SIGTERM too."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _active: StopRequest | None = None  # the outermost deferral's; nested ones share it

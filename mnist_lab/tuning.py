@@ -18,9 +18,7 @@ import multiprocessing
 import os
 import re
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +31,7 @@ from mnist_lab.config import TrainConfig, load_config
 from mnist_lab.data import load_mnist
 from mnist_lab.engine import TrainState, resolve_device
 from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.interrupt import sigterm_as_interrupt
 from mnist_lab.search_space import SearchSpace, load_space
 from mnist_lab.study import (
     ATTR_FAILURE,
@@ -229,19 +228,6 @@ def run_trials(job: Job) -> None:
         callbacks=[StopWhenDone(options.n_trials)],
         gc_after_trial=False,
     )
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """`kill <pid>` (SIGTERM) ends trials and runs like Ctrl-C does: FAIL / KILLED, not RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_main(job: Job) -> None:

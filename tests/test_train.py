@@ -1,6 +1,12 @@
 """End to end on a small real-MNIST subset: one MLflow run per model with every param, metric,
 artifact and a model that reloads and predicts; failures end runs FAILED/KILLED, resume works."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from mnist_lab import names
 from mnist_lab.checkpoint import load_checkpoint
 from mnist_lab.cli import main
-from mnist_lab.config import load_config
+from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.train import resume, train
 
 SMALL = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
@@ -107,6 +113,35 @@ def test_ctrl_c_kills_the_run_keeps_the_checkpoint_and_resume_finishes_it(mnist_
     steps = [m.step for m in client.get_metric_history(run.info.run_id, names.VAL_ACCURACY)]
     assert steps == [1, 2]
     assert names.TEST_ACCURACY in run.data.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_a_signal_mid_training_kills_the_run_cleanly(mnist_dir, mlflow_store, sig):
+    """A real signal to `python -m mnist_lab train`: exit 130, run KILLED, checkpoint whole."""
+    flags = ["--max-train-samples", "2000", "--val-size", "100", "--max-test-samples", "100"]
+    command = [sys.executable, "-m", "mnist_lab", "train", "--epochs", "50", *flags]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    client = MlflowClient()
+    deadline = time.monotonic() + 120
+    while not _runs_with_a_checkpoint(client):  # inside training, past epoch 1
+        assert process.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.2)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()[-2000:]
+    (run,) = _runs_with_a_checkpoint(client)
+    assert run.info.status == "KILLED"
+    assert "Ctrl-C" in run.data.tags[names.TAG_FAILURE_REASON]
+    checkpoint = load_checkpoint(client.download_artifacts(run.info.run_id, names.CHECKPOINT_LAST))
+    assert 1 <= checkpoint["epoch"] < 50
+
+
+def _runs_with_a_checkpoint(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in runs if client.list_artifacts(r.info.run_id, names.CHECKPOINT_DIR)]
 
 
 class Poison:
