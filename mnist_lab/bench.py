@@ -76,7 +76,7 @@ def cpu_name() -> str:
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, bf16, torch {torch.__version__}"
-    precision = "bf16 (AMX)" if amp_dtype(device, enabled=True) else "fp32"
+    precision = "AMX: bf16 where amp is on" if amp_dtype(device, enabled=True) else "fp32"
     return f"{cpu_name()}, {os.cpu_count()} cores, {precision}, torch {torch.__version__}"
 
 

@@ -188,9 +188,9 @@ def cpu_has_bf16_units() -> bool:
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the hardware computes in it natively: CUDA, and CPUs with AMX (the CNN's
-    epoch 1.6× faster on a 2-core Sapphire Rapids). Elsewhere CPU bf16 is emulated and slower
-    than fp32, so None: no autocast."""
+    """bf16 where it was measured to pay: CUDA, and CPUs with AMX tiles (the CNN's epoch 1.6×
+    faster on 2 Xeon cores). Other CPUs, with no bf16 units or only AVX512-BF16 dot products,
+    were not measured faster, so None: no autocast, fp32."""
     if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())):
         return torch.bfloat16
     return None

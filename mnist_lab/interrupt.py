@@ -5,8 +5,9 @@ async-logging flush, a SQLAlchemy commit of the Optuna storage, or torch's optim
 the cleanup that ends the run KILLED then works on a half-done operation (a Ctrl-C test of the
 tuner once hung there, under load). While training, the first Ctrl-C (or SIGTERM, where it was
 mapped to KeyboardInterrupt) only sets a flag; the training loop raises KeyboardInterrupt at
-its next step boundary, and `train()` at its end if the signal came after training. A second
-one interrupts at once, for a step (or a test evaluation) that takes too long.
+its next step boundary, and `train()` right after training. A Ctrl-C during the test
+evaluation and model logging lets them finish (the run ends FINISHED, whole) and is raised
+when `train()` returns. The same signal again interrupts at once.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ class StopRequest:
             raise KeyboardInterrupt(f"{signal.Signals(self.signal).name} during training")
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signal is not None:
+        # Only the same signal again escalates: `mlflow run` answers the terminal's Ctrl-C by
+        # sending its child SIGTERM right after the SIGINT the child got itself.
+        if self.signal == signum:
             raise KeyboardInterrupt
-        self.signal = signum
-        log.warning("stopping after this training step (Ctrl-C again to stop at once)")
+        if self.signal is None:
+            self.signal = signum
+            log.warning("stopping at the next training step (Ctrl-C again to stop at once)")
 
 
 @contextlib.contextmanager
@@ -61,19 +65,21 @@ _active: StopRequest | None = None  # the outermost deferral's; nested ones shar
 def deferred_interrupts() -> Iterator[StopRequest]:
     """Defer SIGINT, and SIGTERM where it raises KeyboardInterrupt, to `StopRequest.check()`.
 
-    A Ctrl-C still pending when the outermost block ends normally is raised there, so none is
-    lost. Nested blocks share the outermost one's request. Signals whose handler is not
-    Python's KeyboardInterrupt (set by the caller or an embedding program) are left alone, and
-    so is everything off the main thread, where handlers cannot be installed.
+    When the outermost block ends with a Ctrl-C still pending, it is raised there: in place of
+    a normal exit, and in place of any other exception (a pruned trial, a failed model of a
+    benchmark), so that no handler swallows it. Nested blocks share the outermost one's
+    request. Signals whose handler is not Python's KeyboardInterrupt (set by the caller or an
+    embedding program) are left alone, and so is everything off the main thread, where
+    handlers cannot be installed and signals never arrive.
     """
     global _active
+    if threading.current_thread() is not threading.main_thread():
+        yield StopRequest()
+        return
     if _active is not None:
         yield _active
         return
     request = StopRequest()
-    if threading.current_thread() is not threading.main_thread():
-        yield request
-        return
     previous = {
         signum: signal.getsignal(signum)
         for signum in (signal.SIGINT, signal.SIGTERM)
@@ -84,8 +90,20 @@ def deferred_interrupts() -> Iterator[StopRequest]:
     _active = request
     try:
         yield request
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:
+        if request.signal is None:
+            raise
+        raise KeyboardInterrupt(f"{signal.Signals(request.signal).name} during training") from err
     finally:
-        _active = None
-        for signum, handler in previous.items():
+        for signum, handler in previous.items():  # before `_active`: a late signal still defers
             signal.signal(signum, handler)
+        _active = None
     request.check()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the pending Ctrl-C of the active deferral now, if there is one."""
+    if _active is not None and threading.current_thread() is threading.main_thread():
+        _active.check()

@@ -61,6 +61,7 @@ TAG_MODEL = "model"
 TAG_KIND = "kind"
 TAG_DEVICE = "device"
 TAG_TORCH_VERSION = "torch_version"
+TAG_PRECISION = "precision"  # bf16 (autocast) or fp32: what `amp` meant on this hardware
 TAG_GIT_COMMIT = "git_commit"
 TAG_FAILURE_REASON = "failure_reason"
 TAG_STUDY_NAME = "study_name"

@@ -33,7 +33,7 @@ from torch import nn
 from mnist_lab import names
 from mnist_lab.checkpoint import save_checkpoint
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
-from mnist_lab.engine import TrainState
+from mnist_lab.engine import TrainState, amp_dtype
 from mnist_lab.errors import LabError
 
 MAX_TAG_LENGTH = 4000
@@ -53,6 +53,7 @@ def run_tags(config: TrainConfig, device: torch.device) -> dict[str, str]:
         names.TAG_MODEL: config.model,
         names.TAG_KIND: "train",
         names.TAG_DEVICE: device_name,
+        names.TAG_PRECISION: "bf16" if amp_dtype(device, config.amp) else "fp32",
         names.TAG_TORCH_VERSION: torch.__version__,
         names.TAG_GIT_COMMIT: git_commit(),
     }

@@ -30,8 +30,9 @@ from mnist_lab.engine import (
     place_model,
     resolve_device,
 )
+from mnist_lab.errors import LabError
 from mnist_lab.evaluation import classification_summary
-from mnist_lab.interrupt import deferred_interrupts
+from mnist_lab.interrupt import deferred_interrupts, raise_if_interrupted
 from mnist_lab.models import build_model
 from mnist_lab.plots import (
     confusion_matrix_figure,
@@ -127,7 +128,14 @@ def train(
         config, model, optimizer, make_scheduler(optimizer, config, len(train_loader))
     )
     if checkpoint is not None:
-        state.load_state_dict(checkpoint)
+        try:
+            state.load_state_dict(checkpoint)
+        except RuntimeError as err:  # load_state_dict's missing/unexpected/mismatched keys
+            raise LabError(
+                f"the checkpoint of run {resume_run_id} does not fit the {config.model!r} model "
+                f"of this mnist-lab version (its layers changed since): {str(err).rstrip('. ')}. "
+                "Start a new run instead of --resume."
+            ) from err
         tracking.reopen_for_resume(resume_run_id)
 
     run_tags = {**tracking.run_tags(config, device), **(tags or {})}
@@ -146,6 +154,7 @@ def train(
             )
         finally:
             epoch_logger.wait()
+        raise_if_interrupted()  # a Ctrl-C during the last epoch's logging: KILLED, not tested
         if not evaluate_test:
             metrics = _training_metrics(state, model)
             tracking.log_metrics(metrics)

@@ -52,7 +52,7 @@ def make_state(epochs: int = 2, **overrides) -> tuple[TrainState, BatchLoader, B
     val_x, val_y = synthetic_digits(64, seed=1)
     train = BatchLoader(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed)
     val = BatchLoader(val_x, val_y, 64)
-    model = build_model(config.model, **config.model_options)
+    model = place_model(build_model(config.model, **config.model_options), torch.device("cpu"))
     optimizer = make_optimizer(model, config)
     state = TrainState(config, model, optimizer, make_scheduler(optimizer, config, len(train)))
     return state, train, val
@@ -206,18 +206,44 @@ def test_ctrl_c_while_training_stops_at_the_next_step_boundary():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_a_second_ctrl_c_interrupts_at_once():
+def test_the_same_signal_again_interrupts_at_once():
+    reached = []
     with pytest.raises(KeyboardInterrupt), deferred_interrupts() as stop:
         os.kill(os.getpid(), signal.SIGINT)
-        assert stop.signal == signal.SIGINT  # deferred: still running here
+        reached.append(stop.signal)  # deferred: still running here
         os.kill(os.getpid(), signal.SIGINT)
-        pytest.fail("the second SIGINT should have raised")
+        reached.append("after the second")
+    assert reached == [signal.SIGINT]
+
+
+def test_sigterm_after_sigint_does_not_escalate():
+    """`mlflow run` sends its child SIGTERM right after the terminal's SIGINT."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        reached = []
+        with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("both deferred")
+        assert reached == ["both deferred"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_pending_ctrl_c_wins_over_another_exception():
+    """A pruned trial's TrialPruned must not swallow the user's Ctrl-C."""
+    with pytest.raises(KeyboardInterrupt) as caught, deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        raise ValueError("pruned")
+    assert isinstance(caught.value.__cause__, ValueError)
 
 
 def test_a_ctrl_c_after_training_is_raised_when_the_outermost_block_ends():
+    reached = []
     with pytest.raises(KeyboardInterrupt), deferred_interrupts() as outer:
-        with deferred_interrupts() as inner:  # train() inside tune(): one shared request
+        with deferred_interrupts() as inner:  # fit() inside train(): one shared request
             assert inner is outer
             os.kill(os.getpid(), signal.SIGINT)
-        assert outer.signal == signal.SIGINT  # the inner block's end did not raise
+        reached.append(outer.signal)  # the inner block's end did not raise
+    assert reached == [signal.SIGINT]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

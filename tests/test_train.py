@@ -16,6 +16,8 @@ from mnist_lab import names
 from mnist_lab.checkpoint import load_checkpoint
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT, load_config
+from mnist_lab.engine import amp_dtype
+from mnist_lab.errors import LabError
 from mnist_lab.train import resume, train
 
 SMALL = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
@@ -57,6 +59,8 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert client.get_experiment(run.info.experiment_id).name == names.DEFAULT_EXPERIMENT
     assert run.data.tags[names.TAG_MODEL] == model
     assert {names.TAG_DEVICE, names.TAG_TORCH_VERSION, names.TAG_GIT_COMMIT} <= set(run.data.tags)
+    amp = amp_dtype(torch.device("cpu"), enabled=run.data.params["amp"] == "True")
+    assert run.data.tags[names.TAG_PRECISION] == ("bf16" if amp else "fp32")
     assert run.data.params["model"] == model
     assert run.data.params["max_train_samples"] == "300"
     assert set(names.EPOCH_METRICS) | set(names.FINAL_METRICS) <= set(run.data.metrics)
@@ -142,6 +146,16 @@ def _runs_with_a_checkpoint(client: MlflowClient) -> list:
     experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     return [r for r in runs if client.list_artifacts(r.info.run_id, names.CHECKPOINT_DIR)]
+
+
+def test_resuming_a_checkpoint_of_other_layers_is_a_clear_error(mnist_dir, mlflow_store):
+    """A checkpoint from before a model changed (the CNN's block order did) names the fix."""
+    config = load_config("cnn", SMALL)
+    old_layout = {"features.0.1.weight": torch.ones(16)}  # BN was block item 1 before
+    with pytest.raises(LabError, match=r"(?s)run abc.*does not fit the .cnn. model.*new run"):
+        train(config, resume_run_id="abc", checkpoint={"model": old_layout})
+    assert MlflowClient().search_experiments()[0].name == "Default"  # no run started
+    assert not MlflowClient().search_runs(["0"])
 
 
 class Poison:

@@ -6,8 +6,9 @@ last map (3×3 after three blocks) keeps where the strokes are; global average p
 ~0.4 points of one-epoch accuracy in our measurements at the same cost.
 
 Pooling before BatchNorm and ReLU (as hlb-CIFAR10 does) runs both on a quarter of the pixels.
-Max-pooling commutes with ReLU, so only BN's statistics change; on a 2-core CPU the training
-step got 1.7× faster at the same one-epoch accuracy (99.14 % vs 99.10 %).
+Max-pooling commutes with ReLU and with BN's affine map where its scale is positive, so the
+block stays close to the usual one; on a 2-core CPU the training step got 1.7× faster at the
+same one-epoch accuracy (99.14 % vs 99.10 %).
 """
 
 import itertools
@@ -33,7 +34,7 @@ def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
 class CNN(nn.Module):
     """[B, 1, 28, 28] in [0, 1] → logits [B, 10]."""
 
-    def __init__(self, depth: int = 3, width: int = 16, dropout: float = 0.1) -> None:
+    def __init__(self, depth: int = 3, width: int = 24, dropout: float = 0.1) -> None:
         super().__init__()
         chans = [1] + [width * 2**i for i in range(depth)]
         self.normalize = MnistNormalize()
@@ -48,7 +49,7 @@ class CNN(nn.Module):
         return self.head(self.dropout(x.flatten(1)))  # [B, 10]
 
 
-def build_cnn(*, depth: int = 3, width: int = 16, dropout: float = 0.1) -> nn.Module:
+def build_cnn(*, depth: int = 3, width: int = 24, dropout: float = 0.1) -> nn.Module:
     """The `cnn` model: `depth` in 1..4 conv blocks, `width` channels in the first one."""
     if not 1 <= depth <= 4:
         raise ConfigError(f"cnn: depth must be 1..4 (28 px halves four times at most), got {depth}")
