@@ -18,27 +18,35 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 
+# What `mlflow run` or a user's shell may have set; a test's store must not inherit any of it.
 MLFLOW_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextlib.contextmanager
+def mlflow_at(uri: str, folder: Path, mp: pytest.MonkeyPatch) -> Iterator[str]:
+    """MLflow (environment and client) pointed at `uri`, working in `folder`; runs left active
+    are ended and the client reset after."""
+    for var in MLFLOW_ENV:
+        mp.delenv(var, raising=False)
+    mp.chdir(folder)
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
 
 
 @contextlib.contextmanager
 def sqlite_store(folder: Path) -> Iterator[str]:
     """A fresh SQLite store in `folder` (artifacts in folder/mlruns), for a whole test module."""
-    import pytest
-
-    with pytest.MonkeyPatch.context() as mp:
-        for var in MLFLOW_ENV:
-            mp.delenv(var, raising=False)
-        mp.chdir(folder)
-        uri = f"sqlite:///{folder / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield uri
-        finally:
-            while mlflow.active_run():
-                mlflow.end_run()
-            mlflow.set_tracking_uri(None)
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        mlflow_at(f"sqlite:///{folder / 'mlflow.db'}", folder, mp) as uri,
+    ):
+        yield uri
 
 
 def fake_run(
@@ -118,17 +126,8 @@ def tracking_server(folder: Path, backend_uri: str, monkeypatch) -> Iterator[str
     command += ["--port", str(port), "--workers", "1", "--backend-store-uri", backend_uri]
     command += ["--artifacts-destination", str(folder / "artifacts")]
     uri = f"http://127.0.0.1:{port}"
-    with server_process(
-        command, f"{uri}/health", folder / "server.log", cwd=folder, env=venv_env()
+    with (
+        server_process(command, f"{uri}/health", folder / "server.log", cwd=folder, env=venv_env()),
+        mlflow_at(uri, folder, monkeypatch),
     ):
-        for var in MLFLOW_ENV:
-            monkeypatch.delenv(var, raising=False)
-        monkeypatch.chdir(folder)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield uri
-        finally:
-            while mlflow.active_run():
-                mlflow.end_run()
-            mlflow.set_tracking_uri(None)
+        yield uri
