@@ -31,7 +31,11 @@ class StopRequest:
     def check(self) -> None:
         """Raise KeyboardInterrupt if a Ctrl-C arrived since training started."""
         if self.signal is not None:
-            raise KeyboardInterrupt(f"{signal.Signals(self.signal).name} during training")
+            raise self.interrupt()
+
+    def interrupt(self) -> KeyboardInterrupt:
+        """The KeyboardInterrupt that stands for the pending signal."""
+        return KeyboardInterrupt(f"{signal.Signals(self.signal).name} during training")
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Only the same signal again escalates: `mlflow run` answers the terminal's Ctrl-C by
@@ -95,7 +99,7 @@ def deferred_interrupts() -> Iterator[StopRequest]:
     except BaseException as err:
         if request.signal is None:
             raise
-        raise KeyboardInterrupt(f"{signal.Signals(request.signal).name} during training") from err
+        raise request.interrupt() from err
     finally:
         for signum, handler in previous.items():  # before `_active`: a late signal still defers
             signal.signal(signum, handler)
