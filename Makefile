@@ -31,7 +31,7 @@ format: $(STAMP)
 
 ## bench: train the benchmark configs and print the figures the README quotes
 bench: $(STAMP)
-	$(BIN)/python -m mnist_lab.bench $(ARGS)
+	$(BIN)/python -m mnist_lab.measure training $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

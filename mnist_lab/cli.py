@@ -15,8 +15,8 @@ from typing import Any
 
 from mnist_lab import __version__
 from mnist_lab.config import TRAIN_FIELDS
+from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.errors import LabError
-from mnist_lab.interrupt import sigterm_as_interrupt
 from mnist_lab.models import MODELS, model_names, model_options
 
 log = logging.getLogger("mnist_lab")
@@ -93,7 +93,7 @@ def _csv(values: Sequence[str] | None) -> list[str]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mnist_lab.compare import compare, markdown, parse_tags
+    from mnist_lab.comparison.compare import compare, markdown, parse_tags
 
     result = compare(
         best_by=args.best_by or None,
@@ -108,8 +108,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from mnist_lab.benchmark import benchmark
-    from mnist_lab.compare import markdown
+    from mnist_lab.comparison.benchmark import benchmark
+    from mnist_lab.comparison.compare import markdown
 
     overrides = {
         k: getattr(args, k) or None
@@ -122,7 +122,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from mnist_lab.register import register
+    from mnist_lab.serving.register import register
 
     print(register(args.model, force=_flag_true(args.force)))
     return 0
@@ -131,11 +131,12 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from mnist_lab import store
-    from mnist_lab.predict import collect, predict
+    from mnist_lab import tracking
+    from mnist_lab.data.images import collect
+    from mnist_lab.serving.predict import predict
 
     sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
-    predictions = predict(store.load_model(args.model_uri), sources, images)
+    predictions = predict(tracking.load_model(args.model_uri), sources, images)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
     else:
@@ -146,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     """compare, benchmark, register and predict."""
-    from mnist_lab.compare import SELECTABLE_METRICS
+    from mnist_lab.comparison.compare import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
     add_flag(
@@ -205,8 +206,8 @@ UNSET = ("", "none")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mnist_lab.study import DEFAULT_STORAGE
-    from mnist_lab.tuning import DATA_OPTIONS, TuneOptions, tune
+    from mnist_lab.tuning.study import DEFAULT_STORAGE
+    from mnist_lab.tuning.tuner import DATA_OPTIONS, TuneOptions, tune
 
     # "" or "none" is "unset": MLproject's defaults for the settings that default to nothing.
     given = {

@@ -14,31 +14,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_lab import detection, names, tracking
-from mnist_lab.checkpoint import load_checkpoint
-from mnist_lab.config import TrainConfig, build_config
-from mnist_lab.data import BatchLoader, Splits, load_mnist, make_splits
-from mnist_lab.detection import DetectionTask
-from mnist_lab.engine import (
-    ClassificationTask,
-    Evaluation,
-    Listener,
-    TrainState,
-    fit,
-    make_optimizer,
-    make_scheduler,
-    place_model,
-    resolve_device,
-)
-from mnist_lab.errors import LabError
-from mnist_lab.evaluation import classification_summary
-from mnist_lab.interrupt import deferred_interrupts, raise_if_interrupted
-from mnist_lab.models import build_model
-from mnist_lab.plots import (
+from mnist_lab import names, tracking
+from mnist_lab.analysis.metrics import classification_summary
+from mnist_lab.analysis.plots import (
     confusion_matrix_figure,
     learning_curves_figure,
     sample_predictions_figure,
 )
+from mnist_lab.config import TrainConfig, build_config
+from mnist_lab.data.mnist import Splits, load_mnist, make_splits
+from mnist_lab.engine.checkpoint import load_checkpoint
+from mnist_lab.engine.classification import ClassificationTask
+from mnist_lab.engine.detection import DetectionTask
+from mnist_lab.engine.device import place_model, resolve_device
+from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
+from mnist_lab.engine.loop import Listener, TrainState, fit, make_optimizer, make_scheduler
+from mnist_lab.engine.tasks import Evaluation, Task, TestReport
+from mnist_lab.errors import LabError
+from mnist_lab.models import build_model
 
 log = logging.getLogger(__name__)
 
@@ -106,23 +99,8 @@ def train(
         max_test_samples=config.max_test_samples,
     ).to(device)
     model = place_model(build_model(config.model, **config.model_options), device)
-    detector = config.model == names.DETECTOR_MODEL
-    if detector:  # trained and evaluated on scenes made from the same splits
-        task = test_task = DetectionTask()
-        train_loader, val_loader, test_loader = detection.loaders(config, splits)
-    else:
-        task, test_task = ClassificationTask(config.label_smoothing), ClassificationTask()
-        train_loader = BatchLoader(
-            splits.train_x,
-            splits.train_y,
-            batch_size=config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            augment=config.augment,
-            drop_last=False,
-        )
-        val_loader = _eval_loader(splits.val_x, splits.val_y, config)
-        test_loader = _eval_loader(splits.test_x, splits.test_y, config)
+    task = make_task(config)
+    train_loader, val_loader, test_loader = task.loaders(splits)
     optimizer = make_optimizer(model, config)
     state = TrainState(
         config, model, optimizer, make_scheduler(optimizer, config, len(train_loader))
@@ -162,16 +140,15 @@ def train(
             return TrainResult(run_id, metrics, state.best_val_accuracy, state.epoch)
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
-        test = test_task.evaluate(model, test_loader, config.amp)
+        test = task.evaluate(model, test_loader, config.amp)
         summary = classification_summary(test.targets, test.predictions)
-        metrics = _final_metrics(state, test, summary, model, device, epoch_logger.seconds)
-        if detector:
-            detection_metrics, figure = detection.detection_report(model, config, splits, test)
-            metrics.update(detection_metrics)
-            tracking.log_figure(figure, names.PLOT_DETECTIONS)
-            tracking.log_torch_model(model.detector.cpu(), names.DETECTOR_ARTIFACT)
+        report = task.test_report(model, splits, test)
+        metrics = {
+            **_final_metrics(state, test, summary, model, device, epoch_logger.seconds),
+            **report.metrics,
+        }
         tracking.log_metrics(metrics)
-        _log_reports(state, test, summary, splits)
+        _log_reports(state, test, summary, splits, report)
         tracking.log_model(model.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())
         log.info(
             "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
@@ -183,8 +160,11 @@ def train(
         return TrainResult(tracking.active_run_id(), metrics, state.best_val_accuracy, state.epoch)
 
 
-def _eval_loader(images: torch.Tensor, labels: torch.Tensor, config: TrainConfig) -> BatchLoader:
-    return BatchLoader(images, labels, batch_size=config.eval_batch_size, shuffle=False)
+def make_task(config: TrainConfig) -> Task:
+    """The detector trains on scenes; every other model is a digit classifier."""
+    if config.model == names.DETECTOR_MODEL:
+        return DetectionTask(config)
+    return ClassificationTask(config)
 
 
 def _final_metrics(
@@ -229,9 +209,15 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def _log_reports(
-    state: TrainState, test: Evaluation, summary: dict[str, Any], splits: Splits
+    state: TrainState,
+    test: Evaluation,
+    summary: dict[str, Any],
+    splits: Splits,
+    report: TestReport,
 ) -> None:
-    tracking.log_dict(summary, names.REPORT_CLASSIFICATION)
+    """Every run's reports and figures, then what its task added."""
+    for path, data in {names.REPORT_CLASSIFICATION: summary, **report.reports}.items():
+        tracking.log_dict(data, path)
     figures = {
         names.PLOT_CONFUSION_MATRIX: confusion_matrix_figure(np.array(summary["confusion_matrix"])),
         names.PLOT_LEARNING_CURVES: learning_curves_figure(state.history),
@@ -239,5 +225,7 @@ def _log_reports(
             splits.test_x.cpu().numpy(), test.targets, test.predictions, test.probabilities
         ),
     }
-    for path, figure in figures.items():
+    for path, figure in {**figures, **report.figures}.items():
         tracking.log_figure(figure, path)
+    for name, module in report.modules.items():
+        tracking.log_torch_model(module.cpu(), name)

@@ -5,8 +5,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
-from mnist_lab.benchmark import default_models
 from mnist_lab.cli import main
+from mnist_lab.comparison.benchmark import default_models
 
 TINY = ["--epochs", "1", "--max-train-samples", "200", "--max-test-samples", "100"]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mnist_lab.checkpoint import load_checkpoint, save_checkpoint
+from mnist_lab.engine.checkpoint import load_checkpoint, save_checkpoint
 from mnist_lab.errors import LabError
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from mnist_lab import names
 from mnist_lab.cli import main
-from mnist_lab.compare import COLUMNS, PLOTS, compare, select_runs
+from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare, select_runs
 
 TINY = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_lab import data
+from mnist_lab.data import mnist as data
+from mnist_lab.data.loader import BatchLoader, random_affine
 from mnist_lab.errors import ConfigError, DataError
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -234,13 +235,13 @@ def test_splits_to() -> None:
 # BatchLoader
 
 
-def make_loader(n: int = 100, **kwargs) -> data.BatchLoader:
+def make_loader(n: int = 100, **kwargs) -> BatchLoader:
     images, labels = fake_arrays(n, seed=5)
     kwargs = {"batch_size": 16, "shuffle": True, "seed": 7} | kwargs
-    return data.BatchLoader(torch.from_numpy(images), torch.from_numpy(labels), **kwargs)
+    return BatchLoader(torch.from_numpy(images), torch.from_numpy(labels), **kwargs)
 
 
-def epoch_batches(loader: data.BatchLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def epoch_batches(loader: BatchLoader, epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     loader.set_epoch(epoch)
     return list(loader)
 
@@ -294,9 +295,9 @@ def test_loader_augment() -> None:
 def test_random_affine_identity_and_shift() -> None:
     x = torch.zeros(2, 1, 28, 28)
     x[:, :, 10, 12] = 1
-    out = data.random_affine(x, torch.zeros(2, 2), torch.zeros(2))
+    out = random_affine(x, torch.zeros(2, 2), torch.zeros(2))
     assert torch.allclose(out, x, atol=1e-6)
-    shifted = data.random_affine(x, torch.tensor([[2.0, 0.0], [0.0, -1.0]]), torch.zeros(2))
+    shifted = random_affine(x, torch.tensor([[2.0, 0.0], [0.0, -1.0]]), torch.zeros(2))
     assert shifted[0, 0, 10, 14] == pytest.approx(1, abs=1e-5)  # +2 px in x
     assert shifted[1, 0, 9, 12] == pytest.approx(1, abs=1e-5)  # -1 px in y
 
@@ -309,4 +310,4 @@ def test_random_affine_matches_affine_grid() -> None:
     ).view(5, 2, 3)
     grid = torch.nn.functional.affine_grid(theta, [5, 1, 28, 28], align_corners=False)
     ref = torch.nn.functional.grid_sample(x, grid, align_corners=False).clamp(0, 1)
-    assert torch.allclose(data.random_affine(x, shift, angle), ref, atol=1e-5)
+    assert torch.allclose(random_affine(x, shift, angle), ref, atol=1e-5)

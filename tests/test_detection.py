@@ -11,12 +11,12 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.config import load_config
-from mnist_lab.data import load_mnist, make_splits
-from mnist_lab.detection import DetectionTask, loaders
+from mnist_lab.data.mnist import load_mnist, make_splits
+from mnist_lab.data.scenes import SceneLoader, ink_boxes
+from mnist_lab.engine.detection import DetectionTask
 from mnist_lab.errors import ConfigError, WeightsError
 from mnist_lab.models import build_model
 from mnist_lab.models.faster_rcnn import SmallBackbone
-from mnist_lab.scenes import SceneLoader, ink_boxes
 from mnist_lab.train import train
 
 TINY = {"epochs": 1, "max_train_samples": 60, "max_test_samples": 40, "val_size": 20}
@@ -102,7 +102,7 @@ def test_scenes_come_from_their_own_split(mnist_dir) -> None:
         load_mnist(mnist_dir), val_size=100, max_train_samples=200, max_test_samples=100
     )
     config = load_config("faster_rcnn", {**TINY, "max_digits": 1})
-    train, val, test = loaders(config, splits)
+    train, val, test = DetectionTask(config).loaders(splits)
     for loader, split_x in ((train, splits.train_x), (val, splits.val_x), (test, splits.test_x)):
         assert loader.images is split_x
     # One-digit test scenes: the test digits, in order, each the only thing on its canvas.
@@ -251,7 +251,7 @@ def test_detection_task_counts_no_box_as_wrong(digits) -> None:
     images, labels = digits
     model = build_model("faster_rcnn").eval()
     model.detector.roi_heads.score_thresh = 1.1
-    evaluation = DetectionTask().evaluate(
+    evaluation = DetectionTask(load_config("faster_rcnn")).evaluate(
         model, SceneLoader(images[:8], labels[:8], 4, **SCENE), False
     )
     assert evaluation.accuracy == 0.0 and (evaluation.predictions == -1).all()

@@ -6,21 +6,20 @@ import signal
 import pytest
 import torch
 
-from mnist_lab import engine, names
+from mnist_lab import names
 from mnist_lab.config import build_config
-from mnist_lab.data import BatchLoader
-from mnist_lab.engine import (
-    ClassificationTask,
+from mnist_lab.data.loader import BatchLoader
+from mnist_lab.engine import device as engine_device
+from mnist_lab.engine.classification import ClassificationTask
+from mnist_lab.engine.device import amp_dtype, autocast, place_model
+from mnist_lab.engine.interrupt import deferred_interrupts
+from mnist_lab.engine.loop import (
     NonFiniteLossError,
     TrainState,
-    amp_dtype,
-    autocast,
     fit,
     make_optimizer,
     make_scheduler,
-    place_model,
 )
-from mnist_lab.interrupt import deferred_interrupts
 from mnist_lab.models import build_model
 
 
@@ -59,7 +58,7 @@ def make_state(epochs: int = 2, **overrides) -> tuple[TrainState, BatchLoader, B
 
 
 def run_fit(state, train, val, listeners=()):
-    return fit(state, ClassificationTask(0.1), train, val, torch.device("cpu"), listeners)
+    return fit(state, ClassificationTask(state.config), train, val, torch.device("cpu"), listeners)
 
 
 class Recorder:
@@ -164,7 +163,7 @@ def test_weight_decay_skips_biases_and_norms():
 
 @pytest.mark.parametrize("amx", [True, False])
 def test_bf16_autocast_only_where_the_hardware_computes_in_bf16(monkeypatch, amx):
-    monkeypatch.setattr(engine, "cpu_has_bf16_units", lambda: amx)
+    monkeypatch.setattr(engine_device, "cpu_has_bf16_units", lambda: amx)
     cpu = torch.device("cpu")
     assert amp_dtype(cpu, enabled=True) == (torch.bfloat16 if amx else None)
     assert amp_dtype(cpu, enabled=False) is None

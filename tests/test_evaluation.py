@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mnist_lab.evaluation import classification_summary
+from mnist_lab.analysis.metrics import classification_summary
 
 KEYS = {"precision", "recall", "f1", "support"}
 

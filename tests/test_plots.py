@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from mnist_lab import names, plots
+from mnist_lab import names
+from mnist_lab.analysis import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ from lab_helpers import free_port, server_process, sqlite_store, venv_env
 from PIL import Image
 
 from mnist_lab.cli import main
-from mnist_lab.predict import mnist_style
+from mnist_lab.data.images import mnist_style
 
 N = 12  # real MNIST test digits used throughout
 
@@ -24,7 +24,7 @@ def lab(tmp_path_factory):
     import os
 
     from mnist_lab.config import load_config
-    from mnist_lab.data import load_mnist
+    from mnist_lab.data.mnist import load_mnist
     from mnist_lab.train import train
 
     if not os.environ.get("MNIST_DATA_DIR"):

@@ -13,10 +13,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
-from mnist_lab.checkpoint import load_checkpoint
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT, load_config
-from mnist_lab.engine import amp_dtype
+from mnist_lab.engine.checkpoint import load_checkpoint
+from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
 from mnist_lab.train import resume, train
 
@@ -166,7 +166,7 @@ class Poison:
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(mnist_dir, mlflow_store):
-    from mnist_lab.engine import NonFiniteLossError
+    from mnist_lab.engine.loop import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError):
         train(load_config("cnn", {**SMALL, "epochs": 3}), listeners=(Poison(),))

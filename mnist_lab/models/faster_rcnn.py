@@ -35,6 +35,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
 
+from mnist_lab.data.scenes import paste
 from mnist_lab.errors import ConfigError, WeightsError
 from mnist_lab.models.common import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
 from mnist_lab.models.torchvision_nets import (
@@ -43,7 +44,6 @@ from mnist_lab.models.torchvision_nets import (
     describe_mismatch,
 )
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
-from mnist_lab.scenes import paste
 
 BACKBONES = ("small", "mobilenet_v3", "resnet50")
 # The ImageNet backbones see the canvas upscaled: mobilenet_v3's first FPN level has stride 16.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mnist_lab import names, store
+from mnist_lab import names, tracking
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.models import MODELS, TIMM_PREFIX
 
@@ -36,29 +36,29 @@ class Registration:
         moved = "is now" if self.champion else "is not"
         return (
             f"registered run {self.run_id} (val_accuracy {self.val_accuracy:.4f}) as "
-            f"{self.name} version {self.version}; it {moved} @{store.CHAMPION}: {self.reason}"
+            f"{self.name} version {self.version}; it {moved} @{tracking.CHAMPION}: {self.reason}"
         )
 
 
-def val_accuracy(run: store.RunRecord) -> float | None:
+def val_accuracy(run: tracking.RunRecord) -> float | None:
     """Best validation accuracy of the run (older runs: the last logged val_accuracy)."""
     return run.metrics.get(SELECT_BY, run.metrics.get(names.VAL_ACCURACY))
 
 
-def best_run(model: str) -> store.RunRecord:
+def best_run(model: str) -> tracking.RunRecord:
     if model not in MODELS and not model.startswith(TIMM_PREFIX):
         raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
-    experiment = store.experiment_name()
-    runs = store.search_runs(
+    experiment = tracking.experiment_name()
+    runs = tracking.search_runs(
         experiment,
         f"tags.{names.TAG_KIND} = 'train' and tags.{names.TAG_MODEL} = '{model}' "
         "and attributes.status = 'FINISHED'",
     )
     runs = [r for r in runs if val_accuracy(r) is not None]
     if not runs:
-        raise store.NoRunsError(
+        raise tracking.NoRunsError(
             f"no finished {model} train run with a validation accuracy in experiment "
-            f"{experiment!r} (tracking store {store.tracking_uri()}); train one with "
+            f"{experiment!r} (tracking store {tracking.tracking_uri()}); train one with "
             f"`mlflow run . -e train -P model={model} --env-manager local`"
         )
     return max(runs, key=val_accuracy)
@@ -68,15 +68,15 @@ def register(model: str, force: bool = False) -> Registration:
     """Register the best `model` run and move `champion` if it earned it (or `force`)."""
     run = best_run(model)
     accuracy = val_accuracy(run)
-    name = store.registered_model_name(model)
+    name = tracking.registered_model_name(model)
     tags = {k: f"{run.metrics[k]:.6g}" for k in VERSION_TAGS if k in run.metrics}
     tags[SELECT_BY] = f"{accuracy:.6g}"
     tags.update({"run_id": run.run_id, names.TAG_MODEL: model, "selected_by": SELECT_BY})
-    current = store.champion(name)
+    current = tracking.champion(name)
     if current is not None and current.run_id == run.run_id and not force:
         reason = "that run already is the champion; nothing registered"
         return Registration(name, current.version, run.run_id, accuracy, True, reason)
-    version = store.register(run.run_id, name, tags)
+    version = tracking.register(run.run_id, name, tags)
     if current is None:
         win, reason = True, "there was no champion yet"
     else:
@@ -89,14 +89,14 @@ def register(model: str, force: bool = False) -> Registration:
         else:
             win, reason = False, f"it does not beat {was}; use --force to move it anyway"
     if win:
-        store.set_champion(name, version.version)
+        tracking.set_champion(name, version.version)
     return Registration(name, version.version, run.run_id, accuracy, win, reason)
 
 
-def _champion_accuracy(current: store.Version) -> float:
+def _champion_accuracy(current: tracking.Version) -> float:
     """From the champion's run when it still exists (exact), else from its version tag."""
     try:
-        value = val_accuracy(store.get_run(current.run_id)) if current.run_id else None
+        value = val_accuracy(tracking.get_run(current.run_id)) if current.run_id else None
     except LabError:
         value = None
     return value if value is not None else _float(current.tags.get(SELECT_BY))

@@ -22,9 +22,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mnist_lab import compare_plots, names, store, tracking
+from mnist_lab import names, tracking
+from mnist_lab.comparison import plots as compare_plots
 from mnist_lab.errors import ConfigError
-from mnist_lab.store import RunRecord
+from mnist_lab.tracking import RunRecord
 
 MISSING = "–"
 # The lab's architectures in table order; any other model follows, alphabetically.
@@ -118,10 +119,10 @@ def select_runs(
 ) -> list[tuple[str, RunRecord]]:
     """(row label, run) pairs to compare: the lab's models in LAB_MODELS order, then others."""
     if run_ids:
-        return _label([store.get_run(run_id) for run_id in run_ids])
+        return _label([tracking.get_run(run_id) for run_id in run_ids])
     query = [f"tags.{names.TAG_KIND} = 'train'", "attributes.status = 'FINISHED'"]
     query += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
-    runs = store.search_runs(experiment, " and ".join(query))
+    runs = tracking.search_runs(experiment, " and ".join(query))
     plain = [r for r in runs if names.TAG_STUDY_NAME not in r.tags]
     chosen = [_pick(group, best_by) for group in _groups(plain, lambda r: r.model)]
     chosen.sort(key=_table_order)
@@ -290,20 +291,20 @@ def compare(
     """Select runs, write the table and plots to `output_dir`, log them to a `comparison` run."""
     if best_by is not None:
         check_metric(best_by)
-    experiment = store.experiment_name()
+    experiment = tracking.experiment_name()
     rows = select_runs(
         experiment, best_by=best_by, tags=tags, run_ids=run_ids, include_tuning=include_tuning
     )
     if not rows and not failures:
-        raise store.NoRunsError(
+        raise tracking.NoRunsError(
             f"no finished train runs to compare in experiment {experiment!r} "
-            f"(tracking store {store.tracking_uri()}); create some with "
+            f"(tracking store {tracking.tracking_uri()}); create some with "
             "`mlflow run . -e train -P model=cnn --env-manager local` or "
             "`python -m mnist_lab benchmark`, or point MLFLOW_TRACKING_URI / "
             "MLFLOW_EXPERIMENT_NAME at the store and experiment that hold them"
         )
-    histories = [store.metric_history(run.run_id, names.VAL_ACCURACY) for _, run in rows]
-    reports = [store.classification_report(run.run_id) for _, run in rows]
+    histories = [tracking.metric_history(run.run_id, names.VAL_ACCURACY) for _, run in rows]
+    reports = [tracking.classification_report(run.run_id) for _, run in rows]
     matrices = [np.array(r["confusion_matrix"]) if r else None for r in reports]
     table = add_failures(build_table(rows, histories), failures)
 

@@ -1,12 +1,12 @@
-"""`make bench` / `python -m mnist_lab.bench`: train the benchmark scenarios, print their figures.
+"""`make bench` / `python -m mnist_lab.measure training`: train the scenarios, print their figures.
 
 Every figure printed is a metric of a real MLflow run (the runs land in the experiment
 `mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise), so the README's numbers can be
 traced back to their runs. Speed targets are checked here, never by timed assertions in tests.
 
-    python -m mnist_lab.bench                         # every scenario
-    python -m mnist_lab.bench cnn-1-epoch cnn         # some of them
-    python -m mnist_lab.bench --device cuda --json out.json
+    python -m mnist_lab.measure training                         # every scenario
+    python -m mnist_lab.measure training cnn-1-epoch cnn         # some of them
+    python -m mnist_lab.measure training --device cuda --json out.json
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 from typing import Any
 
-import torch
-
 from mnist_lab import names
-from mnist_lab.engine import amp_dtype, resolve_device
+from mnist_lab.engine.device import resolve_device
+from mnist_lab.measure.hardware import hardware
+
+PROG = "python -m mnist_lab.measure training"
 
 # name → (model, overrides of experiments/<model>.yaml, what the issue asks of it)
 SCENARIOS: dict[str, tuple[str, dict[str, Any], str]] = {
@@ -61,25 +61,6 @@ COLUMNS = (
 )
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, bf16, torch {torch.__version__}"
-    precision = "AMX: bf16 where amp is on" if amp_dtype(device, enabled=True) else "fp32"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {precision}, torch {torch.__version__}"
-
-
 def run_scenario(name: str, device: str | None) -> dict[str, Any]:
     from mnist_lab.config import load_config
     from mnist_lab.train import train
@@ -93,7 +74,7 @@ def run_scenario(name: str, device: str | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
         "scenarios",
         nargs="*",

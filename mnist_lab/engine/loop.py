@@ -1,114 +1,34 @@
 """The one training loop. It imports neither mlflow nor optuna: it reports each finished epoch to
 listeners (the MLflow tracker, an Optuna pruning callback, the console) and they act on it.
 
-A `Task` supplies what differs between model kinds: the loss of a batch and how to evaluate. The
-classifiers use `ClassificationTask`; the detector brings its own task, not a second loop.
+A `Task` supplies what differs between model kinds: loaders, the loss of a batch, how to
+evaluate. The classifiers use `ClassificationTask`; the detector brings its own task
+(`DetectionTask`), not a second loop.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import itertools
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from mnist_lab import names
 from mnist_lab.config import TrainConfig
+from mnist_lab.engine.device import autocast
+from mnist_lab.engine.interrupt import StopRequest, deferred_interrupts
+from mnist_lab.engine.tasks import Loader, Task
 from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.interrupt import StopRequest, deferred_interrupts
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class NonFiniteLossError(LabError):
     """The training loss became NaN or infinite."""
-
-
-class Loader(Protocol):
-    """A re-iterable source of batches whose order for an epoch depends only on (seed, epoch)."""
-
-    def set_epoch(self, epoch: int) -> None: ...
-    def __iter__(self) -> Iterator[Batch]: ...
-    def __len__(self) -> int: ...
-
-
-@dataclass
-class Evaluation:
-    """One pass over a split. `predictions`/`targets`: [N] int64; `probabilities`: [N, 10]."""
-
-    loss: float
-    accuracy: float
-    predictions: np.ndarray
-    targets: np.ndarray
-    probabilities: np.ndarray
-    seconds: float  # forward passes only, after one warm-up batch
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-class Task(Protocol):
-    def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Loss to backpropagate, number of correct predictions (a tensor), batch size."""
-        ...
-
-    def evaluate(self, model: nn.Module, loader: Loader, amp: bool) -> Evaluation: ...
-
-
-class ClassificationTask:
-    """Cross-entropy on logits [B, 10] for inputs [B, 1, 28, 28]."""
-
-    def __init__(self, label_smoothing: float = 0.0) -> None:
-        self.label_smoothing = label_smoothing
-
-    def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        x, y = batch
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
-        return loss, (logits.argmax(1) == y).sum(), y.numel()
-
-    @torch.inference_mode()
-    def evaluate(self, model: nn.Module, loader: Loader, amp: bool) -> Evaluation:
-        model.eval()
-        batches = iter(loader)
-        first = next(batches, None)
-        if first is None:
-            raise LabError("cannot evaluate on an empty split")
-        device = first[0].device
-        with autocast(device, amp):
-            model(first[0])  # warm-up, so the timing below measures steady state
-        synchronize(device)
-        losses, probs, targets = [], [], []
-        seconds = 0.0
-        for x, y in itertools.chain([first], batches):
-            start = time.perf_counter()
-            with autocast(device, amp):
-                logits = model(x).float()
-            synchronize(device)
-            seconds += time.perf_counter() - start
-            losses.append(F.cross_entropy(logits, y, reduction="sum"))
-            probs.append(logits.softmax(1))
-            targets.append(y)
-        probabilities = torch.cat(probs).cpu().numpy()
-        target = torch.cat(targets).cpu().numpy()
-        predictions = probabilities.argmax(1)
-        return Evaluation(
-            loss=float(torch.stack(losses).sum()) / len(target),
-            accuracy=float((predictions == target).mean()),
-            predictions=predictions,
-            targets=target,
-            probabilities=probabilities,
-            seconds=seconds,
-        )
 
 
 @dataclass
@@ -164,56 +84,6 @@ class Listener(Protocol):
     def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         """Called after each epoch with that epoch's metrics (names.EPOCH_METRICS)."""
         ...
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here; use --device cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device='mps' but MPS is not available here; use --device cpu")
-    return torch.device(name)
-
-
-@functools.cache
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where it was measured to pay: CUDA, and CPUs with AMX tiles (the CNN's epoch 1.6×
-    faster on 2 Xeon cores). Other CPUs, with no bf16 units or only AVX512-BF16 dot products,
-    were not measured faster, so None: no autocast, fp32."""
-    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())):
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """`torch.autocast` to `amp_dtype(device, enabled)`, or a no-op where that is None."""
-    dtype = amp_dtype(device, enabled)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def place_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move `model` to `device` with its 4-D weights stored channels-last (NHWC): the layout
-    oneDNN and cuDNN convolve fastest; the activations then stay NHWC through the network
-    (the CNN's CPU epoch 1.2× faster). Layers that are not convolutions do not notice."""
-    return model.to(device, memory_format=torch.channels_last)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

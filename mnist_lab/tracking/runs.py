@@ -1,5 +1,5 @@
-"""The only module that writes runs to MLflow (`store` reads them back; `mlflow_model` is the
-logged model's own flavor).
+"""Writing runs: a run's lifecycle, its params, metrics, tags and artifacts, and the runs of
+tuning trials.
 
 Where runs land follows MLflow's own rules: `MLFLOW_TRACKING_URI` if set, else MLflow's default
 (`sqlite:///mlflow.db`, artifacts in `./mlruns/`); `MLFLOW_EXPERIMENT_NAME`/`_ID` if set, else the
@@ -13,27 +13,19 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import tempfile
-import time
-import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import matplotlib.figure
 import mlflow
-import numpy as np
 import torch
 from mlflow.entities import RunStatus
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from mnist_lab import names
-from mnist_lab.checkpoint import save_checkpoint
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
-from mnist_lab.engine import TrainState, amp_dtype
+from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
 
 MAX_TAG_LENGTH = 4000
@@ -181,145 +173,6 @@ def active_run_id() -> str:
     return run.info.run_id
 
 
-class EpochLogger:
-    """Engine listener: per-epoch metrics (step = epoch) and `checkpoints/last.pt`.
-
-    The state is copied to host memory on the training thread; writing and uploading run on a
-    background thread so the next epoch does not wait for them. The file is written atomically
-    and `wait()` (called before the run ends, also on Ctrl-C) lets the upload finish, so the run's
-    checkpoint is always a whole one. Time spent here is kept to report tracking overhead.
-    """
-
-    def __init__(self, checkpoint: bool = True) -> None:
-        self.checkpoint = checkpoint
-        self.seconds = 0.0
-        self._dir = Path(tempfile.mkdtemp(prefix="mnist-lab-ckpt-"))
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-        self._pending: Future | None = None
-        # MLflow's active run is thread-local: the upload thread must name the run.
-        self._run_id = active_run_id()
-
-    def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
-        start = time.perf_counter()
-        log_metrics(metrics, step=state.epoch)
-        if self.checkpoint:
-            self.wait()  # one upload in flight at a time: epochs land in order
-            snapshot = _to_host(state.state_dict())
-            self._pending = self._pool.submit(self._write_and_upload, snapshot)
-        self.seconds += time.perf_counter() - start
-
-    def _write_and_upload(self, snapshot: dict[str, Any]) -> None:
-        path = self._dir / Path(names.CHECKPOINT_LAST).name
-        save_checkpoint(snapshot, path)
-        MlflowClient().log_artifact(self._run_id, str(path), names.CHECKPOINT_DIR)
-
-    def wait(self) -> None:
-        """Block until the last checkpoint is uploaded; re-raise its error, if any."""
-        start = time.perf_counter()
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-        self.seconds += time.perf_counter() - start
-
-
-def _to_host(value: Any) -> Any:
-    """A copy of nested dicts/lists/tuples of tensors with every tensor in host memory."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_host(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_host(v) for v in value)
-    return value
-
-
-def download_checkpoint(run_id: str) -> Path:
-    """Fetch `checkpoints/last.pt` of `run_id`; a clear error if the run or file is missing."""
-    client = MlflowClient()
-    try:
-        run_info = client.get_run(run_id).info
-    except mlflow.exceptions.MlflowException:
-        raise LabError(
-            f"--resume {run_id}: no such run in the tracking store {mlflow.get_tracking_uri()}"
-        ) from None
-    try:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=names.CHECKPOINT_LAST
-        )
-    except Exception:
-        raise LabError(
-            f"--resume {run_id}: the run ({run_info.status}) has no {names.CHECKPOINT_LAST} "
-            "to resume from; it stopped before its first epoch ended"
-        ) from None
-    return Path(path)
-
-
-def reopen_for_resume(run_id: str) -> None:
-    """A finished/failed/killed run goes back to RUNNING before training continues in it."""
-    MlflowClient().update_run(run_id, status="RUNNING")
-
-
-def log_model(model: nn.Module, example: np.ndarray) -> str:
-    """Log `model` ([B, 1, 28, 28] float in [0, 1] → [B, 10] logits) as the run's `model`.
-
-    One MLflow model, two flavors (see `mnist_lab.mlflow_model`): `mlflow.pytorch.load_model`
-    gives the module back; `mlflow.pyfunc.load_model` and `mlflow models serve` take a batch of
-    28×28 digits (`example`: [B, 28, 28] float32 in [0, 1]; 0–255 values are scaled) and answer
-    `digit` and `prob_0` … `prob_9`. The package source travels with the model (`code_paths`),
-    so it loads wherever mlflow and torch are installed. Returns the model URI.
-    """
-    from mnist_lab import mlflow_model
-
-    model = model.eval()
-    output = mlflow_model.DigitClassifier(model, _device_of(model)).predict(example)
-    with warnings.catch_warnings():  # "integer column cannot hold missing values": `digit` never
-        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
-        signature = infer_signature(example, output)
-    info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=names.MODEL_ARTIFACT,
-        flavor=mlflow_model,
-        pytorch_model=model,
-        signature=signature,
-        input_example=example,
-        code_paths=[str(PROJECT_ROOT / "mnist_lab")],
-        pip_requirements=_model_requirements(),
-    )
-    return info.model_uri
-
-
-def _device_of(model: nn.Module) -> str:
-    return str(next(model.parameters()).device)
-
-
-def _model_requirements() -> list[str]:
-    import timm
-    import torchvision
-
-    torch_version = torch.__version__.split("+")[0]
-    vision_version = torchvision.__version__.split("+")[0]
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch_version}",
-        f"torchvision=={vision_version}",
-        f"timm=={timm.__version__}",
-        f"numpy=={np.__version__}",
-    ]
-
-
-def log_torch_model(module: nn.Module, name: str = names.DETECTOR_ARTIFACT) -> str:
-    """Log `module` as it is, pickled, with no signature (e.g. a torchvision detector, which
-    takes a list of images), so `mlflow.pytorch.load_model` returns it. Returns the model URI."""
-    info = mlflow.pytorch.log_model(
-        module.eval(),
-        name=name,
-        serialization_format="pickle",  # "pt2" traces one input shape; a detector has none
-        code_paths=[str(PROJECT_ROOT / "mnist_lab")],
-        pip_requirements=_model_requirements(),
-    )
-    return info.model_uri
-
-
 # --- Tuning: a parent run per `tune` invocation, a nested run per trial ---------------------
 
 
@@ -328,10 +181,6 @@ def active_experiment_id() -> str:
     if run is None:
         raise RuntimeError("no active MLflow run")
     return run.info.experiment_id
-
-
-def tracking_uri() -> str:
-    return mlflow.get_tracking_uri()
 
 
 def child_run_tags(parent_run_id: str, run_name: str | None = None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""`python -m mnist_lab.tune_bench`: the tuning targets, measured and printed.
+"""`python -m mnist_lab.measure tuning`: the tuning targets, measured and printed.
 
 1. A 20-trial CNN study on a 10 000-image subset with the default pruner (Hyperband), its best
    configuration retrained on the full data and test-evaluated.
@@ -8,8 +8,8 @@
 Each study gets a fresh storage and study name, and every figure is a metric of an MLflow run
 (experiment `mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise).
 
-    python -m mnist_lab.tune_bench                     # everything (~15-20 min on 2 CPU cores)
-    python -m mnist_lab.tune_bench --skip-baseline     # quote 99.53 % for the defaults
+    python -m mnist_lab.measure tuning                     # everything (~15-20 min on 2 CPU cores)
+    python -m mnist_lab.measure tuning --skip-baseline     # quote 99.53 % for the defaults
 """
 
 from __future__ import annotations
@@ -24,13 +24,15 @@ from pathlib import Path
 
 from mnist_lab import names
 
+PROG = "python -m mnist_lab.measure tuning"
+
 TARGET_SECONDS = 600
 # experiments/cnn.yaml's test accuracy, README's CPU table (run 026beb5d…, 2-core Xeon, AMX bf16)
 DEFAULTS_TEST_ACCURACY = 0.9953
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--n-trials", type=int, default=20)
     parser.add_argument("--max-train-samples", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1)
@@ -41,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
 
-    from mnist_lab.bench import hardware
-    from mnist_lab.engine import resolve_device
-    from mnist_lab.tuning import TuneOptions, tune
+    from mnist_lab.engine.device import resolve_device
+    from mnist_lab.measure.hardware import hardware
+    from mnist_lab.tuning.tuner import TuneOptions, tune
 
     print(f"hardware: {hardware(resolve_device(args.device or 'auto'))}", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

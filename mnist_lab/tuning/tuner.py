@@ -28,12 +28,14 @@ from optuna.trial import TrialState
 
 from mnist_lab import names, tracking
 from mnist_lab.config import TrainConfig, load_config
-from mnist_lab.data import load_mnist
-from mnist_lab.engine import TrainState, resolve_device
+from mnist_lab.data.mnist import load_mnist
+from mnist_lab.engine.device import resolve_device
+from mnist_lab.engine.interrupt import sigterm_as_interrupt
+from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.interrupt import sigterm_as_interrupt
-from mnist_lab.search_space import SearchSpace, load_space
-from mnist_lab.study import (
+from mnist_lab.train import train
+from mnist_lab.tuning.space import SearchSpace, load_space
+from mnist_lab.tuning.study import (
     ATTR_FAILURE,
     ATTR_OVERRIDES,
     DEFAULT_STORAGE,
@@ -48,7 +50,6 @@ from mnist_lab.study import (
     state_counts,
     trials_done,
 )
-from mnist_lab.train import train
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from mnist_lab import names, store, tracking
-from mnist_lab.compare import LAB_MODELS, Comparison, Failure, compare
+from mnist_lab import names, tracking
+from mnist_lab.comparison.compare import LAB_MODELS, Comparison, Failure, compare
 from mnist_lab.config import load_config
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import MODELS
@@ -68,8 +68,8 @@ def benchmark(
 
 def _failed_child(parent_id: str, model: str) -> str | None:
     """The run id of the FAILED child for `model`, if training got as far as starting one."""
-    children = store.search_runs(
-        store.experiment_name(),
+    children = tracking.search_runs(
+        tracking.experiment_name(),
         f"tags.mlflow.parentRunId = '{parent_id}' and tags.{names.TAG_MODEL} = '{model}'",
     )
     return children[0].run_id if children else None

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.search_space import SearchSpace
+from mnist_lab.tuning.space import SearchSpace
 
 # Heartbeat and retry are "experimental" in Optuna; we rely on them deliberately.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -17,13 +17,14 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
+from mnist_lab.analysis.plots import detections_figure
 from mnist_lab.config import TrainConfig
-from mnist_lab.data import Splits
-from mnist_lab.engine import Evaluation, autocast, synchronize
+from mnist_lab.data.mnist import Splits
+from mnist_lab.data.scenes import SceneLoader, Scenes
+from mnist_lab.engine.device import autocast, synchronize
+from mnist_lab.engine.tasks import Evaluation, TestReport
 from mnist_lab.errors import LabError
 from mnist_lab.models.faster_rcnn import top_box_probabilities
-from mnist_lab.plots import detections_figure
-from mnist_lab.scenes import SceneLoader, Scenes
 
 FIGURE_SCENES = 12
 
@@ -52,15 +53,6 @@ def scene_loader(
     )
 
 
-def loaders(config: TrainConfig, splits: Splits) -> tuple[SceneLoader, SceneLoader, SceneLoader]:
-    """Train (multi-digit, train split), val and test (one digit a scene) loaders."""
-    return (
-        scene_loader(config, splits.train_x, splits.train_y, train=True),
-        scene_loader(config, splits.val_x, splits.val_y),
-        scene_loader(config, splits.test_x, splits.test_y),
-    )
-
-
 @contextlib.contextmanager
 def loss_mode(detector: nn.Module) -> Iterator[None]:
     """torchvision's detectors return losses only in train mode: switch to it with the norm
@@ -82,6 +74,18 @@ class DetectionTask:
     classification + box regression). Training accuracy would need a second, inference pass,
     so it is reported as NaN (not measured).
     """
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+
+    def loaders(self, splits: Splits) -> tuple[SceneLoader, SceneLoader, SceneLoader]:
+        """Train (multi-digit, train split), val and test (one digit a scene) loaders."""
+        config = self.config
+        return (
+            scene_loader(config, splits.train_x, splits.train_y, train=True),
+            scene_loader(config, splits.val_x, splits.val_y),
+            scene_loader(config, splits.test_x, splits.test_y),
+        )
 
     def train_step(self, model: nn.Module, batch: Scenes) -> tuple[torch.Tensor, torch.Tensor, int]:
         losses = model.detector(list(batch.images), batch.targets())
@@ -125,6 +129,15 @@ class DetectionTask:
             targets=target,
             probabilities=torch.cat(probs).cpu().numpy(),
             seconds=seconds,
+        )
+
+    def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
+        """Detection metrics and figure, and the raw torchvision detector as its own model."""
+        metrics, figure = detection_report(model, self.config, splits, test)
+        return TestReport(
+            metrics=metrics,
+            figures={names.PLOT_DETECTIONS: figure},
+            modules={names.DETECTOR_ARTIFACT: model.detector},
         )
 
 

@@ -1,4 +1,4 @@
-"""Digits from image files, IDX files or folders → a logged model → digit and confidence.
+"""A user's image files, IDX files or folders → MNIST-like digits [N, 28, 28] in [0, 1].
 
 Images of any size, colour or grey, are made MNIST-like the way MNIST itself was made: grey,
 light digit on black (inverted when the background is light), cropped to the ink, scaled to fit
@@ -8,43 +8,33 @@ a 20×20 box, then placed in 28×28 so that the centre of mass sits at the centr
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_lab.data import read_idx
+from mnist_lab.data.mnist import read_idx
 from mnist_lab.errors import DataError, LabError
-from mnist_lab.mlflow_model import DIGIT, PROB_COLUMNS
 from mnist_lab.names import IMAGE_SIZE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
 IDX_UBYTE_MAGIC = b"\x00\x00\x08"  # then 3 (images) or 1 (labels)
+
+
 BOX = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
+
+
 # Where MNIST's centres of mass sit (row and column, pixel-centre coordinates): 14, not 13.5.
 MNIST_CENTRE = IMAGE_SIZE / 2
+
+
 INK = 0.1  # pixels above this (in [0, 1], after inversion) count as the digit
 
 
 class InputError(LabError):
     """An input file or folder that cannot be read as digits."""
-
-
-@dataclass
-class Prediction:
-    source: str  # the file, or "file[i]" for the i-th image of an IDX file
-    digit: int
-    confidence: float
-    probabilities: list[float]
-
-    def as_dict(self) -> dict:
-        return {
-            "input": self.source,
-            "digit": self.digit,
-            "confidence": self.confidence,
-            "probabilities": self.probabilities,
-        }
 
 
 def mnist_style(image: Image.Image) -> np.ndarray:
@@ -152,18 +142,3 @@ def collect(paths: list[str | Path]) -> tuple[list[str], np.ndarray]:
                 sources.append(str(file))
                 batches.append(read_image(file)[None])
     return sources, np.concatenate(batches)
-
-
-def predict(
-    model, sources: list[str], images: np.ndarray, batch_size: int = 1000
-) -> list[Prediction]:
-    """`model`: a loaded pyfunc (`store.load_model`); `sources`, `images` [N, 28, 28] as
-    `collect` returns them. One Prediction per image."""
-    out: list[Prediction] = []
-    for start in range(0, len(images), batch_size):
-        frame = model.predict(images[start : start + batch_size])
-        for source, row in zip(sources[start:], frame.itertuples(index=False), strict=False):
-            probs = [float(getattr(row, c)) for c in PROB_COLUMNS]
-            digit = int(getattr(row, DIGIT))
-            out.append(Prediction(source, digit, probs[digit], probs))
-    return out

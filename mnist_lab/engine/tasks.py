@@ -1,0 +1,68 @@
+"""What the loop needs from a model kind: its loaders, the loss of a batch, how a split is
+evaluated, and what its test report adds. `ClassificationTask` (digits) and `DetectionTask`
+(scenes) implement it; `train()` reads the same for both."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from mnist_lab.data.mnist import Splits
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Loader(Protocol):
+    """A re-iterable source of batches whose order for an epoch depends only on (seed, epoch)."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class Evaluation:
+    """One pass over a split. `predictions`/`targets`: [N] int64; `probabilities`: [N, 10]."""
+
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    targets: np.ndarray
+    probabilities: np.ndarray
+    seconds: float  # forward passes only, after one warm-up batch
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TestReport:
+    """What a task adds to a run after the test evaluation: metrics, figures (artifact path →
+    Figure), JSON reports (artifact path → dict) and extra modules to log (name → module)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    def loaders(self, splits: Splits) -> tuple[Loader, Loader, Loader]:
+        """Train (shuffled, augmented), validation and test loaders over `splits`."""
+        ...
+
+    def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss to backpropagate, number of correct predictions (a tensor), batch size."""
+        ...
+
+    def evaluate(self, model: nn.Module, loader: Loader, amp: bool) -> Evaluation:
+        """Loss, accuracy and per-example predictions over one split; no gradients."""
+        ...
+
+    def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
+        """What this kind of model adds to the run once `test` is known."""
+        ...

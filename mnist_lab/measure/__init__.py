@@ -1,0 +1,7 @@
+"""Measurement scripts that print the README's figures from real MLflow runs.
+
+`python -m mnist_lab.measure training [SCENARIO ...]` trains the speed/accuracy scenarios of each
+model (`make bench`); `python -m mnist_lab.measure tuning` measures a tuning study. Not to be
+confused with `comparison.benchmark`, the lab's table of every model (`mnist-lab benchmark`).
+Figures are printed, never asserted in tests. It may import every layer except the CLI.
+"""

@@ -1,0 +1,22 @@
+"""`python -m mnist_lab.measure training|tuning …`: see `mnist_lab.measure`."""
+
+import sys
+
+from mnist_lab.measure import training, tuning
+
+SCRIPTS = {"training": training.main, "tuning": tuning.main}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in SCRIPTS:
+        print(
+            "usage: python -m mnist_lab.measure {training,tuning} [options]  "
+            "(add --help after either for its options)",
+            file=sys.stderr,
+        )
+        return 2
+    return SCRIPTS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,96 @@
+"""The only code that talks to MLflow: writing runs, reading them back, the logged model.
+
+Use it as one module, `from mnist_lab import tracking`, then `tracking.run(...)`,
+`tracking.log_metrics(...)`, `tracking.search_runs(...)`. Inside: `runs` (a run's lifecycle,
+params, metrics, tags, artifacts, tuning trials' runs), `epoch_logger` (the engine listener that
+logs epochs and checkpoints), `pyfunc` (the logged model's flavor: digits in, probabilities out),
+`query` (reading runs back) and `registry` (registered models and the `champion` alias). It may
+import everything below it (engine, analysis, models, data, config); nothing below imports it.
+"""
+
+from mnist_lab.tracking.epoch_logger import EpochLogger, download_checkpoint, reopen_for_resume
+from mnist_lab.tracking.pyfunc import log_model, log_torch_model
+from mnist_lab.tracking.query import (
+    NoRunsError,
+    RunRecord,
+    classification_report,
+    experiment_name,
+    get_run,
+    metric_history,
+    search_runs,
+    tracking_uri,
+)
+from mnist_lab.tracking.registry import (
+    CHAMPION,
+    Version,
+    champion,
+    load_model,
+    model_source,
+    register,
+    registered_model_name,
+    set_champion,
+)
+from mnist_lab.tracking.runs import (
+    active_experiment_id,
+    active_run_id,
+    child_run_tags,
+    fail_launcher_run,
+    find_run,
+    git_commit,
+    kill_orphaned_run,
+    log_artifact,
+    log_dict,
+    log_failed_run,
+    log_figure,
+    log_metrics,
+    log_params,
+    mark_trial_run,
+    run,
+    run_tags,
+    set_run_tags,
+    set_tags,
+    use_default_experiment,
+)
+
+__all__ = [
+    "CHAMPION",
+    "EpochLogger",
+    "NoRunsError",
+    "RunRecord",
+    "Version",
+    "active_experiment_id",
+    "active_run_id",
+    "champion",
+    "child_run_tags",
+    "classification_report",
+    "download_checkpoint",
+    "experiment_name",
+    "fail_launcher_run",
+    "find_run",
+    "get_run",
+    "git_commit",
+    "kill_orphaned_run",
+    "load_model",
+    "log_artifact",
+    "log_dict",
+    "log_failed_run",
+    "log_figure",
+    "log_metrics",
+    "log_model",
+    "log_params",
+    "log_torch_model",
+    "mark_trial_run",
+    "metric_history",
+    "model_source",
+    "register",
+    "registered_model_name",
+    "reopen_for_resume",
+    "run",
+    "run_tags",
+    "search_runs",
+    "set_champion",
+    "set_run_tags",
+    "set_tags",
+    "tracking_uri",
+    "use_default_experiment",
+]

@@ -1,0 +1,80 @@
+"""The model registry: registered models `mnist-<model>`, their versions and the `champion`
+alias, and loading a model by URI. Nothing here trains or logs metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.errors import LabError
+from mnist_lab.tracking.query import tracking_uri
+
+CHAMPION = "champion"
+
+
+# The model registry.
+
+
+def registered_model_name(model: str) -> str:
+    return f"mnist-{model}"
+
+
+@dataclass
+class Version:
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+def champion(name: str) -> Version | None:
+    """The version the alias `champion` of registered model `name` points to, if any."""
+    client = MlflowClient()
+    try:
+        found = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+    return Version(found.name, str(found.version), found.run_id, dict(found.tags))
+
+
+def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
+    """Register the run's `model` as a new version of `name` (created if new), with `tags`."""
+    client = MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="MNIST digit classifier (mnist-lab)")
+    version = mlflow.register_model(model_source(run_id), name, tags=tags)
+    return Version(name, str(version.version), run_id, tags)
+
+
+def model_source(run_id: str) -> str:
+    """`models:/<id>` of the run's logged `model` (MLflow 3 keeps it outside the run's
+    artifacts); `runs:/<run>/model` for runs logged before LoggedModels existed."""
+    client = MlflowClient()
+    outputs = client.get_run(run_id).outputs
+    for output in outputs.model_outputs if outputs else ():
+        if client.get_logged_model(output.model_id).name == names.MODEL_ARTIFACT:
+            return f"models:/{output.model_id}"
+    return f"runs:/{run_id}/{names.MODEL_ARTIFACT}"
+
+
+def set_champion(name: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+
+
+def load_model(uri: str) -> Any:
+    """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path)."""
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as err:  # MlflowException, OSError, ...: all mean "cannot load that"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LabError(
+            f"model URI {uri!r} does not resolve in the tracking store {tracking_uri()}: "
+            f"{first}; use e.g. models:/mnist-cnn@champion (after `register`) or runs:/<id>/model"
+        ) from None

@@ -1,0 +1,49 @@
+"""Models logged before the package was grouped by concern still load.
+
+Their `MLmodel` names the pyfunc loader `mnist_lab.mlflow_model` (now `mnist_lab.tracking.pyfunc`).
+The test logs a model, rewrites its `MLmodel` the way the old code wrote it, and drops the copy
+of the package the model carries, so the loader must come from the installed package.
+"""
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+import yaml
+
+from mnist_lab import tracking
+from mnist_lab.models import build_model
+
+OLD_LOADER = "mnist_lab.mlflow_model"
+
+
+def old_style_model(folder: Path) -> Path:
+    """A logged tiny CNN whose MLmodel points at the pre-move loader and carries no code."""
+    torch.manual_seed(0)
+    model = build_model("cnn", depth=1, width=4)
+    with mlflow.start_run():
+        uri = tracking.log_model(model, np.random.rand(2, 28, 28).astype(np.float32))
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(folder)))
+    mlmodel = local / "MLmodel"
+    conf = yaml.safe_load(mlmodel.read_text())
+    pyfunc = conf["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mnist_lab.tracking.pyfunc"
+    pyfunc["loader_module"] = OLD_LOADER
+    pyfunc.pop("code", None)
+    conf["flavors"]["pytorch"].pop("code", None)
+    mlmodel.write_text(yaml.safe_dump(conf))
+    shutil.rmtree(local / "code", ignore_errors=True)
+    return local
+
+
+def test_a_model_with_the_old_loader_path_loads_and_predicts(mlflow_store, tmp_path) -> None:
+    local = old_style_model(tmp_path / "old")
+    digits = np.zeros((3, 28, 28), dtype=np.float32)
+    frame = mlflow.pyfunc.load_model(str(local)).predict(digits)
+    assert list(frame.columns[:2]) == ["digit", "prob_0"] and len(frame) == 3
+    assert np.allclose(frame.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+    module = mlflow.pytorch.load_model(str(local))
+    assert module(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
