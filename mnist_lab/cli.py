@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from mnist_lab import __version__
@@ -133,20 +134,52 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from mnist_lab import tracking
     from mnist_lab.data.images import collect
-    from mnist_lab.serving.predict import predict
+    from mnist_lab.serving.predict import explain, predict
 
+    if args.explain and not args.explain.lower().endswith(".png"):
+        raise LabError(f"--explain {args.explain}: give a .png file to write the heat maps to")
     sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
-    predictions = predict(tracking.load_model(args.model_uri), sources, images)
+    model = tracking.load_model(args.model_uri)
+    predictions = predict(model, sources, images)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
     else:
         for p in predictions:
             print(f"{p.source}: {p.digit}  ({p.confidence:.1%})")
+    if args.explain:
+        drawn = explain(model, sources, images, predictions, Path(args.explain))
+        print(f"heat maps of {drawn} digit(s) written to {args.explain}", file=sys.stderr)
+    return 0
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from mnist_lab.serving.robustness import robustness
+
+    given = {k: v for k, v in vars(args).items() if v not in (None, "") and str(v) != "none"}
+    result = robustness(
+        run_id=given.get("run_id"),
+        model_uri=given.get("model_uri"),
+        samples=_number(given, "samples", int, 2000),
+        severities=str(given.get("severities", "3")),
+        data_dir=given.get("data_dir"),
+        device=given.get("device", "auto"),
+        seed=_number(given, "seed", int, 0),
+    )
+    metrics = result.result.metrics(result.headline_severity)
+    worst = ", ".join(
+        f"{name} {metrics[f'robust_accuracy_{name}']:.1%}"
+        for name in result.result.worst(3, result.headline_severity)
+    )
+    print(
+        f"run {result.run_id}: robust_accuracy_mean {metrics['robust_accuracy_mean']:.4f} "
+        f"(clean {result.result.clean_accuracy:.4f}, severity {result.headline_severity}); "
+        f"worst: {worst}"
+    )
     return 0
 
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
-    """compare, benchmark, register and predict."""
+    """compare, benchmark, register, predict and robustness."""
     from mnist_lab.comparison.compare import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
@@ -177,7 +210,21 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("inputs", nargs="*", help="image files, IDX image files or folders")
     add_flag(predict, "model_uri", help="e.g. models:/mnist-cnn@champion or runs:/<id>/model")
     predict.add_argument("--json", action="store_true", help="machine-readable output")
+    predict.add_argument(
+        "--explain", metavar="OUT.png", help="also draw what the model looked at (heat maps)"
+    )
     predict.set_defaults(handler=cmd_predict, model_uri="models:/mnist-cnn@champion")
+
+    robust = commands.add_parser(
+        "robustness", help="a logged model on the MNIST-C corruptions, into a new run"
+    )
+    add_flag(robust, "run_id", help="evaluate this run's logged model")
+    add_flag(robust, "model_uri", help="or this model, e.g. models:/mnist-cnn@champion")
+    add_flag(robust, "samples", help="test digits per corruption (default 2000)")
+    add_flag(robust, "severities", help="3 (default, MNIST-C's), 1,3,5 or 1..5 for a curve")
+    for name in ("data_dir", "device", "seed"):
+        add_flag(robust, name, help=f"{name} (as for train)")
+    robust.set_defaults(handler=cmd_robustness)
 
 
 TUNE_FLAGS = {
@@ -205,18 +252,23 @@ TUNE_FLAGS = {
 UNSET = ("", "none")
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    from mnist_lab.tuning.study import DEFAULT_STORAGE
-    from mnist_lab.tuning.tuner import DATA_OPTIONS, TuneOptions, tune
+# Settings whose value "none" is a choice, not MLproject's spelling of "unset".
+NONE_IS_A_CHOICE = ("pruner", "retrain")
 
-    # "" or "none" is "unset": MLproject's defaults for the settings that default to nothing.
+
+def tune_options(args: argparse.Namespace):
+    """The `tune` flags as TuneOptions; "" or "none" means "unset" (MLproject's defaults for
+    settings that default to nothing), except where "none" is itself a documented value."""
+    from mnist_lab.tuning.study import DEFAULT_STORAGE
+    from mnist_lab.tuning.tuner import DATA_OPTIONS, TuneOptions
+
     given = {
         k: v
         for k, v in vars(args).items()
-        if v is not None and (k == "pruner" or str(v).lower() not in UNSET)  # pruner none: a choice
+        if v is not None and (k in NONE_IS_A_CHOICE or str(v).lower() not in UNSET)
     }
     data = {k: given[k] for k in DATA_OPTIONS if k in given}
-    options = TuneOptions(
+    return TuneOptions(
         model=args.model or "cnn",
         n_trials=_number(given, "n_trials", int, 20),
         timeout=_number(given, "timeout", float, None),
@@ -231,6 +283,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
         retrain=given.get("retrain", "full"),
         heartbeat_interval=_number(given, "heartbeat_interval", int, 60),
     )
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from mnist_lab.tuning.tuner import tune
+
+    options = tune_options(args)
     result = tune(options)
     print(
         f"study {result.study_name}: {result.counts}, best val_accuracy "

@@ -57,6 +57,8 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
     eval_batch_size: int = 1000
     checkpoint: bool = True
+    # Test digits per MNIST-C corruption evaluated at the end of a classifier run; 0: none.
+    robustness_samples: int = 2000
     # Architecture options, checked against the model builder's keyword arguments.
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -160,6 +162,12 @@ def validate(config: TrainConfig) -> None:
         f"must be one of {DEVICES} or cuda:<index>",
     )
     _check(10 <= c.val_size <= 50_000, "val_size", c.val_size, "must be in [10, 50000]")
+    _check(
+        c.robustness_samples >= 0,
+        "robustness_samples",
+        c.robustness_samples,
+        "must be >= 0 (0 turns the corruption suite off)",
+    )
     for name in ("max_train_samples", "max_test_samples"):
         value = getattr(c, name)
         _check(value is None or value >= 10, name, value, "must be >= 10 (or unset for all)")

@@ -38,11 +38,30 @@ FINAL_METRICS = (
 BEST_VAL_ACCURACY = "best_val_accuracy"
 BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"
+# Wall time of the task's test report: calibration, corruptions and explanations for a
+# classifier, mAP and the detections figure for the detector. What "how it fails" costs a run.
+TEST_REPORT_S = "test_report_s"
 # Detector only (faster_rcnn): classification through detection finds no box; COCO mAP@.5 and
 # mAP@[.5:.95] on multi-digit test scenes.
 TEST_NO_DETECTION_RATE = "test_no_detection_rate"
 TEST_MAP_50 = "test_map_50"
 TEST_MAP = "test_map"
+
+# How a classifier fails (every classifier run, and `robustness` runs): accuracy under the
+# MNIST-C corruptions of the test split, and calibration of its probabilities.
+ROBUST_ACCURACY_PREFIX = "robust_accuracy_"  # + corruption name, e.g. robust_accuracy_fog
+ROBUST_ACCURACY_MEAN = "robust_accuracy_mean"
+ROBUST_ERROR_RATIO = "robust_error_ratio"  # mean corrupted error / clean error
+ROBUSTNESS_EVAL_S = "robustness_eval_s"
+TEST_ECE = "test_ece"  # top-label expected calibration error, 15 equal-width bins
+TEST_ECE_CALIBRATED = "test_ece_calibrated"  # after temperature scaling fitted on validation
+TEST_BRIER = "test_brier"
+TEMPERATURE = "temperature"  # what the logged model divides its logits by
+
+
+def robust_accuracy(corruption: str) -> str:
+    return ROBUST_ACCURACY_PREFIX + corruption
+
 
 # Artifacts.
 PLOT_CONFUSION_MATRIX = "plots/confusion_matrix.png"
@@ -52,6 +71,12 @@ REPORT_CLASSIFICATION = "reports/classification_report.json"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_LAST = "checkpoints/last.pt"
 MODEL_ARTIFACT = "model"
+PLOT_CORRUPTIONS = "plots/corruptions.png"  # one test digit under every corruption
+PLOT_ROBUSTNESS = "plots/robustness.png"  # accuracy per corruption
+PLOT_RELIABILITY = "plots/reliability_diagram.png"
+PLOT_EXPLANATIONS = "plots/explanations.png"  # Grad-CAM / attention rollout heat maps
+REPORT_ROBUSTNESS = "reports/robustness.json"
+REPORT_CALIBRATION = "reports/calibration.json"
 PLOT_DETECTIONS = "plots/detections.png"  # faster_rcnn: predicted vs true boxes on test scenes
 DETECTOR_ARTIFACT = "detector"  # faster_rcnn: the raw torchvision detector (mlflow.pytorch)
 DETECTOR_MODEL = "faster_rcnn"  # the one registered model trained on scenes, not on digits
@@ -65,6 +90,7 @@ TAG_PRECISION = "precision"  # bf16 (autocast) or fp32: what `amp` meant on this
 TAG_GIT_COMMIT = "git_commit"
 TAG_FAILURE_REASON = "failure_reason"
 TAG_STUDY_NAME = "study_name"
+TAG_SOURCE_RUN_ID = "source_run_id"  # on a `robustness` run: the run whose model it evaluated
 
 # Tuning (`tune`): the parent run of a study invocation and its nested trial runs.
 TAG_TRIAL_NUMBER = "trial_number"

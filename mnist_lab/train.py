@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,14 +143,17 @@ def train(
             model.load_state_dict(state.best_model)
         test = task.evaluate(model, test_loader, config.amp)
         summary = classification_summary(test.targets, test.predictions)
+        start = time.perf_counter()
         report = task.test_report(model, splits, test)
         metrics = {
             **_final_metrics(state, test, summary, model, device, epoch_logger.seconds),
             **report.metrics,
+            names.TEST_REPORT_S: time.perf_counter() - start,
         }
         tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits, report)
-        tracking.log_model(model.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())
+        served = report.served_model or model  # e.g. with its fitted temperature
+        tracking.log_model(served.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())
         log.info(
             "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
             metrics[names.TEST_ACCURACY],

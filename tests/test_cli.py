@@ -140,3 +140,26 @@ def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
     # the resolved config: experiments/cnn.yaml's width, which -P did not set
     assert run.data.params["width"] == str(load_config("cnn").model_options["width"])
     assert names.TEST_ACCURACY in run.data.metrics
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "expected"),
+    [
+        (["--retrain", "none"], "retrain", "none"),  # "none" skips the retrain, as documented
+        (["--retrain", "subset"], "retrain", "subset"),
+        ([], "retrain", "full"),
+        (["--pruner", "none"], "pruner", "none"),
+        (["--storage", "none"], "storage", "sqlite:///optuna.db"),  # MLproject's "unset"
+        (["--timeout", ""], "timeout", None),
+        (["--timeout", "90"], "timeout", 90.0),
+    ],
+)
+def test_tune_flags_reach_the_options_as_documented(argv, field, expected):
+    from mnist_lab.cli import build_parser, tune_options
+
+    options = tune_options(build_parser().parse_args(["tune", *argv]))
+    value = getattr(options, field)
+    if field == "storage":  # the default storage sits at the repo root
+        assert value.startswith("sqlite:///") and value.endswith("optuna.db")
+    else:
+        assert value == expected

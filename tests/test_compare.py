@@ -5,12 +5,16 @@ import io
 
 import pandas as pd
 import pytest
+import torch
 from lab_helpers import fake_run, sqlite_store
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from mnist_lab import names
+from mnist_lab.analysis.calibration import calibration_summary
+from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.cli import main
+from mnist_lab.comparison import plots as compare_plots
 from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare, select_runs
 
 TINY = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
@@ -51,7 +55,8 @@ def test_compare_writes_table_files_plots_and_a_comparison_run(trained, tmp_path
     assert sorted(table["model"]) == ["cnn", "vit"]
     row = table.set_index("model").loc["cnn"]
     run = MlflowClient().get_run(trained["cnn"])
-    assert row[names.TEST_ACCURACY] == pytest.approx(run.data.metrics[names.TEST_ACCURACY])
+    for column in (names.TEST_ACCURACY, *NEW_COLUMNS):
+        assert row[column] == pytest.approx(run.data.metrics[column])
     assert row["epochs"] == 1 and row["device"] == "cpu" and row["num_params"] > 1000
     assert (out / "comparison.md").read_text().count("\n") == 4  # header, rule, two rows
 
@@ -81,11 +86,125 @@ def test_missing_metrics_show_as_a_dash_and_plots_still_draw(trained, tmp_path, 
     result = compare(run_ids=[trained["cnn"], *select_ids("partial")], output_dir=tmp_path)
     md = (tmp_path / "comparison.md").read_text()
     alexnet = next(line for line in md.splitlines() if line.startswith("| alexnet"))
-    assert alexnet.count("| – ") >= 6  # f1, loss, time, epochs, params, ms, throughput, device
+    assert alexnet.count("| – ") >= 9  # f1, loss, robust, 2 ece, time, epochs, params, ms, …
     assert "0.5000" in alexnet
     assert pd.isna(result.table.set_index("model").loc["alexnet", names.TRAIN_TIME_S])
     for path in PLOTS.values():
         assert (tmp_path / path).stat().st_size > 1000
+
+
+NEW_COLUMNS = (names.ROBUST_ACCURACY_MEAN, names.TEST_ECE, names.TEST_ECE_CALIBRATED)
+# Accuracy of a good MNIST model under each corruption at the default severity, roughly.
+CORRUPTION_ACCURACY = dict(
+    zip(CORRUPTIONS, (0.97, 0.93, 0.9, 0.91, 0.96, 0.92, 0.93, 0.95, 0.6, 0.85, 0.45, 0.96,
+                      0.94, 0.8, 0.7), strict=True)
+)  # fmt: skip
+
+
+def robustness_metrics(quality: float, seed: int) -> dict[str, float]:
+    """robust_accuracy_<c> per corruption and their mean, for a model `quality` in [0, 1]."""
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.rand(len(CORRUPTIONS), generator=rng) * 0.06 - 0.03
+    accuracy = {
+        c: min(1.0, max(0.1, base * (0.85 + 0.15 * quality) + float(n)))
+        for (c, base), n in zip(CORRUPTION_ACCURACY.items(), noise, strict=True)
+    }
+    return {
+        **{names.robust_accuracy(c): a for c, a in accuracy.items()},
+        names.ROBUST_ACCURACY_MEAN: sum(accuracy.values()) / len(accuracy),
+    }
+
+
+def calibration_report(margin: float, overconfidence: float, seed: int) -> dict:
+    """A `reports/calibration.json` computed like a real run's, from synthetic logits [N, 10]:
+    unit Gaussian noise plus `margin` on the true class, times `margin` (calibrated logits)
+    times `overconfidence` (about the temperature the fit finds)."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def logits(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = torch.randint(0, 10, (n,), generator=rng)
+        raw = torch.randn(n, 10, generator=rng)
+        raw[torch.arange(n), targets] += margin
+        return raw * margin * overconfidence, targets
+
+    return calibration_summary(*logits(1000), *logits(2000)).to_report()
+
+
+def realistic_run(experiment: str, model: str, quality: float, seed: int) -> str:
+    """A fake finished train run with every metric compare shows and a calibration report."""
+    accuracy = 0.965 + 0.027 * quality
+    report = calibration_report(3.6 + 0.7 * quality, 2.2 - quality, seed)
+    metrics = {
+        names.TEST_ACCURACY: accuracy,
+        names.TEST_F1_MACRO: accuracy - 0.001,
+        names.TEST_LOSS: 0.12 - 0.1 * quality,
+        names.TRAIN_TIME_S: 30 + 600 * quality,
+        **robustness_metrics(quality, seed),
+        **{k: report[k] for k in (names.TEST_ECE, names.TEST_ECE_CALIBRATED, names.TEMPERATURE)},
+    }
+    run_id = fake_run(experiment, model, metrics)
+    MlflowClient().log_dict(run_id, report, names.REPORT_CALIBRATION)
+    return run_id
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures compare draws, by plot function name, with the arguments it drew them from."""
+    calls = {}
+    for name in ("robustness_figure", "reliability_grid_figure"):
+        real = getattr(compare_plots, name)
+
+        def spy(labels, data, real=real, name=name):
+            calls[name] = (labels, data, real(labels, data))
+            return calls[name][2]
+
+        monkeypatch.setattr(compare_plots, name, spy)
+    return calls
+
+
+def test_robustness_and_calibration_columns_and_plots(mlflow_store, tmp_path, drawn):
+    cnn_id = realistic_run("mnist-lab", "cnn", quality=0.5, seed=0)
+    fake_run("mnist-lab", "faster_rcnn", {names.TEST_ACCURACY: 0.9})  # none of the new metrics
+    compare(output_dir=tmp_path)
+
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("model")
+    cnn = MlflowClient().get_run(cnn_id).data.metrics
+    for column in NEW_COLUMNS:
+        assert table.loc["cnn", column] == pytest.approx(cnn[column])
+        assert pd.isna(table.loc["faster_rcnn", column])
+    md = (tmp_path / "comparison.md").read_text().splitlines()
+    header = [c.strip() for c in md[0].strip("|").split("|")]
+    assert header[header.index(names.TEST_LOSS) + 1 :][:3] == list(NEW_COLUMNS)
+    rcnn = [c.strip() for c in next(r for r in md if "faster_rcnn" in r).strip("|").split("|")]
+    assert [rcnn[header.index(c)] for c in NEW_COLUMNS] == ["–"] * 3
+    row = [c.strip() for c in next(r for r in md if "| cnn" in r).strip("|").split("|")]
+    assert row[header.index(names.TEST_ECE)] == f"{cnn[names.TEST_ECE]:.4f}"
+
+    page = (tmp_path / "comparison.html").read_text()
+    for key in ("robustness", "reliability_diagrams"):
+        assert Image.open(tmp_path / PLOTS[key]).size[0] > 300
+        assert f'<img alt="{key}" src="data:image/png;base64,' in page
+
+    labels, accuracies, figure = drawn["robustness_figure"]
+    assert labels == ["cnn", "faster_rcnn"] and accuracies[1] is None
+    assert accuracies[0] == {c: cnn[names.robust_accuracy(c)] for c in CORRUPTIONS}
+    (ax,) = figure.axes
+    assert len(ax.patches) == len(CORRUPTIONS)  # one bar per corruption, the detector left out
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        f"cnn (mean {100 * cnn[names.ROBUST_ACCURACY_MEAN]:.1f} %)"
+    ]
+    labels, reports, figure = drawn["reliability_grid_figure"]
+    assert reports[0]["temperature"] == pytest.approx(cnn[names.TEMPERATURE]) and not reports[1]
+    (ax,) = figure.axes  # one diagram: the detector has no calibration report
+    assert ax.get_title().startswith("cnn\nECE ") and "after temperature scaling" in ax.get_title()
+
+
+def test_new_plots_without_any_data_say_so():
+    for figure, text in (
+        (compare_plots.robustness_figure(["a"], [None]), "no run has robustness metrics"),
+        (compare_plots.reliability_grid_figure(["a"], [None]), "no run has a calibration report"),
+    ):
+        assert [t.get_text() for t in figure.axes[0].texts] == [text]
 
 
 def select_ids(experiment):

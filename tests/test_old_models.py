@@ -6,10 +6,11 @@ of the package the model carries, so the loader must come from the installed pac
 """
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 import yaml
@@ -39,11 +40,23 @@ def old_style_model(folder: Path) -> Path:
     return local
 
 
+LOAD_AND_PREDICT = """
+import sys
+import mlflow.pyfunc, mlflow.pytorch, numpy as np, torch
+path = sys.argv[1]
+frame = mlflow.pyfunc.load_model(path).predict(np.zeros((3, 28, 28), dtype=np.float32))
+assert list(frame.columns[:2]) == ["digit", "prob_0"] and len(frame) == 3, frame
+assert np.allclose(frame.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
+assert mlflow.pytorch.load_model(path)(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+print("loaded")
+"""
+
+
 def test_a_model_with_the_old_loader_path_loads_and_predicts(mlflow_store, tmp_path) -> None:
+    """In a fresh interpreter, as a user's would be: one that loaded a model carrying its own
+    copy of the package has that copy in sys.modules, not the installed one."""
     local = old_style_model(tmp_path / "old")
-    digits = np.zeros((3, 28, 28), dtype=np.float32)
-    frame = mlflow.pyfunc.load_model(str(local)).predict(digits)
-    assert list(frame.columns[:2]) == ["digit", "prob_0"] and len(frame) == 3
-    assert np.allclose(frame.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
-    module = mlflow.pytorch.load_model(str(local))
-    assert module(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, str(local)], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-3000:]

@@ -106,6 +106,21 @@ def test_predict_images_of_any_size_and_colour(lab, tmp_path, capsys):
         assert sum(a["probabilities"]) == pytest.approx(1, abs=1e-4)
 
 
+def test_predict_explain_draws_heat_maps_of_the_users_digits(lab, tmp_path, capsys):
+    files = []
+    for i, digit in enumerate(lab["digits"][:3]):
+        files.append(tmp_path / f"mine{i}.png")
+        on_paper(digit, (90, 90)).save(files[-1])
+    out = tmp_path / "why" / "explained.png"
+    argv = ["predict", "--model-uri", "models:/mnist-cnn@champion", "--explain", str(out)]
+    assert main([*argv, *map(str, files)]) == 0
+    assert "heat maps of 3 digit(s)" in capsys.readouterr().err
+    with Image.open(out) as picture:
+        assert picture.size[0] > 300 and picture.format == "PNG"
+    assert main([*argv[:-1], str(tmp_path / "explained.jpg"), str(files[0])]) == 2
+    assert "give a .png file" in capsys.readouterr().err
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     magic = {3: 0x803, 1: 0x801}[array.ndim]
     path.write_bytes(

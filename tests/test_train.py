@@ -28,6 +28,25 @@ ARTIFACTS = {
     names.REPORT_CLASSIFICATION,
     names.CHECKPOINT_LAST,
 }
+# Every classifier run also says how it fails: corruptions, calibration, explanations.
+TRUST_ARTIFACTS = {
+    names.PLOT_CORRUPTIONS,
+    names.PLOT_ROBUSTNESS,
+    names.REPORT_ROBUSTNESS,
+    names.PLOT_RELIABILITY,
+    names.REPORT_CALIBRATION,
+    names.PLOT_EXPLANATIONS,
+}
+TRUST_METRICS = {
+    names.ROBUST_ACCURACY_MEAN,
+    names.ROBUST_ERROR_RATIO,
+    names.ROBUSTNESS_EVAL_S,
+    names.robust_accuracy("fog"),
+    names.TEST_ECE,
+    names.TEST_ECE_CALIBRATED,
+    names.TEST_BRIER,
+    names.TEMPERATURE,
+}
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -63,11 +82,14 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert run.data.tags[names.TAG_PRECISION] == ("bf16" if amp else "fp32")
     assert run.data.params["model"] == model
     assert run.data.params["max_train_samples"] == "300"
-    assert set(names.EPOCH_METRICS) | set(names.FINAL_METRICS) <= set(run.data.metrics)
+    assert set(names.EPOCH_METRICS) | set(names.FINAL_METRICS) | TRUST_METRICS <= set(
+        run.data.metrics
+    )
     assert 0 <= run.data.metrics[names.TEST_ACCURACY] <= 1
+    assert 0 <= run.data.metrics[names.ROBUST_ACCURACY_MEAN] <= 1
     history = client.get_metric_history(result.run_id, names.VAL_ACCURACY)
     assert [m.step for m in history] == [1]
-    assert artifact_paths(client, result.run_id) >= ARTIFACTS
+    assert artifact_paths(client, result.run_id) >= ARTIFACTS | TRUST_ARTIFACTS
 
     uri = f"runs:/{result.run_id}/{names.MODEL_ARTIFACT}"
     digits = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
@@ -79,8 +101,11 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     # The same digits as 0-255 values give the same answer.
     same = mlflow.pyfunc.load_model(uri).predict((digits * 255).astype(np.float32))
     assert (same["digit"] == answer["digit"]).all()
-    # The same model is MLflow's pytorch flavor too: the raw module, [B, 1, 28, 28] -> logits.
+    # The same model is MLflow's pytorch flavor too: the module, [B, 1, 28, 28] -> logits, with
+    # the temperature fitted on validation applied, so served probabilities are calibrated.
     module = mlflow.pytorch.load_model(uri)
+    temperature = run.data.metrics[names.TEMPERATURE]
+    assert float(module.temperature) == pytest.approx(temperature)
     with torch.no_grad():
         logits = module(torch.from_numpy(digits).unsqueeze(1))
     assert logits.shape == (4, 10)

@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from mnist_lab import names, tracking
+from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.comparison import plots as compare_plots
 from mnist_lab.errors import ConfigError
 from mnist_lab.tracking import RunRecord
@@ -35,6 +36,9 @@ COLUMNS = [
     names.TEST_ACCURACY,
     names.TEST_F1_MACRO,
     names.TEST_LOSS,
+    names.ROBUST_ACCURACY_MEAN,
+    names.TEST_ECE,
+    names.TEST_ECE_CALIBRATED,
     names.TRAIN_TIME_S,
     "epochs",
     names.NUM_PARAMS,
@@ -47,6 +51,9 @@ FORMATS = {
     names.TEST_ACCURACY: "{:.4f}",
     names.TEST_F1_MACRO: "{:.4f}",
     names.TEST_LOSS: "{:.4f}",
+    names.ROBUST_ACCURACY_MEAN: "{:.4f}",
+    names.TEST_ECE: "{:.4f}",
+    names.TEST_ECE_CALIBRATED: "{:.4f}",
     names.TRAIN_TIME_S: "{:.1f}",
     "epochs": "{:.0f}",
     names.NUM_PARAMS: "{:,.0f}",
@@ -70,6 +77,8 @@ PLOTS = {
     "accuracy_vs_time": "plots/accuracy_vs_train_time.png",
     "learning_curves": "plots/learning_curves.png",
     "confusion_matrices": "plots/confusion_matrices.png",
+    "robustness": "plots/robustness.png",
+    "reliability_diagrams": "plots/reliability_diagrams.png",
 }
 FILES = ("comparison.md", "comparison.csv", "comparison.html")
 
@@ -221,20 +230,41 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(
-    table: pd.DataFrame,
-    histories: list[list[tuple[int, float]]],
-    matrices: list[np.ndarray | None],
-) -> dict[str, Figure]:
-    """The four comparison plots, keyed like PLOTS; only finished runs are drawn.
+@dataclass
+class RunPlotData:
+    """What the plots draw of one compared run beyond its table row."""
 
-    The first len(histories) rows of `table` are the runs `histories` and `matrices` belong to.
+    history: list[tuple[int, float]]  # (epoch, validation accuracy)
+    matrix: np.ndarray | None  # [10, 10] test confusion counts, rows = true
+    robustness: dict[str, float] | None  # {corruption: accuracy}
+    calibration: dict | None  # reports/calibration.json
+
+
+def robustness_of(run: RunRecord) -> dict[str, float] | None:
+    """The run's accuracy per MNIST-C corruption ({name: accuracy}), None when it has none."""
+    metrics = {c: run.metrics.get(names.robust_accuracy(c)) for c in CORRUPTIONS}
+    return {c: value for c, value in metrics.items() if value is not None} or None
+
+
+def plot_data(run: RunRecord) -> RunPlotData:
+    """Read back what the plots need of `run`: its curve, reports and robustness metrics."""
+    report = tracking.classification_report(run.run_id)
+    return RunPlotData(
+        history=tracking.metric_history(run.run_id, names.VAL_ACCURACY),
+        matrix=np.array(report["confusion_matrix"]) if report else None,
+        robustness=robustness_of(run),
+        calibration=tracking.read_json_artifact(run.run_id, names.REPORT_CALIBRATION),
+    )
+
+
+def figures(table: pd.DataFrame, data: list[RunPlotData]) -> dict[str, Figure]:
+    """The comparison plots, keyed like PLOTS; only finished runs are drawn.
+
+    The first len(data) rows of `table` are the runs `data` belongs to.
     """
     finished = (table["status"] == "finished").to_numpy()
-    keep = [i for i in range(len(histories)) if finished[i]]
-    done = table.iloc[keep]
-    histories = [histories[i] for i in keep]
-    matrices = [matrices[i] for i in keep]
+    keep = [i for i in range(len(data)) if finished[i]]
+    done, kept = table.iloc[keep], [data[i] for i in keep]
     labels = list(done["model"])
     return {
         "accuracy_f1": compare_plots.accuracy_bars_figure(
@@ -243,8 +273,12 @@ def figures(
         "accuracy_vs_time": compare_plots.accuracy_vs_time_figure(
             labels, list(done[names.TRAIN_TIME_S]), list(done[names.TEST_ACCURACY])
         ),
-        "learning_curves": compare_plots.learning_curves_figure(labels, histories),
-        "confusion_matrices": compare_plots.confusion_grid_figure(labels, matrices),
+        "learning_curves": compare_plots.learning_curves_figure(labels, [d.history for d in kept]),
+        "confusion_matrices": compare_plots.confusion_grid_figure(labels, [d.matrix for d in kept]),
+        "robustness": compare_plots.robustness_figure(labels, [d.robustness for d in kept]),
+        "reliability_diagrams": compare_plots.reliability_grid_figure(
+            labels, [d.calibration for d in kept]
+        ),
     }
 
 
@@ -257,7 +291,8 @@ def _png(figure: Figure) -> bytes:
 def html_page(table: pd.DataFrame, pngs: dict[str, bytes], experiment: str) -> str:
     """One self-contained page: the table and every plot inlined as base64 PNG."""
     shown = display_table(table)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in shown.columns)
+    # Long headers may wrap after an underscore, so the wide table fits a laptop screen.
+    head = "".join(f"<th>{html.escape(c).replace('_', '_<wbr>')}</th>" for c in shown.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
         for row in shown.itertuples(index=False)
@@ -303,14 +338,12 @@ def compare(
             "`python -m mnist_lab benchmark`, or point MLFLOW_TRACKING_URI / "
             "MLFLOW_EXPERIMENT_NAME at the store and experiment that hold them"
         )
-    histories = [tracking.metric_history(run.run_id, names.VAL_ACCURACY) for _, run in rows]
-    reports = [tracking.classification_report(run.run_id) for _, run in rows]
-    matrices = [np.array(r["confusion_matrix"]) if r else None for r in reports]
-    table = add_failures(build_table(rows, histories), failures)
+    data = [plot_data(run) for _, run in rows]
+    table = add_failures(build_table(rows, [d.history for d in data]), failures)
 
     out = Path(output_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    pngs = {key: _png(fig) for key, fig in figures(table, histories, matrices).items()}
+    pngs = {key: _png(fig) for key, fig in figures(table, data).items()}
     files = {}
     for key, png in pngs.items():
         files[key] = out / PLOTS[key]

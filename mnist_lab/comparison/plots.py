@@ -12,6 +12,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mnist_lab.analysis.calibration import reliability_axes
+from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
+
 DPI = 100
 
 
@@ -122,4 +125,85 @@ def confusion_grid_figure(labels: Sequence[str], matrices: Sequence[np.ndarray |
         ax.set_title(f"{label}\n{accuracy:.2%}", fontsize=10)
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
+    return fig
+
+
+def _corruption_order(per_corruption: Sequence[dict[str, float]]) -> list[str]:
+    """Every corruption any model has, hardest first (lowest mean accuracy over the models)."""
+    seen = list(dict.fromkeys(c for accuracies in per_corruption for c in accuracies))
+    mean = {c: np.mean([a[c] for a in per_corruption if c in a]) for c in seen}
+    return sorted(seen, key=lambda c: mean[c])
+
+
+def robustness_figure(
+    labels: Sequence[str], per_corruption: Sequence[dict[str, float] | None]
+) -> Figure:
+    """Accuracy (%) per corruption, one bar group per corruption (hardest left), one bar per model.
+
+    `per_corruption[i]`: model i's {corruption: accuracy in [0, 1]}, None (or {}) for a model
+    without robustness metrics, which is left out. The legend gives each model's mean.
+    """
+    pairs = enumerate(zip(labels, per_corruption, strict=True))
+    shown = [(i, label, acc) for i, (label, acc) in pairs if acc]
+    fig = Figure(figsize=(14, 5.5), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(f"Accuracy under the MNIST-C corruptions (severity {DEFAULT_SEVERITY}) per model")
+    if not shown:
+        ax.text(0.5, 0.5, "no run has robustness metrics", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    order = _corruption_order([acc for _, _, acc in shown])
+    x = np.arange(len(order))
+    width = 0.8 / len(shown)
+    lowest = 100.0
+    for k, (i, label, acc) in enumerate(shown):
+        values = np.array([100 * acc.get(c, np.nan) for c in order])
+        lowest = min(lowest, float(np.nanmin(values)))
+        legend = f"{label} (mean {np.nanmean(values):.1f} %)"
+        offset = (k - (len(shown) - 1) / 2) * width
+        ax.bar(x + offset, values, width, label=legend, color=f"C{i % 10}", edgecolor="white")
+    # Zoom in on the top when every model resists every corruption, as accuracy_bars_figure.
+    ax.set_ylim(lowest - 5 if lowest > 80 else 0.0, 100.5)
+    ax.set_xticks(x, [c.replace("_", " ") for c in order], rotation=30, ha="right")
+    ax.set_xlim(-0.5, len(order) - 0.5)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(len(shown), 5))
+    return fig
+
+
+def _reliability_title(label: str, calibration: dict) -> str:
+    """Panel title: the ECE before and, when the report has it, after temperature scaling."""
+    title = f"{label}\nECE {calibration['bins']['ece']:.2%}"
+    after, temperature = calibration.get("test_ece_calibrated"), calibration.get("temperature")
+    if after is not None and temperature is not None:
+        title += f" → {after:.2%} after temperature scaling (T = {temperature:.2f})"
+    return title
+
+
+def reliability_grid_figure(labels: Sequence[str], calibrations: Sequence[dict | None]) -> Figure:
+    """One reliability diagram per model (before temperature scaling), up to 3 a row.
+
+    `calibrations[i]`: model i's `reports/calibration.json` ({"bins": {count, accuracy,
+    confidence: [n_bins] lists, ece}, "test_ece_calibrated", "temperature", ...}); None for a
+    model without one, which is left out. Each title gives the ECE before and after scaling.
+    """
+    shown = [(label, c) for label, c in zip(labels, calibrations, strict=True) if c]
+    cols = min(max(1, len(shown)), 3)
+    rows = math.ceil(max(1, len(shown)) / cols)
+    fig = Figure(figsize=(4.6 * cols, 4.4 * rows + 0.6), dpi=DPI, layout="constrained")
+    fig.suptitle(
+        "Reliability on the test set, before temperature scaling "
+        "(% in a bar: its share of the samples)"
+    )
+    if not shown:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "no run has a calibration report", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    for k, (label, calibration) in enumerate(shown):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        reliability_axes(ax, calibration["bins"], label)
+        ax.set_title(_reliability_title(label, calibration), fontsize=9)
     return fig

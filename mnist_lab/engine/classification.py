@@ -7,14 +7,31 @@ import time
 
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
+from mnist_lab import names
+from mnist_lab.analysis.calibration import calibration_summary
+from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
+from mnist_lab.analysis.explanations import (
+    explanation_examples,
+    explanations_figure,
+    heatmaps,
+    method_name,
+)
+from mnist_lab.analysis.robustness import (
+    corruptions_figure,
+    evaluate_robustness,
+    model_predict,
+    robustness_figure,
+)
 from mnist_lab.config import TrainConfig
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.mnist import Splits
 from mnist_lab.engine.device import autocast, synchronize
 from mnist_lab.engine.tasks import Batch, Evaluation, Loader, TestReport
 from mnist_lab.errors import LabError
+from mnist_lab.models.common import TemperatureScaled
 
 
 class ClassificationTask:
@@ -58,7 +75,7 @@ class ClassificationTask:
         with autocast(device, amp):
             model(first[0])  # warm-up, so the timing below measures steady state
         synchronize(device)
-        losses, probs, targets = [], [], []
+        losses, scores, targets = [], [], []
         seconds = 0.0
         for x, y in itertools.chain([first], batches):
             start = time.perf_counter()
@@ -67,9 +84,10 @@ class ClassificationTask:
             synchronize(device)
             seconds += time.perf_counter() - start
             losses.append(F.cross_entropy(logits, y, reduction="sum"))
-            probs.append(logits.softmax(1))
+            scores.append(logits)
             targets.append(y)
-        probabilities = torch.cat(probs).cpu().numpy()
+        logits = torch.cat(scores)
+        probabilities = logits.softmax(1).cpu().numpy()
         target = torch.cat(targets).cpu().numpy()
         predictions = probabilities.argmax(1)
         return Evaluation(
@@ -79,7 +97,56 @@ class ClassificationTask:
             targets=target,
             probabilities=probabilities,
             seconds=seconds,
+            logits=logits.cpu().numpy(),
         )
 
     def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
-        return TestReport()
+        """How the model fails: calibration (temperature fitted on validation, so the logged
+        model serves calibrated probabilities), the MNIST-C corruptions of the first
+        `robustness_samples` test digits, and heat maps of what it looks at."""
+        val = self.evaluate(model, self.loaders(splits)[1], amp=False)
+        calibration = calibration_summary(
+            torch.from_numpy(val.logits),
+            torch.from_numpy(val.targets),
+            torch.from_numpy(test.logits),
+            torch.from_numpy(test.targets),
+        )
+        report = TestReport(
+            metrics=calibration.metrics(),
+            figures={names.PLOT_RELIABILITY: calibration.figure()},
+            reports={names.REPORT_CALIBRATION: calibration.to_report()},
+            served_model=TemperatureScaled(model, calibration.temperature),
+        )
+        report.figures[names.PLOT_EXPLANATIONS] = explain_test_examples(model, splits, test)
+        samples = min(self.config.robustness_samples, len(splits.test_y))
+        if samples:
+            images = splits.test_x[:samples].unsqueeze(1).float().div(255)
+            result = evaluate_robustness(
+                model_predict(model), images, splits.test_y[:samples], seed=self.config.seed
+            )
+            report.metrics |= {
+                **result.metrics(DEFAULT_SEVERITY),
+                names.ROBUSTNESS_EVAL_S: result.seconds,
+            }
+            report.figures[names.PLOT_CORRUPTIONS] = corruptions_figure(images[0])
+            report.figures[names.PLOT_ROBUSTNESS] = robustness_figure(result)
+            report.reports[names.REPORT_ROBUSTNESS] = result.to_report()
+        return report
+
+
+def explain_test_examples(model: nn.Module, splits: Splits, test: Evaluation) -> Figure:
+    """Heat maps of one test digit per class and the most confident mistakes."""
+    labels = torch.from_numpy(test.targets)
+    predictions = torch.from_numpy(test.predictions)
+    confidences = torch.from_numpy(test.probabilities.max(1))
+    index = explanation_examples(labels, predictions, confidences)
+    images = splits.test_x[index.to(splits.test_x.device)].unsqueeze(1).float().div(255)
+    maps = heatmaps(model, images, predictions[index].to(images.device))
+    return explanations_figure(
+        images.cpu(),
+        labels[index],
+        predictions[index],
+        confidences[index],
+        maps,
+        title=f"{method_name(model)}: what the model looks at (heat: relevance to its answer)",
+    )

@@ -103,11 +103,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 def make_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """Stepped once per batch, over the whole run, so `epochs` sets the schedule's length."""
+    """Stepped once per batch, over the whole run, so `epochs` sets the schedule's length.
+    A run of under three steps keeps its lr constant."""
     total = config.epochs * steps_per_epoch
-    if config.scheduler == "onecycle":
+    if config.scheduler == "onecycle" and total >= 3:
+        # Warm up over a quarter of the steps, and at least two: OneCycleLR divides by zero
+        # when a phase is under two steps long (a tiny subset).
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=max(0.25, 2 / total)
         )
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)

@@ -28,7 +28,8 @@ class Loader(Protocol):
 
 @dataclass
 class Evaluation:
-    """One pass over a split. `predictions`/`targets`: [N] int64; `probabilities`: [N, 10]."""
+    """One pass over a split. `predictions`/`targets`: [N] int64; `probabilities`: [N, 10];
+    `logits`: [N, 10] fp32 where the model has them (classifiers), else None."""
 
     loss: float
     accuracy: float
@@ -37,6 +38,7 @@ class Evaluation:
     probabilities: np.ndarray
     seconds: float  # forward passes only, after one warm-up batch
     extra: dict[str, float] = field(default_factory=dict)
+    logits: np.ndarray | None = None
 
 
 @dataclass
@@ -48,6 +50,9 @@ class TestReport:
     figures: dict[str, Figure] = field(default_factory=dict)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
+    # What the run logs as its `model` when not the trained module as it is (e.g. the classifier
+    # with its fitted temperature, so served probabilities are calibrated).
+    served_model: nn.Module | None = None
 
 
 class Task(Protocol):

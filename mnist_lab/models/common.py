@@ -37,3 +37,19 @@ class ImageNetAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+
+class TemperatureScaled(nn.Module):
+    """A classifier whose logits are divided by a temperature fitted after training.
+
+    forward(x: [B, 1, 28, 28]) → `classifier(x) / temperature`, [B, 10]. The argmax, so the
+    accuracy, is the classifier's; softmax of the result is calibrated (Guo et al. 2017).
+    """
+
+    def __init__(self, classifier: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x) / self.temperature

@@ -6,9 +6,12 @@ The files are read and made MNIST-like by `mnist_lab.data.images.collect`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 
+from mnist_lab.analysis.explanations import explanations_figure, heatmaps, method_name
 from mnist_lab.tracking.pyfunc import DIGIT, PROB_COLUMNS
 
 
@@ -41,3 +44,32 @@ def predict(
             digit = int(getattr(row, DIGIT))
             out.append(Prediction(source, digit, probs[digit], probs))
     return out
+
+
+MAX_EXPLAINED = 32
+
+
+def explain(
+    model, sources: list[str], images: np.ndarray, predictions: list[Prediction], path: Path
+) -> int:
+    """Heat maps of what the model looked at for (up to MAX_EXPLAINED of) the user's digits,
+    drawn as the runs' `plots/explanations.png` is and saved to `path` (PNG). `model`: the
+    loaded pyfunc; `images`: [N, 28, 28] in [0, 1]. Returns the number of digits drawn."""
+    module = model.get_raw_model()
+    device = next(module.parameters()).device
+    k = min(len(images), MAX_EXPLAINED)
+    x = torch.from_numpy(images[:k]).float().unsqueeze(1).to(device)
+    digits = torch.tensor([p.digit for p in predictions[:k]])
+    maps = heatmaps(module, x, digits.to(device))
+    figure = explanations_figure(
+        x.cpu(),
+        None,
+        digits,
+        torch.tensor([p.confidence for p in predictions[:k]]),
+        maps,
+        title=f"{method_name(module)}: what the model looked at",
+        sources=[Path(s).name for s in sources[:k]],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return k

@@ -17,6 +17,7 @@ from mnist_lab.tracking.query import (
     experiment_name,
     get_run,
     metric_history,
+    read_json_artifact,
     search_runs,
     tracking_uri,
 )
@@ -28,7 +29,9 @@ from mnist_lab.tracking.registry import (
     model_source,
     register,
     registered_model_name,
+    run_model_uri,
     set_champion,
+    source_run_id,
 )
 from mnist_lab.tracking.runs import (
     active_experiment_id,
@@ -82,15 +85,18 @@ __all__ = [
     "mark_trial_run",
     "metric_history",
     "model_source",
+    "read_json_artifact",
     "register",
     "registered_model_name",
     "reopen_for_resume",
     "run",
+    "run_model_uri",
     "run_tags",
     "search_runs",
     "set_champion",
     "set_run_tags",
     "set_tags",
+    "source_run_id",
     "tracking_uri",
     "use_default_experiment",
 ]

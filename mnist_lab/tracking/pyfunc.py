@@ -147,19 +147,25 @@ def _device_of(model: nn.Module) -> str:
     return str(next(model.parameters()).device)
 
 
-def _model_requirements() -> list[str]:
-    import timm
-    import torchvision
+# What importing this module (through the `mnist_lab.tracking` package) and the pickled
+# modules needs, beyond mlflow itself: a model served in a fresh environment installs these.
+MODEL_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "numpy",
+    "pyyaml",
+    "scikit-learn",
+    "tqdm",
+    "matplotlib",
+)
 
-    torch_version = torch.__version__.split("+")[0]
-    vision_version = torchvision.__version__.split("+")[0]
-    return [
-        f"mlflow=={mlflow.__version__}",
-        f"torch=={torch_version}",
-        f"torchvision=={vision_version}",
-        f"timm=={timm.__version__}",
-        f"numpy=={np.__version__}",
-    ]
+
+def _model_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = [f"{name}=={version(name).split('+')[0]}" for name in MODEL_PACKAGES]
+    return [f"mlflow=={mlflow.__version__}", *pins]
 
 
 def log_torch_model(module: nn.Module, name: str = names.DETECTOR_ARTIFACT) -> str:

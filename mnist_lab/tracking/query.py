@@ -87,13 +87,16 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in history)
 
 
-def classification_report(run_id: str) -> dict[str, Any] | None:
-    """The run's `reports/classification_report.json`, or None when it has none."""
+def read_json_artifact(run_id: str, path: str) -> dict[str, Any] | None:
+    """The run's JSON artifact at `path` (e.g. `reports/calibration.json`), or None without it."""
     try:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=names.REPORT_CLASSIFICATION
-        )
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
     except Exception:  # missing artifact: MLflow raises different types per store
         return None
-    with open(path) as f:
+    with open(local) as f:
         return json.load(f)
+
+
+def classification_report(run_id: str) -> dict[str, Any] | None:
+    """The run's `reports/classification_report.json`, or None when it has none."""
+    return read_json_artifact(run_id, names.REPORT_CLASSIFICATION)

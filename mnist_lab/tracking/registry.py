@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.errors import LabError
-from mnist_lab.tracking.query import tracking_uri
+from mnist_lab.tracking.query import get_run, tracking_uri
 
 CHAMPION = "champion"
 
@@ -78,3 +78,29 @@ def load_model(uri: str) -> Any:
             f"model URI {uri!r} does not resolve in the tracking store {tracking_uri()}: "
             f"{first}; use e.g. models:/mnist-cnn@champion (after `register`) or runs:/<id>/model"
         ) from None
+
+
+def run_model_uri(run_id: str) -> str:
+    """The URI of run `run_id`'s logged `model`, or a LabError naming the run and why not."""
+    run = get_run(run_id)  # a LabError when there is no such run
+    uri = model_source(run_id)
+    if uri.startswith("models:/"):
+        return uri
+    try:  # a run from before LoggedModels keeps the model among its artifacts
+        MlflowClient().list_artifacts(run_id, names.MODEL_ARTIFACT)[0]
+    except (IndexError, MlflowException, OSError):
+        kind = run.tags.get(names.TAG_KIND, "?")
+        raise LabError(
+            f"run {run_id} (kind={kind}, {run.status}) has no logged model "
+            f"{names.MODEL_ARTIFACT!r}: tuning trials and runs that stopped before their test "
+            "evaluation log none; give a finished train run, or --model-uri"
+        ) from None
+    return uri
+
+
+def source_run_id(uri: str) -> str | None:
+    """The run that logged the model at `uri` (runs:/, models:/<id>, models:/<name>@alias)."""
+    try:
+        return mlflow.models.get_model_info(uri).run_id
+    except Exception:  # a local path, or a URI load_model will reject with its own message
+        return None

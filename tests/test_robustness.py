@@ -1,0 +1,141 @@
+"""Robustness: the evaluation over corruptions, its figures, and the `robustness` command that
+evaluates a logged model into its own run (CLI and `mlflow run`)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from lab_helpers import fake_run, venv_env
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.analysis.corruptions import CORRUPTIONS, DEFAULT_SEVERITY
+from mnist_lab.analysis.robustness import (
+    RobustnessResult,
+    corruptions_figure,
+    evaluate_robustness,
+    robustness_figure,
+)
+from mnist_lab.cli import main
+from mnist_lab.config import PROJECT_ROOT, load_config
+from mnist_lab.errors import ConfigError
+from mnist_lab.serving.robustness import parse_severities
+from mnist_lab.train import train
+
+
+def ink_counter(x: torch.Tensor) -> torch.Tensor:
+    """A 'model' that answers 1 when the centre of the image is bright, else 0: [B, 10]."""
+    centre = x[:, 0, 10:18, 10:18].mean(dim=(1, 2))
+    scores = torch.zeros(len(x), 10)
+    scores[:, 1] = centre
+    scores[:, 0] = 0.25
+    return scores
+
+
+def test_evaluation_counts_hits_per_corruption_and_severity() -> None:
+    images = torch.zeros(40, 1, 28, 28)
+    images[:20, :, 8:20, 8:20] = 1.0  # first half: a bright square in the centre → label 1
+    labels = torch.tensor([1] * 20 + [0] * 20)
+    result = evaluate_robustness(ink_counter, images, labels, severities=(1, 5), batch_size=16)
+    assert result.clean_accuracy == 1.0
+    assert set(result.accuracy) == set(CORRUPTIONS)
+    assert all(set(levels) == {1, 5} for levels in result.accuracy.values())
+    # Brightness lifts the black background above the 0.25 threshold: every 0 becomes a 1.
+    assert result.accuracy["brightness"][5] == pytest.approx(0.5)
+    metrics = result.metrics(5)
+    assert metrics[names.robust_accuracy("brightness")] == pytest.approx(0.5)
+    mean = sum(acc[5] for acc in result.accuracy.values()) / len(CORRUPTIONS)
+    assert metrics[names.ROBUST_ACCURACY_MEAN] == pytest.approx(mean)
+    assert metrics[names.ROBUST_ERROR_RATIO] == float("inf")  # no clean error to divide by
+    report = result.to_report()
+    assert report["severities"] == [1, 5] and len(report["worst"]) == 3
+
+
+def test_error_ratio_is_corrupted_error_over_clean_error() -> None:
+    result = RobustnessResult(
+        clean_accuracy=0.9, accuracy={"fog": {3: 0.7}, "rotate": {3: 0.5}}, samples=10, seconds=1
+    )
+    assert result.metrics(3)[names.ROBUST_ERROR_RATIO] == pytest.approx(0.4 / 0.1)
+    assert result.worst(1, 3) == ["rotate"]
+
+
+def test_figures_render(tmp_path) -> None:
+    digit = torch.zeros(1, 28, 28)
+    digit[0, 6:22, 12:16] = 1.0
+    grid = corruptions_figure(digit, severities=(1, DEFAULT_SEVERITY, 5))
+    assert isinstance(grid, Figure) and len(grid.axes) == 3 * (len(CORRUPTIONS) + 1)
+    result = RobustnessResult(0.99, {c: {1: 0.9, 5: 0.5} for c in CORRUPTIONS}, 100, 1.0)
+    bars = robustness_figure(result)
+    bars.savefig(tmp_path / "robustness.png")
+    assert (tmp_path / "robustness.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("text", "levels"), [("3", (3,)), ("1,3,5", (1, 3, 5)), ("1..5", (1, 2, 3, 4, 5))]
+)
+def test_severities_spellings(text, levels) -> None:
+    assert parse_severities(text) == levels
+
+
+@pytest.mark.parametrize("text", ["0", "6", "x", "5..1", ""])
+def test_bad_severities_name_the_setting(text) -> None:
+    with pytest.raises(ConfigError, match="severities"):
+        parse_severities(text)
+
+
+def test_negative_robustness_samples_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError, match="robustness_samples"):
+        load_config("cnn", {"robustness_samples": -1})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "exactly one of --run-id"),
+        (["--run-id", "a", "--model-uri", "b"], "exactly one of --run-id"),
+        (["--run-id", "nope"], "run 'nope' is not in the tracking store"),
+        (["--model-uri", "runs:/nope/model", "--samples", "0"], "samples=0 must be >= 1"),
+        (["--run-id", "x", "--severities", "9"], "severities"),
+    ],
+)
+def test_bad_robustness_input_exits_2(mlflow_store, capsys, argv, message) -> None:
+    assert main(["robustness", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_run_without_a_model_is_named(mlflow_store, capsys) -> None:
+    run_id = fake_run("mnist-lab", "cnn", {names.VAL_ACCURACY: 0.9}, tags={"kind": "train"})
+    assert main(["robustness", "--run-id", run_id]) == 2
+    err = capsys.readouterr().err
+    assert run_id in err and "has no logged model" in err
+
+
+@pytest.mark.slow
+def test_robustness_of_a_logged_model_is_its_own_run(mnist_dir, mlflow_store, tmp_path) -> None:
+    small = {"epochs": 1, "max_train_samples": 500, "max_test_samples": 100, "val_size": 100}
+    trained = train(load_config("cnn", {**small, "robustness_samples": 50}))
+    assert main(["-q", "robustness", "--run-id", trained.run_id, "--samples", "50"]) == 0
+    client = MlflowClient()
+    (run,) = client.search_runs(
+        [client.get_run(trained.run_id).info.experiment_id], "tags.kind = 'robustness'"
+    )
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[names.TAG_SOURCE_RUN_ID] == trained.run_id
+    assert run.data.tags[names.TAG_MODEL] == "cnn"
+    # The same metric names as the train run, so MLflow lines the two up.
+    robust = {k for k in client.get_run(trained.run_id).data.metrics if k.startswith("robust")}
+    assert robust <= set(run.data.metrics)
+    # Graded severities through `mlflow run`: the curve as robust_accuracy_mean_severity_<k>.
+    env = venv_env(MLFLOW_TRACKING_URI=mlflow_store, MNIST_DATA_DIR=str(mnist_dir))
+    command = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "-e", "robustness"]
+    command += ["-P", f"run_id={trained.run_id}", "-P", "samples=30", "-P", "severities=1..3"]
+    command += ["--env-manager", "local", "--experiment-name", "robust"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (launched,) = client.search_runs([client.get_experiment_by_name("robust").experiment_id])
+    assert launched.data.tags[names.TAG_SOURCE_RUN_ID] == trained.run_id
+    graded = {f"robust_accuracy_mean_severity_{k}" for k in (1, 2, 3)}
+    assert graded | {names.ROBUST_ACCURACY_MEAN} <= set(launched.data.metrics)
+    assert launched.data.params["severities"] == "1..3"
