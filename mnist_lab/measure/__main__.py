@@ -2,15 +2,15 @@
 
 import sys
 
-from mnist_lab.measure import training, tuning
+from mnist_lab.measure import real_digits, training, tuning
 
-SCRIPTS = {"training": training.main, "tuning": tuning.main}
+SCRIPTS = {"training": training.main, "tuning": tuning.main, "real-digits": real_digits.main}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in SCRIPTS:
         print(
-            "usage: python -m mnist_lab.measure {training,tuning} [options]  "
+            "usage: python -m mnist_lab.measure {training,tuning,real-digits} [options]  "
             "(add --help after either for its options)",
             file=sys.stderr,
         )
