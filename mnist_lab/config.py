@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mnist_lab.data.loader import augment_spec
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import model_names, model_options
 from mnist_lab.models.faster_rcnn import check_options as check_detector_options
@@ -44,7 +45,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # max grad norm; 0 turns clipping off
     early_stopping_patience: int = 0  # epochs without val improvement; 0 turns it off
-    augment: bool = False
+    # Training-time augmentation, batched on the device: false, true (shift ±2 px, rotate ±10°),
+    # a preset ("robust": every op) or "op[:magnitude],..." (see mnist_lab/data/loader.py).
+    augment: bool | str = False
     # Data.
     data_dir: str | None = None
     val_size: int = 5000
@@ -117,7 +120,9 @@ def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
     builder_options = model_options(model)
     run_values: dict[str, Any] = {}
     for key, value in values.items():
-        if key in TRAIN_FIELDS:
+        if key == "augment":
+            run_values[key] = _coerce_augment(value, source)
+        elif key in TRAIN_FIELDS:
             run_values[key] = _coerce(key, value, TRAIN_FIELDS[key].type, source)
         elif key in builder_options or model.startswith("timm:"):
             options[key] = value
@@ -235,6 +240,22 @@ def _coerce(key: str, value: Any, type_name: str | type, source: str) -> Any:
         expected = type_name.split(" |")[0]
         raise ConfigError(f"{source}: {key}={value!r} is not a valid {expected}") from None
     return value
+
+
+def _coerce_augment(value: Any, source: str) -> bool | str:
+    """`augment` in its canonical form: False, True or "op:magnitude,..."; ConfigError naming
+    the setting and its valid values for anything else."""
+    if isinstance(value, int) and value in (0, 1):
+        value = bool(value)  # YAML's 0 / 1, as the old bool field took them
+    if value is None or isinstance(value, bool | str):
+        try:
+            return augment_spec(value or False)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+    raise ConfigError(
+        f"{source}: augment={value!r} is not valid; give true, false, a preset or "
+        "a comma-separated list of op[:magnitude] (see mnist_lab/data/loader.py)"
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -47,6 +47,9 @@ def test_unknown_model_lists_the_valid_names():
         ("vgg16", {"weights": "/no/such/file.pth"}, "weights"),
         ("cnn", {"epochs": "three"}, "epochs"),
         ("cnn", {"augment": "maybe"}, "augment"),
+        ("cnn", {"augment": "shift,tilt"}, r"augment=.*'tilt'.*valid values: true, false"),
+        ("cnn", {"augment": "blur:100"}, r"augment=.*blur magnitude"),
+        ("cnn", {"augment": 2.5}, "augment"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_parameter(model, overrides, named):
@@ -67,3 +70,32 @@ def test_strings_from_flags_are_coerced():
 def test_timm_models_take_the_shared_yaml():
     config = load_config("timm:resnet18", {"epochs": 1})
     assert isinstance(config, TrainConfig) and config.model == "timm:resnet18"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        ("yes", True),
+        (1, True),
+        (False, False),
+        ("none", False),
+        (0, False),
+        ("affine", True),
+        ("blur", "blur"),  # kept as given, see test_augment_is_kept_as_given
+        ("noise:0.1,shift", "noise:0.1,shift"),
+    ],
+)
+def test_augment_is_canonical_and_backwards_compatible(value, expected):
+    config = load_config("cnn", {"augment": value})
+    assert config.augment == expected and type(config.augment) is type(expected)
+    assert build_config(config.to_dict()) == config  # checkpoints and MLflow params round-trip
+    params = {**config.to_params(), "augment": str(config.augment)}  # MLflow logs strings
+    assert build_config(params).to_params() == config.to_params()
+
+
+def test_augment_is_kept_as_given_so_mlflow_run_params_match():
+    """`mlflow run -P augment=robust` logs "robust" first; the run must log the same."""
+    assert load_config("cnn", {"augment": "robust"}).augment == "robust"
+    assert load_config("cnn", {"augment": " blur:2.5,shift:1 "}).augment == "blur:2.5,shift:1"
+    assert load_config("cnn", {"augment": "true"}).augment is True

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from mnist_lab.data import mnist as data
-from mnist_lab.data.loader import BatchLoader, random_affine
+from mnist_lab.data.loader import (
+    AUGMENTATIONS,
+    BatchLoader,
+    affine_theta,
+    augment_spec,
+    parse_augment,
+    random_affine,
+    stroke_width,
+    warp,
+)
 from mnist_lab.errors import ConfigError, DataError
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -311,3 +320,71 @@ def test_random_affine_matches_affine_grid() -> None:
     grid = torch.nn.functional.affine_grid(theta, [5, 1, 28, 28], align_corners=False)
     ref = torch.nn.functional.grid_sample(x, grid, align_corners=False).clamp(0, 1)
     assert torch.allclose(random_affine(x, shift, angle), ref, atol=1e-5)
+
+
+# Named augmentation ops
+
+
+def test_parse_augment_forms() -> None:
+    assert parse_augment(False) == parse_augment("none") == parse_augment("") == {}
+    assert parse_augment(True) == parse_augment("true") == {"shift": 2.0, "rotate": 10.0}
+    assert list(parse_augment("robust")) == list(AUGMENTATIONS)
+    assert parse_augment("noise:0.1 , shift") == {"shift": 3.0, "noise": 0.1}  # applied in order
+    assert augment_spec("shift:2,rotate:10") is True and augment_spec("none") is False
+    assert augment_spec("blur:2.5,shift:1") == "blur:2.5,shift:1"  # as given: see its doc
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("tilt", "unknown augmentation 'tilt'"),
+        ("blur:9", r"blur magnitude '9' must be in"),
+        ("noise:x", "noise magnitude"),
+    ],
+)
+def test_parse_augment_rejects_naming_valid_values(value: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as err:
+        parse_augment(value)
+    assert (
+        "augment=" in str(err.value) and "robust" in str(err.value) and "elastic" in str(err.value)
+    )
+
+
+@pytest.mark.parametrize("ops", [*AUGMENTATIONS, "robust"])
+def test_each_op_shape_range_and_seeded(ops: str) -> None:
+    plain = epoch_batches(make_loader(), 1)
+    aug = epoch_batches(make_loader(augment=ops), 1)
+    assert same(aug, epoch_batches(make_loader(augment=ops), 1))  # same (seed, epoch)
+    assert not same(aug, epoch_batches(make_loader(augment=ops), 2))
+    assert not same(aug, epoch_batches(make_loader(augment=ops, seed=8), 1))
+    for (xp, yp), (xa, ya) in zip(plain, aug, strict=True):
+        assert torch.equal(yp, ya)
+        assert xa.shape == xp.shape and xa.dtype == torch.float32
+        assert xa.min() >= 0 and xa.max() <= 1
+    assert not same(plain, aug)
+
+
+def test_augment_off_and_legacy_true_unchanged() -> None:
+    plain = epoch_batches(make_loader(), 1)
+    for off in (False, "none", "false"):
+        assert same(plain, epoch_batches(make_loader(augment=off), 1))
+    legacy = epoch_batches(make_loader(augment=True), 1)
+    assert same(legacy, epoch_batches(make_loader(augment="affine"), 1))
+    assert same(legacy, epoch_batches(make_loader(augment="shift:2,rotate:10"), 1))
+
+
+def test_affine_theta_scale_and_shear() -> None:
+    x = torch.zeros(1, 1, 28, 28)
+    x[:, :, 13:15, 6:8] = 1  # a 2x2 blob 7 px left of the centre (13.5, 13.5)
+    half = warp(x, affine_theta(torch.zeros(1, 2), torch.zeros(1), torch.tensor([0.5])))
+    cols = (half[0, 0].sum(0) * torch.arange(28)).sum() / half.sum()
+    assert cols.item() == pytest.approx(13.5 - 3.5, abs=0.1)  # zoom 0.5: half as far out
+    sheared = affine_theta(torch.zeros(1, 2), torch.zeros(1), None, torch.tensor([0.2]))
+    assert torch.allclose(sheared, torch.tensor([[1.0, 0.2, 0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_stroke_width_thickens_and_thins() -> None:
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 10:18, 12:15] = 1  # a 3-px stroke
+    out = stroke_width(x, torch.tensor([1.0, -1.0]))
+    assert out[0].sum() == (10 * 5) and out[1].sum() == (6 * 1)

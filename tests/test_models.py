@@ -60,7 +60,7 @@ def test_names_and_options() -> None:
     for name in ("cnn", "vgg16", "alexnet", "vit", "timm_vit"):
         assert name in names and name in MODELS
     assert "timm:<name>" in names
-    assert list(model_options("cnn")) == ["depth", "width", "dropout"]
+    assert list(model_options("cnn")) == ["depth", "width", "dropout", "input_norm", "pool"]
     assert set(model_options("vgg16")) == {"weights", "input_size", "freeze_features", "dropout"}
     assert model_options("vit") == model_options("timm_vit")
     assert model_options("timm:resnet18") == {}
@@ -91,6 +91,35 @@ def test_unknown_timm_model() -> None:
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 def test_cnn(depth: int) -> None:
     forward_backward(build_model("cnn", depth=depth, width=8))
+
+
+@pytest.mark.parametrize("input_norm", ["none", "minmax", "tophat"])
+@pytest.mark.parametrize("pool", ["flatten", "avg"])
+def test_cnn_input_norm_and_pool(input_norm: str, pool: str) -> None:
+    forward_backward(build_model("cnn", width=8, input_norm=input_norm, pool=pool))
+
+
+def test_cnn_input_norm_undoes_brightness_and_old_checkpoints_load() -> None:
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 8:20, 12:15] = torch.rand(3, 1, 12, 3) * 0.5 + 0.5
+    old = build_model("cnn", width=8).eval()
+    for mode in ("minmax", "tophat"):
+        new = build_model("cnn", width=8, input_norm=mode).eval()
+        new.load_state_dict(old.state_dict())  # no new weights: any checkpoint loads
+        stretched = new.input_norm(x)
+        assert torch.allclose(new.input_norm(0.5 + 0.5 * x), stretched, atol=1e-5)
+        assert stretched.amin() == 0 and torch.allclose(stretched.amax((1, 2, 3)), torch.ones(3))
+    assert torch.equal(old.input_norm(x), x)
+    pickled_before = build_model("cnn", width=8).eval()  # a model pickled by the old code
+    pickled_before.load_state_dict(old.state_dict())
+    del pickled_before.input_norm, pickled_before.pool
+    assert torch.equal(pickled_before(x), old(x))
+
+
+@pytest.mark.parametrize(("option", "value"), [("input_norm", "zscore"), ("pool", "max")])
+def test_cnn_bad_option_values_name_valid_ones(option: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{option} must be one of .*, got '{value}'"):
+        build_model("cnn", **{option: value})
 
 
 def test_cnn_bad_depth() -> None:
