@@ -152,7 +152,7 @@ def train(
         }
         tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits, report)
-        served = report.served_model or model  # e.g. with its fitted temperature
+        served = model if report.served_model is None else report.served_model  # e.g. + T
         tracking.log_model(served.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())
         log.info(
             "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
