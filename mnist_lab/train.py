@@ -143,13 +143,11 @@ def train(
             model.load_state_dict(state.best_model)
         test = task.evaluate(model, test_loader, config.amp)
         summary = classification_summary(test.targets, test.predictions)
+        # Before the report, so peak memory and the timings are the training's and the test's.
+        metrics = _final_metrics(state, test, summary, model, device, epoch_logger.seconds)
         start = time.perf_counter()
         report = task.test_report(model, splits, test)
-        metrics = {
-            **_final_metrics(state, test, summary, model, device, epoch_logger.seconds),
-            **report.metrics,
-            names.TEST_REPORT_S: time.perf_counter() - start,
-        }
+        metrics |= {**report.metrics, names.TEST_REPORT_S: time.perf_counter() - start}
         tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits, report)
         served = model if report.served_model is None else report.served_model  # e.g. + T

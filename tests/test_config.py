@@ -81,7 +81,7 @@ def test_timm_models_take_the_shared_yaml():
         (False, False),
         ("none", False),
         (0, False),
-        ("affine", True),
+        ("affine", "affine"),  # a preset, logged as given
         ("blur", "blur"),  # kept as given, see test_augment_is_kept_as_given
         ("noise:0.1,shift", "noise:0.1,shift"),
     ],

@@ -330,7 +330,8 @@ def test_parse_augment_forms() -> None:
     assert parse_augment(True) == parse_augment("true") == {"shift": 2.0, "rotate": 10.0}
     assert list(parse_augment("robust")) == list(AUGMENTATIONS)
     assert parse_augment("noise:0.1 , shift") == {"shift": 3.0, "noise": 0.1}  # applied in order
-    assert augment_spec("shift:2,rotate:10") is True and augment_spec("none") is False
+    assert augment_spec("yes") is True and augment_spec("none") is False
+    assert augment_spec("shift:2,rotate:10") == "shift:2,rotate:10"  # as -P logs it
     assert augment_spec("blur:2.5,shift:1") == "blur:2.5,shift:1"  # as given: see its doc
 
 

@@ -62,6 +62,10 @@ PHOTOMETRIC_SHARE = 0.5  # share of the images that `blur` and `noise` touch
 BLUR_RADIUS = 4  # taps each side of the blur kernel: 9×9
 
 
+TRUE_SPELLINGS = ("true", "yes", "1")
+FALSE_SPELLINGS = ("", "none", "false", "no", "0", "off")
+
+
 def parse_augment(value: bool | str) -> dict[str, float]:
     """Op name → magnitude for an `augment` setting ({} when off), in application order.
 
@@ -71,9 +75,9 @@ def parse_augment(value: bool | str) -> dict[str, float]:
     if isinstance(value, bool):
         value = "affine" if value else ""
     text = str(value).strip().lower()
-    if text in ("", "none", "false", "no", "0", "off"):
+    if text in FALSE_SPELLINGS:
         return {}
-    text = AUGMENT_PRESETS.get("affine" if text in ("true", "yes", "1") else text, text)
+    text = AUGMENT_PRESETS.get("affine" if text in TRUE_SPELLINGS else text, text)
     ops: dict[str, float] = {}
     for item in filter(None, (s.strip() for s in text.replace("+", ",").split(","))):
         name, _, magnitude = item.partition(":")
@@ -85,16 +89,19 @@ def parse_augment(value: bool | str) -> dict[str, float]:
 
 
 def augment_spec(value: bool | str) -> bool | str:
-    """The canonical form of an `augment` setting, checked: False, True (= "affine"), or the
-    preset name or op list as given. Kept as given, not expanded, so a run logs the value
+    """An `augment` setting, checked and in the form a run logs: False/True for the boolean
+    spellings, any other string as given. Not expanded, so a run logs what
     `mlflow run -P augment=...` logged before our code started (MLflow forbids changing a
     param); `parse_augment` expands it where the batches are made."""
-    ops = parse_augment(value)
-    if not ops:
-        return False
-    if ops == parse_augment("affine"):
+    parse_augment(value)  # a ConfigError naming `augment` for a bad value
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in TRUE_SPELLINGS:
         return True
-    return str(value).strip()
+    if text.lower() in FALSE_SPELLINGS:
+        return False
+    return text
 
 
 def _magnitude(name: str, text: str, value: object) -> float:

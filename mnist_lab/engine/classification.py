@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 
 import torch
@@ -28,10 +29,15 @@ from mnist_lab.analysis.robustness import (
 from mnist_lab.config import TrainConfig
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.mnist import Splits
-from mnist_lab.engine.device import autocast, synchronize
+from mnist_lab.engine.device import amp_dtype, autocast, synchronize
 from mnist_lab.engine.tasks import Batch, Evaluation, Loader, TestReport
 from mnist_lab.errors import LabError
 from mnist_lab.models.common import TemperatureScaled
+
+log = logging.getLogger(__name__)
+# The corrupted test digits are the same for every run, whatever its training seed, and the
+# same as the `robustness` command's default: runs and models compare image for image.
+CORRUPTION_SEED = 0
 
 
 class ClassificationTask:
@@ -103,8 +109,13 @@ class ClassificationTask:
     def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
         """How the model fails: calibration (temperature fitted on validation, so the logged
         model serves calibrated probabilities), the MNIST-C corruptions of the first
-        `robustness_samples` test digits, and heat maps of what it looks at."""
-        val = self.evaluate(model, self.loaders(splits)[1], amp=False)
+        `robustness_samples` test digits, and heat maps of what it looks at. All in fp32, as
+        the logged model serves; corruptions seeded with CORRUPTION_SEED, as `robustness` is."""
+        config = self.config
+        _, val_loader, test_loader = self.loaders(splits)
+        val = self.evaluate(model, val_loader, amp=False)
+        if amp_dtype(splits.test_x.device, config.amp) is not None:  # test ran in bf16
+            test = self.evaluate(model, test_loader, amp=False)
         calibration = calibration_summary(
             torch.from_numpy(val.logits),
             torch.from_numpy(val.targets),
@@ -117,12 +128,19 @@ class ClassificationTask:
             reports={names.REPORT_CALIBRATION: calibration.to_report()},
             served_model=TemperatureScaled(model, calibration.temperature),
         )
-        report.figures[names.PLOT_EXPLANATIONS] = explain_test_examples(model, splits, test)
-        samples = min(self.config.robustness_samples, len(splits.test_y))
+        try:
+            report.figures[names.PLOT_EXPLANATIONS] = explain_test_examples(model, splits, test)
+        except LabError as err:  # a model no method can explain: the run and its model stand
+            log.warning("no %s: %s", names.PLOT_EXPLANATIONS, err)
+        samples = min(config.robustness_samples, len(splits.test_y))
         if samples:
             images = splits.test_x[:samples].unsqueeze(1).float().div(255)
             result = evaluate_robustness(
-                model_predict(model), images, splits.test_y[:samples], seed=self.config.seed
+                model_predict(model),
+                images,
+                splits.test_y[:samples],
+                seed=CORRUPTION_SEED,
+                batch_size=config.eval_batch_size,
             )
             report.metrics |= {
                 **result.metrics(DEFAULT_SEVERITY),

@@ -8,6 +8,7 @@ loaded through its pyfunc, so the detector is evaluated through its classifier w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from mnist_lab.analysis.robustness import (
 )
 from mnist_lab.data.mnist import load_mnist
 from mnist_lab.engine.device import resolve_device
-from mnist_lab.errors import ConfigError
+from mnist_lab.errors import ConfigError, LabError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def robustness(
     tags = {names.TAG_KIND: "robustness", names.TAG_DEVICE: torch_device.type}
     if source_run_id:
         tags[names.TAG_SOURCE_RUN_ID] = source_run_id
-        tags[names.TAG_MODEL] = tracking.get_run(source_run_id).tags.get(names.TAG_MODEL, "")
+        # The model may name a run of another store (a copied path, a deleted run).
+        with contextlib.suppress(LabError):
+            tags[names.TAG_MODEL] = tracking.get_run(source_run_id).tags.get(names.TAG_MODEL, "")
     with tracking.run(run_name=f"robustness-{tags.get(names.TAG_MODEL) or 'model'}", tags=tags):
         tracking.set_tags({"source_model_uri": uri})
         tracking.log_params(

@@ -59,7 +59,11 @@ def model_source(run_id: str) -> str:
     client = MlflowClient()
     outputs = client.get_run(run_id).outputs
     for output in outputs.model_outputs if outputs else ():
-        if client.get_logged_model(output.model_id).name == names.MODEL_ARTIFACT:
+        try:
+            logged = client.get_logged_model(output.model_id)
+        except MlflowException:  # deleted since
+            continue
+        if logged.name == names.MODEL_ARTIFACT:
             return f"models:/{output.model_id}"
     return f"runs:/{run_id}/{names.MODEL_ARTIFACT}"
 
