@@ -2,11 +2,18 @@
 PostgreSQL database."""
 
 import os
+import signal
 import uuid
 from pathlib import Path
 
 import pytest
 from lab_helpers import mlflow_at
+
+# A job started in the background (`nohup make test &`, a script's `make test > log &`) inherits
+# SIGINT as ignored, and the product rightly leaves an ignored signal alone. The Ctrl-C tests need
+# Python's own handler, so install it here: the test process gets it, and the children it starts
+# get SIGINT back at its default on exec (a handled signal is reset; only an ignored one stays).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # CI exports MNIST_DATA_DIR relative to the project root; tests change directory, so pin it.
 if os.environ.get("MNIST_DATA_DIR"):
