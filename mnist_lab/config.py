@@ -29,6 +29,10 @@ SCHEDULERS = ("onecycle", "cosine", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+# Model options that name a run (`run_name`), with their short prefixes.
+RUN_NAME_OPTIONS = {"patch_size": "p", "dim": "d"}
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Logged whole as the run's params."""
@@ -77,6 +81,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def run_name(self) -> str:
+        """A readable run name derived from the settings: `cnn-5ep`, `vit-p7-d128-10ep`,
+        `cnn-5ep-n10000` (a 10 000-image training subset)."""
+        options = self.resolved_model_options()
+        parts = [self.model.replace(":", "-")]
+        parts += [f"{short}{options[k]}" for k, short in RUN_NAME_OPTIONS.items() if k in options]
+        parts.append(f"{self.epochs}ep")
+        if self.max_train_samples is not None:
+            parts.append(f"n{self.max_train_samples}")
+        return "-".join(parts)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

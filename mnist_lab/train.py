@@ -23,7 +23,14 @@ from mnist_lab.analysis.plots import (
     sample_predictions_figure,
 )
 from mnist_lab.config import TrainConfig, build_config
-from mnist_lab.data.mnist import Splits, load_mnist, make_splits
+from mnist_lab.data.mnist import (
+    SPLIT_NAMES,
+    Splits,
+    load_mnist,
+    make_splits,
+    resolve_data_dir,
+    split_records,
+)
 from mnist_lab.engine.checkpoint import load_checkpoint
 from mnist_lab.engine.classification import ClassificationTask
 from mnist_lab.engine.detection import DetectionTask
@@ -35,6 +42,9 @@ from mnist_lab.errors import LabError
 from mnist_lab.models import build_model
 
 log = logging.getLogger(__name__)
+
+# The settings that choose which images a run sees, logged with its datasets.
+SUBSET_SETTINGS = ("seed", "val_size", "max_train_samples", "max_test_samples")
 
 
 @dataclass
@@ -82,12 +92,14 @@ def train(
     resume_run_id: str | None = None,
     checkpoint: dict[str, Any] | None = None,
     evaluate_test: bool = True,
+    run_name: str | None = None,
 ) -> TrainResult:
     """Train `config.model`, evaluate it on the test set once, and log everything to one run.
 
     `listeners` get every epoch's metrics (the tuner's pruning callback is one); `nested` makes
     the run a child of the active run. `evaluate_test=False` (tuning trials) stops after
     training: no test set, reports or model, so selection can only see validation.
+    `run_name` defaults to one derived from the config (`config.run_name()`).
     Use `resume()` rather than `resume_run_id`/`checkpoint`.
     """
     device = resolve_device(config.device)
@@ -118,9 +130,16 @@ def train(
         tracking.reopen_for_resume(resume_run_id)
 
     run_tags = {**tracking.run_tags(config, device), **(tags or {})}
-    with tracking.run(run_id=resume_run_id, nested=nested, tags=run_tags):
+    name = run_name or config.run_name()
+    with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):
         if checkpoint is None:
             tracking.log_params(config.to_params())
+            seen = SPLIT_NAMES if evaluate_test else ("train", "val")
+            tracking.log_datasets(
+                split_records(splits, seen),
+                resolve_data_dir(config.data_dir) / "MNIST" / "raw",
+                {key: getattr(config, key) for key in SUBSET_SETTINGS},
+            )
         epoch_logger = tracking.EpochLogger(checkpoint=config.checkpoint)
         try:
             fit(

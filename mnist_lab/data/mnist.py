@@ -6,6 +6,7 @@ drawn; batches are float32 [B, 1, 28, 28] in [0, 1] (normalisation is inside the
 """
 
 import gzip
+import hashlib
 import math
 import os
 import socket
@@ -185,6 +186,29 @@ class Splits:
     def to(self, device: torch.device | str) -> "Splits":
         """A copy with every tensor on `device` (dtypes unchanged: ~55 MB in all)."""
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """What one split of a run held, for lineage: two runs on the same data share a digest."""
+
+    split: str  # train, val or test
+    size: int
+    digest: str  # sha256 of the split's image and label bytes, first 16 hex digits
+
+
+def split_records(splits: Splits, which: tuple[str, ...] = SPLIT_NAMES) -> list[SplitRecord]:
+    """A `SplitRecord` per split in `which` (~0.1 s for all of MNIST on a CPU)."""
+    records = []
+    for split in which:
+        images, labels = getattr(splits, f"{split}_x"), getattr(splits, f"{split}_y")
+        digest = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
+        digest.update(labels.cpu().contiguous().numpy().tobytes())
+        records.append(SplitRecord(split, len(labels), digest.hexdigest()[:16]))
+    return records
 
 
 def _check_count(name: str, value: int | None, upper: int | None = None) -> None:

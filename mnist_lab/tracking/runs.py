@@ -19,16 +19,21 @@ from typing import Any
 
 import matplotlib.figure
 import mlflow
+import numpy as np
 import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
+from mnist_lab.data.mnist import SplitRecord
 from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
+from mnist_lab.names import IMAGE_SIZE
 
 MAX_TAG_LENGTH = 4000
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def use_default_experiment() -> None:
@@ -75,11 +80,18 @@ def run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with `run_id` or `MLFLOW_RUN_ID`, re-open) a run and always end it.
 
+    `run_name` names a new run, and a joined `mlflow run` run that has MLflow's random
+    adjective-animal name; a name the user gave is kept.
+
     Exit by exception ends the run FAILED with a `failure_reason` tag; Ctrl-C ends it KILLED.
     Either way the exception propagates.
     """
     use_default_experiment()
+    joined = run_id or os.environ.get("MLFLOW_RUN_ID")
+    if joined and run_name and not _generated_name(MlflowClient().get_run(joined).info.run_name):
+        run_name = None  # a run resumed or started by `mlflow run --run-name` keeps its name
     active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
+    mark_model_development(active.info.experiment_id)
     try:
         yield active
     except KeyboardInterrupt:
@@ -91,6 +103,27 @@ def run(
     else:
         mlflow.flush_async_logging()
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _generated_name(name: str | None) -> bool:
+    """Whether `name` is one MLflow made up (`bright-owl-123`), not one a user chose."""
+    from mlflow.utils import name_utils
+
+    parts = (name or "").split("-")
+    return not name or (
+        len(parts) == 3
+        and parts[0] in name_utils._GENERATOR_PREDICATES
+        and parts[1] in name_utils._GENERATOR_NOUNS
+        and parts[2].isdigit()
+    )
+
+
+def mark_model_development(experiment_id: str) -> None:
+    """Tag the experiment as model development (once), so MLflow 3's UI opens it in the
+    model-training view rather than the GenAI one."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def _end(run_id: str, status: int, reason: str) -> None:
@@ -143,6 +176,34 @@ def _same_param(logged: str, value: Any) -> bool:
         return float(logged) == float(value)
     except (TypeError, ValueError):
         return False
+
+
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+
+
+def log_datasets(records: list[SplitRecord], source: Path, tags: dict[str, Any]) -> None:
+    """Each split as a run input, so MLflow's Datasets column tells runs on other data apart:
+    named `mnist-<split>`, the digest of its bytes, the IDX folder as source; its size and
+    `tags` (the subset options) as input tags."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.types import Schema, TensorSpec
+
+    schema = Schema(
+        [
+            TensorSpec(np.dtype(np.uint8), (-1, IMAGE_SIZE, IMAGE_SIZE), "image"),
+            TensorSpec(np.dtype(np.int64), (-1,), "label"),
+        ]
+    )
+    datasets = [
+        MetaDataset(LocalArtifactDatasetSource(str(source)), f"mnist-{r.split}", r.digest, schema)
+        for r in records
+    ]
+    mlflow.log_inputs(
+        datasets,
+        contexts=[SPLIT_CONTEXTS[r.split] for r in records],
+        tags_list=[{"size": str(r.size), **{k: str(v) for k, v in tags.items()}} for r in records],
+    )
 
 
 def set_tags(tags: dict[str, Any]) -> None:

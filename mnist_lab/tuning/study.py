@@ -15,11 +15,12 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.tuning.space import SearchSpace
 
-# Heartbeat and retry are "experimental" in Optuna; we rely on them deliberately.
+# Heartbeat, retry and metric names are "experimental" in Optuna; we rely on them deliberately.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_ROOT / 'optuna.db'}"
@@ -148,6 +149,7 @@ def open_study(
             "pick another --study-name"
         )
     if found is None:
+        study.set_metric_names([names.VAL_ACCURACY])  # optuna-dashboard's axis label
         study.set_user_attr(ATTR_FINGERPRINT, fingerprint)
         study.set_user_attr("model", space.model)
         study.set_user_attr("space_file", str(space.path))

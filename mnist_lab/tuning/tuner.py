@@ -134,11 +134,12 @@ class Objective:
         self._end_run_of_retried(trial)
         overrides = self.job.space.suggest(trial)
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
+        name = f"trial-{trial.number}"
         tags = {
             names.TAG_STUDY_NAME: self.job.options.name,
             names.TAG_TRIAL_NUMBER: str(trial.number),
             names.TAG_KIND: "trial",
-            **tracking.child_run_tags(self.job.parent_run_id, f"trial-{trial.number}"),
+            **tracking.child_run_tags(self.job.parent_run_id, name),
         }
         params = {"model": self.model, **self.job.space.fixed, **overrides}
         listener = PruningListener(trial)
@@ -146,7 +147,12 @@ class Objective:
             # A combination no run can use (dim not divisible by heads) fails right here.
             config = trial_config(self.job.options, self.job.space, overrides)
             result = train(
-                config, listeners=(listener,), nested=True, tags=tags, evaluate_test=False
+                config,
+                listeners=(listener,),
+                nested=True,
+                tags=tags,
+                evaluate_test=False,
+                run_name=name,
             )
         except optuna.TrialPruned as pruned:
             tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
@@ -464,6 +470,7 @@ def _retrain(options: TuneOptions, space: SearchSpace, result: TuneResult) -> No
     retrained = train(
         config,
         tags={names.TAG_STUDY_NAME: options.name, names.TAG_TUNE_RUN_ID: result.parent_run_id},
+        run_name=f"retrain-{options.name}",
     )
     tracking.set_run_tags(result.parent_run_id, {names.TAG_RETRAIN_RUN_ID: retrained.run_id})
     result.retrain_run_id = retrained.run_id
