@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = resume(args.resume)
     else:
         config = load_config(args.model, overrides_from(args))
-        result = train(config)
+        result = train(config, run_name=args.run_name or None)
     print(f"run {result.run_id}: test_accuracy {result.metrics['test_accuracy']:.4f}")
     return 0
 
@@ -178,8 +178,26 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mnist_lab import tracking
+
+    if not _flag_true(args.stale):
+        raise LabError("runs: say what to list: --stale (RUNNING runs whose process is gone)")
+    stale = tracking.stale_runs()
+    for run in stale:
+        print(f"{run.run_id}  experiment {run.experiment_id}  {run.run_name}: {run.reason}")
+    if not stale:
+        print("no stale runs: every RUNNING run has a live process (or cannot be judged)")
+    elif _flag_true(args.fix):
+        tracking.end_stale(stale)
+        print(f"ended {len(stale)} run(s) KILLED")
+    else:
+        print(f"{len(stale)} stale run(s); --fix ends them KILLED (train, tune and benchmark do)")
+    return 0
+
+
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
-    """compare, benchmark, register, predict and robustness."""
+    """compare, benchmark, register, predict, robustness and runs."""
     from mnist_lab.comparison.compare import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
@@ -225,6 +243,11 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     for name in ("data_dir", "device", "seed"):
         add_flag(robust, name, help=f"{name} (as for train)")
     robust.set_defaults(handler=cmd_robustness)
+
+    runs = commands.add_parser("runs", help="RUNNING runs whose process is gone (--stale)")
+    add_flag(runs, "stale", nargs="?", const="true", help="list them")
+    add_flag(runs, "fix", nargs="?", const="true", help="and end them KILLED")
+    runs.set_defaults(handler=cmd_runs)
 
 
 TUNE_FLAGS = {
@@ -323,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue a killed/failed run from its checkpoints/last.pt",
     )
+    add_flag(train, "run_name", help="the run's name (default: from the config, e.g. cnn-5ep)")
     add_train_flags(train)
     train.set_defaults(handler=cmd_train)
     add_analysis_commands(commands)

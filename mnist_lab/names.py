@@ -89,6 +89,12 @@ TAG_TORCH_VERSION = "torch_version"
 TAG_PRECISION = "precision"  # bf16 (autocast) or fp32: what `amp` meant on this hardware
 TAG_GIT_COMMIT = "git_commit"
 TAG_FAILURE_REASON = "failure_reason"
+# The process holding a RUNNING run, and its heartbeat (tracking/liveness.py).
+TAG_PROCESS_HOST = "process.host"
+TAG_PROCESS_MACHINE = "process.machine"  # boot id / pid namespace: where pids compare
+TAG_PROCESS_PID = "process.pid"
+TAG_PROCESS_STARTED = "process.started"  # clock ticks since boot: tells a reused pid apart
+TAG_PROCESS_HEARTBEAT = "process.heartbeat"  # seconds since the epoch
 TAG_STUDY_NAME = "study_name"
 TAG_SOURCE_RUN_ID = "source_run_id"  # on a `robustness` run: the run whose model it evaluated
 

@@ -4,11 +4,14 @@ Use it as one module, `from mnist_lab import tracking`, then `tracking.run(...)`
 `tracking.log_metrics(...)`, `tracking.search_runs(...)`. Inside: `runs` (a run's lifecycle,
 params, metrics, tags, artifacts, tuning trials' runs), `epoch_logger` (the engine listener that
 logs epochs and checkpoints), `pyfunc` (the logged model's flavor: digits in, probabilities out),
-`query` (reading runs back) and `registry` (registered models and the `champion` alias). It may
+`query` (reading runs back), `registry` (registered models and the `champion` alias) and
+`liveness` (the process behind a RUNNING run, its heartbeat, and ending runs whose process is
+gone). It may
 import everything below it (engine, analysis, models, data, config); nothing below imports it.
 """
 
 from mnist_lab.tracking.epoch_logger import EpochLogger, download_checkpoint, reopen_for_resume
+from mnist_lab.tracking.liveness import StaleRun, end_stale, stale_runs, sweep_stale_runs
 from mnist_lab.tracking.pyfunc import log_model, log_torch_model
 from mnist_lab.tracking.query import (
     NoRunsError,
@@ -61,6 +64,7 @@ __all__ = [
     "EpochLogger",
     "NoRunsError",
     "RunRecord",
+    "StaleRun",
     "Version",
     "active_experiment_id",
     "active_run_id",
@@ -68,6 +72,7 @@ __all__ = [
     "child_run_tags",
     "classification_report",
     "download_checkpoint",
+    "end_stale",
     "experiment_name",
     "fail_launcher_run",
     "find_run",
@@ -99,6 +104,8 @@ __all__ = [
     "set_run_tags",
     "set_tags",
     "source_run_id",
+    "stale_runs",
+    "sweep_stale_runs",
     "tracking_uri",
     "use_default_experiment",
 ]

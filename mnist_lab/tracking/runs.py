@@ -30,6 +30,7 @@ from mnist_lab.data.mnist import SplitRecord
 from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
 from mnist_lab.names import IMAGE_SIZE
+from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
 
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -84,16 +85,21 @@ def run(
     adjective-animal name; a name the user gave is kept.
 
     Exit by exception ends the run FAILED with a `failure_reason` tag; Ctrl-C ends it KILLED.
-    Either way the exception propagates.
+    Either way the exception propagates. While open, the run names its process and beats
+    (liveness.py); a top-level run first ends the store's stale runs KILLED.
     """
     use_default_experiment()
     joined = run_id or os.environ.get("MLFLOW_RUN_ID")
+    if not nested:
+        sweep_stale_runs(keep=joined)
     if joined and run_name and not _generated_name(MlflowClient().get_run(joined).info.run_name):
         run_name = None  # a run resumed or started by `mlflow run --run-name` keeps its name
     active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
     mark_model_development(active.info.experiment_id)
     try:
-        yield active
+        mlflow.set_tags(process_tags())
+        with Heartbeat(active.info.run_id):
+            yield active
     except KeyboardInterrupt:
         _end(active.info.run_id, RunStatus.KILLED, "interrupted by the user (Ctrl-C)")
         raise
