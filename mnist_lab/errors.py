@@ -19,3 +19,7 @@ class DataError(LabError):
 
 class WeightsError(LabError):
     """Pretrained weights are missing, unreachable or do not fit the model."""
+
+
+class ModelFileError(LabError):
+    """A logged model's files cannot be trusted or rebuilt (changed weights, unknown format)."""

@@ -10,5 +10,4 @@ from mnist_lab.tracking.pyfunc import (  # noqa: F401  (the names old models and
     DigitClassifier,
     _load_pyfunc,
     as_digit_batch,
-    save_model,
 )

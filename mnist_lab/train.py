@@ -39,7 +39,8 @@ from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
 from mnist_lab.engine.loop import Listener, TrainState, fit, make_optimizer, make_scheduler
 from mnist_lab.engine.tasks import Evaluation, Task, TestReport
 from mnist_lab.errors import LabError
-from mnist_lab.models import build_model
+from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models.common import TemperatureScaled
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,15 @@ def train(
         tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits, report)
         served = model if report.served_model is None else report.served_model  # e.g. + T
-        tracking.log_model(served.cpu(), splits.test_x[:8].float().div(255).cpu().numpy())
+        options = config.resolved_model_options()
+        spec = ModelSpec(
+            config.model, options, temperature_scaled=isinstance(served, TemperatureScaled)
+        )
+        example = splits.test_x[:8].float().div(255).cpu().numpy()
+        tracking.log_model(served.cpu(), example, spec)
+        for name, part in report.modules.items():
+            module = getattr(model, part).cpu()
+            tracking.log_torch_model(module, ModelSpec(config.model, options, part=part), name)
         log.info(
             "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
             metrics[names.TEST_ACCURACY],
@@ -248,5 +257,3 @@ def _log_reports(
     }
     for path, figure in {**figures, **report.figures}.items():
         tracking.log_figure(figure, path)
-    for name, module in report.modules.items():
-        tracking.log_torch_model(module.cpu(), name)

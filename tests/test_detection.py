@@ -242,7 +242,8 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (out["digit"].to_numpy() == probs.argmax(axis=1)).all()
 
-    detector = mlflow.pytorch.load_model(f"runs:/{result.run_id}/{names.DETECTOR_ARTIFACT}")
+    detector_uri = f"runs:/{result.run_id}/{names.DETECTOR_ARTIFACT}"
+    detector = mlflow.pyfunc.load_model(detector_uri).get_raw_model()
     detections = detector.eval()([torch.rand(1, 64, 64)])
     assert set(detections[0]) == {"boxes", "labels", "scores"}
 

@@ -1,39 +1,34 @@
-"""Models logged before the package was grouped by concern still load.
+"""Models logged before the package was grouped by concern, and before models were logged
+without pickle, still load.
 
-Their `MLmodel` names the pyfunc loader `mnist_lab.mlflow_model` (now `mnist_lab.tracking.pyfunc`).
-The test logs a model, rewrites its `MLmodel` the way the old code wrote it, and drops the copy
-of the package the model carries, so the loader must come from the installed package. It runs
-in a fresh interpreter, as a user's would: a test process that already loaded a model carrying
-its own copy of the package has that copy in `sys.modules` (MLflow swaps it in), not ours.
+Those models are MLflow's pickled `pytorch` flavor, with a `python_function` flavor whose loader
+is `mnist_lab.mlflow_model` (now `mnist_lab.tracking.pyfunc`). The test saves one the way the old
+code did, without the copy of the package such models carried, so the loader must come from the
+installed package. It runs in a fresh interpreter, as a user's would: a process that loaded a
+model carrying its own copy of the package has that copy in `sys.modules` (MLflow swaps it in).
 """
 
 import subprocess
 import sys
 
 SCRIPT = """
-import shutil, sys
+import sys
 from pathlib import Path
 
 import mlflow, mlflow.pyfunc, mlflow.pytorch, numpy as np, torch, yaml
 
-from mnist_lab import tracking
 from mnist_lab.models import build_model
 
 folder = Path(sys.argv[1])
 torch.manual_seed(0)
-with mlflow.start_run():
-    uri = tracking.log_model(
-        build_model("cnn", depth=1, width=4), np.random.rand(2, 28, 28).astype(np.float32)
-    )
-local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(folder)))
+local = folder / "model"
+mlflow.pytorch.save_model(
+    build_model("cnn", depth=1, width=4), str(local), serialization_format="pickle"
+)
 conf = yaml.safe_load((local / "MLmodel").read_text())
 pyfunc = conf["flavors"]["python_function"]
-assert pyfunc["loader_module"] == "mnist_lab.tracking.pyfunc", pyfunc
 pyfunc["loader_module"] = "mnist_lab.mlflow_model"  # as models logged before the move say
-pyfunc.pop("code", None)
-conf["flavors"]["pytorch"].pop("code", None)
 (local / "MLmodel").write_text(yaml.safe_dump(conf))
-shutil.rmtree(local / "code", ignore_errors=True)
 
 frame = mlflow.pyfunc.load_model(str(local)).predict(np.zeros((3, 28, 28), dtype=np.float32))
 assert list(frame.columns[:2]) == ["digit", "prob_0"] and len(frame) == 3, frame

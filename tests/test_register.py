@@ -8,10 +8,10 @@ import pytest
 import torch
 from lab_helpers import tracking_server
 from mlflow.tracking import MlflowClient
-from torch import nn
 
 from mnist_lab import names, tracking
 from mnist_lab.cli import main
+from mnist_lab.models import ModelSpec
 
 
 def logged_run(experiment: str, val_accuracy: float, test_accuracy: float, monkeypatch) -> str:
@@ -21,12 +21,13 @@ def logged_run(experiment: str, val_accuracy: float, test_accuracy: float, monke
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)  # what `register` reads
     mlflow.set_experiment(experiment)  # an earlier test's active experiment must not win
     torch.manual_seed(0)
-    tiny = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    spec = ModelSpec("cnn", {"depth": 1, "width": 2})
+    tiny = spec.build()
     with tracking.run(tags={names.TAG_KIND: "train", names.TAG_MODEL: "cnn"}) as active:
         tracking.log_metrics(
             {names.BEST_VAL_ACCURACY: val_accuracy, names.TEST_ACCURACY: test_accuracy}
         )
-        tracking.log_model(tiny, torch.rand(2, 28, 28).numpy())
+        tracking.log_model(tiny, torch.rand(2, 28, 28).numpy(), spec)
     return active.info.run_id
 
 

@@ -137,7 +137,7 @@ class DetectionTask:
         return TestReport(
             metrics=metrics,
             figures={names.PLOT_DETECTIONS: figure},
-            modules={names.DETECTOR_ARTIFACT: model.detector},
+            modules={names.DETECTOR_ARTIFACT: "detector"},
         )
 
 

@@ -44,12 +44,13 @@ class Evaluation:
 @dataclass
 class TestReport:
     """What a task adds to a run after the test evaluation: metrics, figures (artifact path →
-    Figure), JSON reports (artifact path → dict) and extra modules to log (name → module)."""
+    Figure), JSON reports (artifact path → dict) and sub-modules of the model to log as models
+    of their own (artifact name → attribute of the model, e.g. "detector")."""
 
     metrics: dict[str, float] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    modules: dict[str, nn.Module] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)
     # What the run logs as its `model` when not the trained module as it is (e.g. the classifier
     # with its fitted temperature, so served probabilities are calibrated).
     served_model: nn.Module | None = None

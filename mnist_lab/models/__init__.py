@@ -7,13 +7,14 @@ by name, 1-channel and 10-class, behind MNIST normalisation.
 
 import inspect
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
 
 from mnist_lab.errors import ConfigError
 from mnist_lab.models.cnn import build_cnn
-from mnist_lab.models.common import MnistNormalize
+from mnist_lab.models.common import MnistNormalize, TemperatureScaled, skip_pretrained_weights
 from mnist_lab.models.faster_rcnn import build_faster_rcnn
 from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16
 from mnist_lab.models.vit import build_timm_vit, build_vit
@@ -29,7 +30,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "faster_rcnn": build_faster_rcnn,
 }
 
-__all__ = ["MODELS", "TIMM_PREFIX", "build_model", "model_names", "model_options"]
+__all__ = ["MODELS", "TIMM_PREFIX", "ModelSpec", "build_model", "model_names", "model_options"]
 
 
 def model_names() -> list[str]:
@@ -82,3 +83,30 @@ def _build_timm(arch: str) -> nn.Module:
     except Exception as e:  # an architecture that cannot take 1 channel or 10 classes
         raise ConfigError(f"timm model {arch!r} cannot be built for MNIST: {e}") from e
     return nn.Sequential(MnistNormalize(), net)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What rebuilds a trained module from this package's code alone, so a logged model is
+    weights plus this spec and loading it runs no pickled code.
+
+    model/options: the registry name and builder options the run trained with; part: "" for the
+    classifier, or the attribute holding a sub-module (faster_rcnn's "detector");
+    temperature_scaled: the module is `TemperatureScaled(...)` (its temperature is a weight).
+    """
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+    part: str = ""
+    temperature_scaled: bool = False
+
+    def build(self) -> nn.Module:
+        """The module with fresh weights, ready for `load_state_dict` of the trained ones."""
+        with skip_pretrained_weights():
+            module = build_model(self.model, **self.options)
+        if self.part:
+            module = getattr(module, self.part)
+        return TemperatureScaled(module, 1.0) if self.temperature_scaled else module
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -5,9 +5,32 @@ Every classifier takes raw digits, x: [B, 1, 28, 28] float in [0, 1], and return
 happens inside the model, so a logged model needs no preprocessing from its caller.
 """
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_READ_PRETRAINED = contextvars.ContextVar("read_pretrained", default=True)
+
+
+@contextlib.contextmanager
+def skip_pretrained_weights() -> Iterator[None]:
+    """Build models as configured, the structure pretrained weights imply included (frozen
+    BatchNorm, ...), without reading ImageNet or weight files: the caller loads a complete
+    state dict next (rebuilding a logged model)."""
+    token = _READ_PRETRAINED.set(False)
+    try:
+        yield
+    finally:
+        _READ_PRETRAINED.reset(token)
+
+
+def reads_pretrained_weights() -> bool:
+    return _READ_PRETRAINED.get()
+
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081

@@ -37,7 +37,13 @@ from torchvision.ops import misc as misc_nn_ops
 
 from mnist_lab.data.scenes import paste
 from mnist_lab.errors import ConfigError, WeightsError
-from mnist_lab.models.common import IMAGENET_MEAN, IMAGENET_STD, MNIST_MEAN, MNIST_STD
+from mnist_lab.models.common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    reads_pretrained_weights,
+)
 from mnist_lab.models.torchvision_nets import (
     _file_state_dict,
     _imagenet_state_dict,
@@ -153,7 +159,7 @@ def _load_backbone(
 ) -> None:
     """Fill `net` (the backbone's classification network) from 'imagenet' or a state-dict file;
     a file for another network is a WeightsError naming `weights_backbone`."""
-    if weights == "none":
+    if weights == "none" or not reads_pretrained_weights():
         return
     sd = _imagenet_state_dict(imagenet) if weights == "imagenet" else _file_state_dict(weights)
     mismatch = describe_mismatch(net.state_dict(), sd)

@@ -21,7 +21,7 @@ import torchvision
 from torch import nn
 
 from mnist_lab.errors import ConfigError, WeightsError
-from mnist_lab.models.common import ImageNetAdapter, MnistNormalize
+from mnist_lab.models.common import ImageNetAdapter, MnistNormalize, reads_pretrained_weights
 from mnist_lab.names import NUM_CLASSES
 
 INPUT_SIZES = (32, 224)
@@ -220,7 +220,7 @@ def _build(
             f"use weights='imagenet' or a weights path, or set freeze_features=False"
         )
     model, new = factory(input_size, dropout)
-    if weights == "none":
+    if weights == "none" or not reads_pretrained_weights():
         return model
     if weights == "imagenet":
         loaded = _load_fitting(model, _imagenet_state_dict(imagenet), new, imagenet.url)

@@ -76,6 +76,8 @@ def load_model(uri: str) -> Any:
     """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path)."""
     try:
         return mlflow.pyfunc.load_model(uri)
+    except LabError:  # the model's files themselves: its message names the file and the fix
+        raise
     except Exception as err:  # MlflowException, OSError, ...: all mean "cannot load that"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LabError(

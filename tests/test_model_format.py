@@ -1,0 +1,145 @@
+"""Logged models hold weights (safetensors) and a spec, no pickle: loading rebuilds the module
+with the installed mnist_lab and runs no code from the model's files."""
+
+import zipfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from mnist_lab import tracking
+from mnist_lab.errors import ModelFileError
+from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models.common import TemperatureScaled
+from mnist_lab.tracking.pyfunc import SPEC_FILE, WEIGHTS_FILE, load_module, save_weights
+
+DIGITS = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+def pickles_in(folder: Path) -> list[str]:
+    """Files under `folder` that hold a pickle: a pickle stream (protocol ≥ 2 starts with
+    0x80) or a zip holding .pkl members (torch.save's format)."""
+    found = []
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        head = path.read_bytes()[:2]
+        if head[:1] == b"\x80" and head[1:2] and head[1] <= 5:
+            found.append(str(path))
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                if any(n.endswith(".pkl") for n in z.namelist()):
+                    found.append(str(path))
+    return found
+
+
+def test_a_logged_model_holds_no_pickle_and_serves_the_same_probabilities(mlflow_store, tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", {"depth": 2, "width": 4}, temperature_scaled=True)
+    model = TemperatureScaled(build_model("cnn", depth=2, width=4), 1.7).eval()
+    with tracking.run():
+        uri = tracking.log_model(model, DIGITS[:, 0].numpy(), spec)
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    assert pickles_in(local) == []
+    mlmodel = (local / "MLmodel").read_text()
+    assert "pytorch" not in mlmodel and "cloudpickle" not in mlmodel
+    assert not (local / "code").exists()  # no copy of the package travels with it
+
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    answer = pyfunc.predict(DIGITS[:, 0].numpy())
+    with torch.no_grad():
+        expected = model(DIGITS).softmax(1).numpy()
+    np.testing.assert_allclose(answer.filter(like="prob_").to_numpy(), expected, rtol=1e-5)
+    module = pyfunc.get_raw_model()
+    assert isinstance(module, TemperatureScaled) and float(module.temperature) == pytest.approx(1.7)
+
+
+def _weights_file(tmp_path: Path, module: torch.nn.Module) -> str:
+    path = tmp_path / "pretrained.pt"
+    torch.save(module.state_dict(), path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "part"),
+    [
+        ("vit", {"depth": 1, "dim": 32, "heads": 2}, ""),
+        ("timm:resnet18", {}, ""),
+        ("alexnet", {"input_size": 32}, ""),
+        ("faster_rcnn", {}, "detector"),
+        ("faster_rcnn", {}, ""),
+    ],
+)
+def test_every_kind_of_module_round_trips(tmp_path, name, options, part):
+    torch.manual_seed(0)
+    spec = ModelSpec(name, options, part=part)
+    module = spec.build().eval()
+    save_weights(module, spec, tmp_path / "m")
+    _, loaded = load_module(tmp_path / "m")
+    trained, rebuilt = module.state_dict(), loaded.state_dict()
+    assert list(trained) == list(rebuilt)
+    for key, tensor in trained.items():
+        assert torch.equal(tensor, rebuilt[key]), key
+    if not part:
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(DIGITS), module(DIGITS))
+
+
+def test_a_model_trained_from_pretrained_weights_loads_without_them(tmp_path):
+    """The spec names the weights it started from; loading must not read them (they may be a
+    file on another machine, or ImageNet behind no internet): the structure they imply (frozen
+    BatchNorm in a pretrained mobilenet backbone) is rebuilt and the trained tensors fill it."""
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_large(weights=None)
+    pretrained = _weights_file(tmp_path, net)
+    options = {"backbone": "mobilenet_v3", "weights_backbone": pretrained}
+    spec = ModelSpec("faster_rcnn", options)
+    torch.manual_seed(0)
+    module = build_model("faster_rcnn", **options).eval()
+    save_weights(module, spec, tmp_path / "m")
+    Path(pretrained).unlink()
+    _, loaded = load_module(tmp_path / "m")
+    assert loaded.state_dict().keys() == module.state_dict().keys()
+
+    vgg = ModelSpec("vgg16", {"input_size": 32, "weights": pretrained, "freeze_features": True})
+    with pytest.raises(Exception, match=r"pretrained\.pt"):  # training would read it
+        build_model(vgg.model, **vgg.options)
+    vgg.build()  # rebuilding does not
+
+
+def test_a_changed_weights_file_is_refused_naming_it(tmp_path):
+    spec = ModelSpec("cnn", {"depth": 1, "width": 2})
+    save_weights(spec.build(), spec, tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=rf"(?s){WEIGHTS_FILE}.*sha256.*log the model again"):
+        load_module(tmp_path / "m")
+
+
+def test_weights_that_do_not_fit_the_spec_are_refused_naming_the_file(tmp_path):
+    spec = ModelSpec("cnn", {"depth": 1, "width": 2})
+    save_weights(spec.build(), spec, tmp_path / "m")
+    wider = ModelSpec("cnn", {"depth": 1, "width": 3})
+    save_weights(wider.build(), spec, tmp_path / "other")  # weights of another shape
+    with pytest.raises(ModelFileError, match=rf"{WEIGHTS_FILE} does not fit the 'cnn' model"):
+        load_module(tmp_path / "other")
+
+
+def test_an_unknown_format_is_refused_naming_the_version(tmp_path):
+    spec = ModelSpec("cnn", {"depth": 1, "width": 2})
+    save_weights(spec.build(), spec, tmp_path / "m")
+    spec_file = tmp_path / "m" / SPEC_FILE
+    spec_file.write_text(spec_file.read_text().replace("safetensors/1", "safetensors/9"))
+    with pytest.raises(ModelFileError, match=r"format 'mnist_lab\.safetensors/9'"):
+        load_module(tmp_path / "m")
+
+
+def test_the_pickle_check_finds_pickles(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "a.pt")
+    (tmp_path / "b.pkl").write_bytes(__import__("pickle").dumps([1, 2]))
+    assert sorted(Path(p).name for p in pickles_in(tmp_path)) == ["a.pt", "b.pkl"]
