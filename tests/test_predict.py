@@ -14,6 +14,7 @@ from PIL import Image
 
 from mnist_lab.cli import main
 from mnist_lab.data.images import mnist_style
+from mnist_lab.tracking.pyfunc import MAX_BATCH
 
 N = 12  # real MNIST test digits used throughout
 
@@ -76,6 +77,24 @@ def test_mnist_style_recovers_a_real_digit_from_a_photo_like_image(lab):
         correlations.append(np.corrcoef(restored.ravel(), digit.ravel() / 255)[0, 1])
     # MNIST digits already sit in a 20-px box centred by mass: the round trip is close.
     assert min(correlations) > 0.6 and np.mean(correlations) > 0.9, correlations
+
+
+def test_mnist_style_removes_uneven_lighting_and_paper_noise(lab):
+    """A photo under a lamp: paper from grey to white across the page, grain, a few specks. What
+    comes out is the digit the clean scan gives, with black paper around it."""
+    rng = np.random.default_rng(0)
+    for digit in lab["digits"][:8]:
+        clean = mnist_style(on_paper(digit, (150, 210), ink=(20, 20, 20), paper=(255, 255, 255)))
+        photo = np.asarray(on_paper(digit, (150, 210), ink=(20, 20, 20), paper=(255, 255, 255)))
+        photo = photo.astype(np.float32)
+        light = np.linspace(0.55, 1.0, photo.shape[1], dtype=np.float32)[None, :, None]
+        photo = photo * light + rng.normal(0, 6, photo.shape)  # lamp from the right, grain
+        specks = rng.integers(0, photo.shape[0], 4), rng.integers(0, photo.shape[1], 4)
+        photo[specks] = 40  # four dark specks on the paper
+        restored = mnist_style(Image.fromarray(photo.clip(0, 255).astype(np.uint8)))
+        assert np.abs(restored - clean).mean() < 0.05  # without the lamp removed: 0.05-0.17
+        assert np.corrcoef(restored.ravel(), clean.ravel())[0, 1] > 0.85  # without: 0.16-0.5
+        assert (restored[clean == 0] > 0.3).mean() < 0.01  # no paper read as ink
 
 
 def test_mnist_style_blank_and_tiny_images():
@@ -227,6 +246,12 @@ def test_served_model_answers_real_digits(lab, server):
         ({"inputs": []}, ""),
         ({"wrong_key": [1, 2]}, ""),
         ("not json at all", ""),
+        ({"inputs": (np.zeros((2, 28, 28)) - 5).tolist()}, "0–255"),
+        ('{"inputs": [[' + ",".join(["[" + ",".join(["NaN"] * 28) + "]"] * 28) + "]]}", "finite"),
+        (
+            {"inputs": np.zeros((MAX_BATCH + 1, 28, 28), dtype=np.uint8).tolist()},
+            f"over the limit of {MAX_BATCH} per request",
+        ),
     ],
 )
 def test_malformed_payloads_get_4xx_and_the_server_lives_on(lab, server, payload, message):
@@ -237,3 +262,24 @@ def test_malformed_payloads_get_4xx_and_the_server_lives_on(lab, server, payload
     assert message in body["message"]
     alive = invoke(server, {"inputs": lab["digits"][:1].tolist()})
     assert alive.status_code == 200
+
+
+def test_concurrent_requests_all_get_correct_answers(lab, server):
+    """The serving benchmark's short version: 8 clients at once, every answer a 200 and the
+    same digits the model gives locally."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [
+        row["digit"]
+        for row in invoke(server, {"inputs": lab["digits"].tolist()}).json()["predictions"]
+    ]
+
+    def one(i: int) -> tuple[int, list[int]]:
+        response = invoke(server, {"inputs": lab["digits"].tolist()})
+        digits = [row["digit"] for row in response.json().get("predictions", [])]
+        return response.status_code, digits
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(32)))
+    assert [status for status, _ in answers] == [200] * 32
+    assert all(digits == expected for _, digits in answers)

@@ -3,6 +3,8 @@
 `python -m mnist_lab.measure training [SCENARIO ...]` trains the speed/accuracy scenarios of each
 model (`make bench`); `python -m mnist_lab.measure tuning` measures a tuning study. Not to be
 confused with `comparison.benchmark`, the lab's table of every model (`mnist-lab benchmark`).
-`python -m mnist_lab.measure real-digits` measures the models on font-rendered photos of digits.
+`python -m mnist_lab.measure real-digits` measures the models on font-rendered photos of digits;
+`python -m mnist_lab.measure serving` drives `mlflow models serve` with concurrent clients and
+malformed payloads.
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

@@ -1,16 +1,21 @@
-"""`python -m mnist_lab.measure training|tuning …`: see `mnist_lab.measure`."""
+"""`python -m mnist_lab.measure training|tuning|real-digits|serving …`: see `mnist_lab.measure`."""
 
 import sys
 
-from mnist_lab.measure import real_digits, training, tuning
+from mnist_lab.measure import real_digits, serving, training, tuning
 
-SCRIPTS = {"training": training.main, "tuning": tuning.main, "real-digits": real_digits.main}
+SCRIPTS = {
+    "training": training.main,
+    "tuning": tuning.main,
+    "real-digits": real_digits.main,
+    "serving": serving.main,
+}
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in SCRIPTS:
         print(
-            "usage: python -m mnist_lab.measure {training,tuning,real-digits} [options]  "
+            "usage: python -m mnist_lab.measure {training,tuning,real-digits,serving} [options]  "
             "(add --help after either for its options)",
             file=sys.stderr,
         )

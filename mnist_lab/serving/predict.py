@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mnist_lab.analysis.explanations import explanations_figure, heatmaps, method_name
-from mnist_lab.tracking.pyfunc import DIGIT, PROB_COLUMNS
+from mnist_lab.tracking.pyfunc import DIGIT, MAX_BATCH, PROB_COLUMNS
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Prediction:
 
 
 def predict(
-    model, sources: list[str], images: np.ndarray, batch_size: int = 1000
+    model, sources: list[str], images: np.ndarray, batch_size: int = MAX_BATCH
 ) -> list[Prediction]:
     """`model`: a loaded pyfunc (`tracking.load_model`); `sources`, `images` [N, 28, 28] as
     `collect` returns them. One Prediction per image."""

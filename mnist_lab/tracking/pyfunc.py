@@ -1,21 +1,30 @@
-"""The logged model: one MLflow model with two flavors over one pickled `nn.Module`.
+"""The logged model: weights and the spec that rebuilds the module, no pickle.
 
-- `pytorch`: `mlflow.pytorch.load_model(uri)` gives the raw classifier, [B, 1, 28, 28] float in
-  [0, 1] → [B, 10] logits. Pickled (not `torch.export`), so any module logs, whatever device it
-  was trained on, and it loads on CPU or GPU.
-- `python_function` (loader: this module): `mlflow.pyfunc.load_model(uri).predict(images)` and
-  `mlflow models serve` take a batch of 28×28 digits, uint8 0–255 or float 0–1, and answer a
-  DataFrame with `digit` and `prob_0` … `prob_9`.
+A model folder holds `data/mnist_lab_model/weights.safetensors` (every tensor of the module's
+state dict), `spec.json` (a `ModelSpec`: registry name, builder options, wrapping; plus the
+weights' sha256) and MLmodel's `python_function` flavor with this module as its loader. Loading
+reads JSON and tensors and builds the architecture with the installed mnist_lab's model registry,
+so it executes no code from the model file (safetensors holds no code; a changed weights file
+fails its checksum).
 
-MLflow's pytorch flavor would make its own pyfunc return the bare logits tensor; `save_model` below
-keeps its files and points the pyfunc flavor here instead. It is the flavor `Model.log` saves with.
+- `mlflow.pyfunc.load_model(uri).predict(images)` and `mlflow models serve` take a batch of
+  28×28 digits, uint8 0–255 or float 0–1, and answer `digit` and `prob_0` … `prob_9`;
+- `mlflow.pyfunc.load_model(uri).get_raw_model()` (or `load_module` on the local folder) is the
+  `nn.Module`: [B, 1, 28, 28] float in [0, 1] → [B, 10] logits.
+
+Chosen over torch.export (MLflow's `pt2`): an exported program fixes one input signature (the
+detector takes a list of images) and loses the module tree that Grad-CAM and attention rollout
+hook into. Models logged before this format (pickled `pytorch` flavor) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import sys
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -25,11 +34,21 @@ import torch
 from mlflow.models import infer_signature
 from torch import nn
 
-from mnist_lab import names
-from mnist_lab.config import PROJECT_ROOT
+from mnist_lab import __version__, names
+from mnist_lab.errors import ModelFileError
+from mnist_lab.models import ModelSpec
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
+FORMAT = "mnist_lab.safetensors/1"
+MODEL_DATA = "mnist_lab_model"  # the folder under the model's data/
+WEIGHTS_FILE = "weights.safetensors"
+SPEC_FILE = "spec.json"
+
 DIGIT = "digit"
+# Digits per request, served or local. One request of 1 024 is ~5 MB of JSON and ~0.1 s of CNN
+# inference on two CPU cores; larger ones gain no throughput (python -m mnist_lab.measure
+# serving) and would hold a server worker, and its memory, for one client.
+MAX_BATCH = 1024
 PROB_COLUMNS = [f"prob_{k}" for k in range(NUM_CLASSES)]
 
 
@@ -54,6 +73,11 @@ def as_digit_batch(images: Any) -> torch.Tensor:
             f"[B, {IMAGE_SIZE}, {IMAGE_SIZE}] or [B, 1, {IMAGE_SIZE}, {IMAGE_SIZE}]; "
             f"got shape {list(array.shape)}"
         )
+    if len(array) > MAX_BATCH:
+        raise ValueError(
+            f"a batch of {len(array)} digits is over the limit of {MAX_BATCH} per request; "
+            f"send at most {MAX_BATCH} per request"
+        )
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     if array.dtype == np.uint8 or (x.numel() and float(x.max()) > 1.0):
         x = x / 255.0
@@ -70,7 +94,13 @@ class DigitClassifier:
         self.device = device
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        x = as_digit_batch(data).to(self.device)
+        try:
+            x = as_digit_batch(data).to(self.device)
+        except ValueError as err:  # the client's input: a 400 naming the problem, not a 500
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         with torch.inference_mode():
             probs = self.model(x).float().softmax(dim=1).cpu().numpy()
         frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
@@ -81,65 +111,135 @@ class DigitClassifier:
         return self.model
 
 
-def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
-    """Save as MLflow's pytorch flavor (pickle), then make this module the pyfunc loader."""
-    import mlflow.pytorch
-    from mlflow import pyfunc
-    from mlflow.models import Model
+def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> Any:
+    """Called by `mlflow.pyfunc.load_model` with the model's data folder.
 
-    mlflow.pytorch.save_model(
-        path=path, mlflow_model=mlflow_model, serialization_format="pickle", **kwargs
-    )
-    conf = mlflow_model.flavors[pyfunc.FLAVOR_NAME]
-    pyfunc.add_to_model(
-        mlflow_model,
-        loader_module=__name__,
-        data=conf[pyfunc.DATA],
-        code=conf.get(pyfunc.CODE),
-        conda_env=conf[pyfunc.ENV]["conda"],
-        python_env=conf[pyfunc.ENV]["virtualenv"],
-    )
-    mlflow_model.save(os.path.join(path, "MLmodel"))
-    assert Model.load(path).flavors[pyfunc.FLAVOR_NAME]["loader_module"] == __name__
-
-
-def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> DigitClassifier:
-    """Called by `mlflow.pyfunc.load_model` with the model's `data` folder."""
-    import mlflow.pytorch
-
+    A model of this format (weights + spec) is rebuilt by `load_module`; a model logged before
+    it (a pickled `pytorch` flavor) still loads through `mlflow.pytorch`, pickle and all.
+    """
     device = os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE") or (
         "cuda" if torch.cuda.is_available() else "cpu"
     )
+    if os.path.isfile(os.path.join(data_path, SPEC_FILE)):
+        spec, module = load_module(data_path, device)
+        return DigitClassifier(module, device) if not spec.part else RawModule(module, spec)
+    import mlflow.pytorch
+
     model = mlflow.pytorch.load_model(
         os.path.dirname(os.path.abspath(data_path)), map_location=device
     )
     return DigitClassifier(model, device)
 
 
-def log_model(model: nn.Module, example: np.ndarray) -> str:
-    """Log `model` ([B, 1, 28, 28] float in [0, 1] → [B, 10] logits) as the run's `model`.
+class RawModule:
+    """The pyfunc of a logged sub-module (faster_rcnn's detector): no digit predictions, only
+    `get_raw_model()`."""
 
-    One MLflow model, two flavors (this module): `mlflow.pytorch.load_model`
-    gives the module back; `mlflow.pyfunc.load_model` and `mlflow models serve` take a batch of
-    28×28 digits (`example`: [B, 28, 28] float32 in [0, 1]; 0–255 values are scaled) and answer
-    `digit` and `prob_0` … `prob_9`. The package source travels with the model (`code_paths`),
-    so it loads wherever mlflow and torch are installed. Returns the model URI.
+    def __init__(self, module: nn.Module, spec: ModelSpec) -> None:
+        self.module, self.spec = module, spec
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        raise ValueError(
+            f"this is the {self.spec.model} model's raw {self.spec.part!r}; it does not take "
+            "digits: load it with mlflow.pyfunc.load_model(uri).get_raw_model(), or serve the "
+            "run's `model`"
+        )
+
+    def get_raw_model(self) -> nn.Module:
+        return self.module
+
+
+def save_weights(module: nn.Module, spec: ModelSpec, folder: Path) -> None:
+    """`folder`/weights.safetensors (every tensor of module.state_dict()) and `folder`/spec.json
+    (the spec, the format and the weights file's sha256)."""
+    import safetensors.torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    safetensors.torch.save_model(module, str(weights))
+    record = {
+        "format": FORMAT,
+        "mnist_lab_version": __version__,
+        "weights_sha256": _sha256(weights),
+        **spec.to_dict(),
+    }
+    (folder / SPEC_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def load_module(folder: str | Path, device: str = "cpu") -> tuple[ModelSpec, nn.Module]:
+    """Rebuild a logged module from `folder` (spec.json + weights.safetensors) with this
+    package's model registry; no pickle is read. Raises ModelFileError naming the file and the
+    fix for a weights file that is not the one logged, or a spec this version cannot build."""
+    import safetensors.torch
+
+    folder = Path(folder)
+    record = json.loads((folder / SPEC_FILE).read_text())
+    if record.get("format") != FORMAT:
+        raise ModelFileError(
+            f"{folder / SPEC_FILE}: format {record.get('format')!r}, this mnist-lab reads "
+            f"{FORMAT!r}; load it with the mnist-lab version that logged it "
+            f"({record.get('mnist_lab_version', '?')})"
+        )
+    weights = folder / WEIGHTS_FILE
+    if _sha256(weights) != record.get("weights_sha256"):
+        raise ModelFileError(
+            f"{weights}: its sha256 differs from the one recorded when the model was logged: "
+            "the file was changed or damaged. Do not load it; log the model again from its run"
+        )
+    spec = ModelSpec(**{k: record[k] for k in ModelSpec.__dataclass_fields__ if k in record})
+    module = spec.build()
+    try:
+        safetensors.torch.load_model(module, str(weights), strict=True, device="cpu")
+    except (RuntimeError, safetensors.SafetensorError) as err:
+        raise ModelFileError(
+            f"{weights} does not fit the {spec.model!r} model this mnist-lab builds from "
+            f"{folder / SPEC_FILE} ({err}); load it with mnist-lab {record['mnist_lab_version']}"
+        ) from err
+    return spec, module.to(device).eval()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_model(model: nn.Module, example: np.ndarray, spec: ModelSpec) -> str:
+    """Log `model` ([B, 1, 28, 28] float in [0, 1] → [B, 10] logits), built as `spec` says,
+    as the run's `model`: weights (safetensors) + spec, no pickle.
+
+    `mlflow.pyfunc.load_model(uri)` and `mlflow models serve` take a batch of 28×28 digits
+    (`example`: [B, 28, 28] float32 in [0, 1]; 0–255 values are scaled) and answer `digit` and
+    `prob_0` … `prob_9`; `.get_raw_model()` is the `nn.Module`. Loading rebuilds the
+    architecture with the installed mnist_lab. Returns the model URI.
     """
     model = model.eval()
     output = DigitClassifier(model, _device_of(model)).predict(example)
     with warnings.catch_warnings():  # "integer column cannot hold missing values": `digit` never
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
         signature = infer_signature(example, output)
-    info = mlflow.models.Model.log(
-        artifact_path=None,
-        name=names.MODEL_ARTIFACT,
-        flavor=sys.modules[__name__],  # save_model below
-        pytorch_model=model,
-        signature=signature,
-        input_example=example,
-        code_paths=[str(PROJECT_ROOT / "mnist_lab")],
-        pip_requirements=_model_requirements(),
-    )
+    return _log(model, spec, names.MODEL_ARTIFACT, signature=signature, input_example=example)
+
+
+def log_torch_model(module: nn.Module, spec: ModelSpec, name: str) -> str:
+    """Log a sub-module (faster_rcnn's detector, which takes a list of images) the same way,
+    with no signature: `mlflow.pyfunc.load_model(uri).get_raw_model()` returns it."""
+    return _log(module.eval(), spec, name)
+
+
+def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / MODEL_DATA
+        save_weights(module, spec, folder)
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            loader_module=__name__,
+            data_path=str(folder),
+            pip_requirements=_model_requirements(),
+            **kwargs,
+        )
     return info.model_uri
 
 
@@ -147,8 +247,8 @@ def _device_of(model: nn.Module) -> str:
     return str(next(model.parameters()).device)
 
 
-# What importing this module (through the `mnist_lab.tracking` package) and the pickled
-# modules needs, beyond mlflow itself: a model served in a fresh environment installs these.
+# What importing this module (through the `mnist_lab.tracking` package) and the rebuilt models
+# need, beyond mlflow and mnist_lab itself.
 MODEL_PACKAGES = (
     "torch",
     "torchvision",
@@ -158,6 +258,7 @@ MODEL_PACKAGES = (
     "scikit-learn",
     "tqdm",
     "matplotlib",
+    "safetensors",
 )
 
 
@@ -166,16 +267,3 @@ def _model_requirements() -> list[str]:
 
     pins = [f"{name}=={version(name).split('+')[0]}" for name in MODEL_PACKAGES]
     return [f"mlflow=={mlflow.__version__}", *pins]
-
-
-def log_torch_model(module: nn.Module, name: str = names.DETECTOR_ARTIFACT) -> str:
-    """Log `module` as it is, pickled, with no signature (e.g. a torchvision detector, which
-    takes a list of images), so `mlflow.pytorch.load_model` returns it. Returns the model URI."""
-    info = mlflow.pytorch.log_model(
-        module.eval(),
-        name=name,
-        serialization_format="pickle",  # "pt2" traces one input shape; a detector has none
-        code_paths=[str(PROJECT_ROOT / "mnist_lab")],
-        pip_requirements=_model_requirements(),
-    )
-    return info.model_uri
