@@ -320,6 +320,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.retrain_run_id:
         accuracy = result.retrain_metrics.get("test_accuracy", float("nan"))
         print(f"retrained as run {result.retrain_run_id}: test_accuracy {accuracy:.4f}")
+    elif result.retrain_note:
+        print(f"not retrained here: {result.retrain_note}")
     return 0
 
 

@@ -5,6 +5,7 @@ everywhere; PostgreSQL (and an `mlflow server` backed by it) where MNIST_LAB_TES
 is set, each test in a database of its own that is dropped afterwards.
 """
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
-from lab_helpers import tracking_server
+import requests
+from lab_helpers import free_port, server_process, tracking_server
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -24,7 +26,7 @@ from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError
 from mnist_lab.tuning.space import TUNING_DIR, load_space
-from mnist_lab.tuning.study import open_storage, open_study
+from mnist_lab.tuning.study import claim, open_storage, open_study
 from mnist_lab.tuning.tuner import TuneOptions, tune
 
 TINY_SPACE = """
@@ -213,8 +215,8 @@ def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
         (["--storage", "bogus://x"], "cannot open the Optuna storage bogus://x"),
         (
             ["--storage", "postgresql://user:secret@127.0.0.1:1/optuna"],
-            "cannot open the Optuna storage postgresql://127.0.0.1:1/optuna: (psycopg2."
-            'OperationalError) connection to server at "127.0.0.1", port 1 failed',
+            "cannot open the Optuna storage postgresql://127.0.0.1:1/optuna: (psycopg."
+            "OperationalError) connection failed",
         ),
         (["--space", "nowhere.yaml"], "nowhere.yaml: no search space file for model 'cnn'"),
         (["--model", "timm_vit"], "no search space file for model 'timm_vit'"),
@@ -426,9 +428,10 @@ def test_a_killed_workers_trial_is_retried_on_resume(mnist_dir, mlflow_store, tm
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
     orphan = [r for r in trial_runs() if r.data.tags[names.TAG_TRIAL_NUMBER] == str(killed.number)]
     assert [r.info.status for r in orphan] == ["KILLED"]
-    assert "heartbeats" in orphan[0].data.tags[names.TAG_FAILURE_REASON]
-    # Every trial's run is final; only the killed invocation's parent run cannot be ended.
-    assert all(r.info.status != "RUNNING" for r in trial_runs())
+    # The next tune's stale-run sweep saw its process gone (the trial's heartbeat would too).
+    assert "stale: its process" in orphan[0].data.tags[names.TAG_FAILURE_REASON]
+    # Every run is final, the killed invocation's parent run included (swept as stale).
+    assert all(r.info.status != "RUNNING" for r in all_runs())
 
 
 @pytest.mark.slow
@@ -493,10 +496,28 @@ def mlflow_server(postgres_db, tmp_path, monkeypatch):
 
 
 @pytest.mark.postgres
-def test_a_plain_postgresql_url_opens_with_the_installed_driver(postgres_db, tmp_path, space):
-    url = postgres_db().replace("postgresql+psycopg2://", "postgresql://")
+def test_one_plain_postgresql_url_works_in_every_tool(postgres_db, tmp_path, space, monkeypatch):
+    """`tune --storage`, `optuna.load_study`, `optuna-dashboard` and `mlflow server` all take
+    postgresql://… as it is (psycopg 3, SQLAlchemy 2.1's default driver): nothing to rewrite."""
+    url = postgres_db()
+    assert url.startswith("postgresql://")
     study = open_study(open_storage(url), "s", load_space("cnn", space), {})
     assert study.user_attrs["model"] == "cnn"
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["model"] == "cnn"
+    port = free_port()
+    dashboard = [str(Path(sys.executable).parent / "optuna-dashboard"), url]
+    dashboard += ["--host", "127.0.0.1", "--port", str(port)]
+    with server_process(dashboard, f"http://127.0.0.1:{port}/api/studies", tmp_path / "d.log"):
+        answer = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=10).json()
+        (summary,) = answer["study_summaries"]
+        detail = requests.get(
+            f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10
+        ).json()
+    assert summary["study_name"] == "s"
+    assert detail["objective_names"] == ["val_accuracy"]  # not "Objective 0"
+    (tmp_path / "mlflow").mkdir()
+    with tracking_server(tmp_path / "mlflow", postgres_db(), monkeypatch) as uri:
+        assert requests.get(f"{uri}/health", timeout=10).ok
 
 
 @pytest.mark.slow
@@ -511,5 +532,83 @@ def test_two_workers_on_postgresql_with_an_mlflow_server(
     runs = trial_runs(result.parent_run_id)
     assert_consistent(study, runs)
     parent = MlflowClient().get_run(result.parent_run_id)
-    assert parent.data.tags[names.TAG_STORAGE].startswith("postgresql+psycopg2://127.0.0.1")
+    assert parent.data.tags[names.TAG_STORAGE].startswith("postgresql://127.0.0.1")
     assert MlflowClient().get_metric_history(runs[0].info.run_id, names.VAL_ACCURACY)
+
+
+def _claim_at(url: str, start: float, me: int, answers) -> None:
+    """A process that opens the study and claims "retrain" at the wall-clock time `start`."""
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="claimed", storage=storage)
+    time.sleep(max(0.0, start - time.time()))
+    answers.put((me, claim(url, storage, study, "retrain:full:2", {"pid": me})))
+
+
+def _claim_race(url: str, space: Path, processes: int = 4) -> list[tuple[int, dict]]:
+    open_study(open_storage(url), "claimed", load_space("cnn", space), {})
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    start = time.time() + 8  # every process imported and connected by then
+    workers = [
+        context.Process(target=_claim_at, args=(url, start, i, answers)) for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    results = [answers.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+    return results
+
+
+def _exactly_one_holds(results: list[tuple[int, dict]]) -> None:
+    winners = [me for me, holder in results if holder == {"pid": me}]
+    assert len(winners) == 1, results
+    assert all(holder == {"pid": winners[0]} for _, holder in results)  # everyone knows who
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_exactly_one_process_wins_a_claim(tmp_path, space, kind):
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "journal": f"journal:{tmp_path / 'optuna.log'}",
+    }[kind]
+    _exactly_one_holds(_claim_race(url, space))
+
+
+@pytest.mark.postgres
+def test_exactly_one_process_wins_a_claim_on_postgresql(postgres_db, space):
+    _exactly_one_holds(_claim_race(postgres_db(), space, processes=6))
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_tune_processes_sharing_a_study_retrain_it_once(
+    mnist_dir, postgres_db, mlflow_server, tmp_path, space
+):
+    """The README's multi-machine recipe on one machine: two `tune` on one PostgreSQL study and
+    one `mlflow server`. Exactly one retrains; the other says which tune run holds it."""
+    storage = postgres_db()
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    command = [sys.executable, "-m", "mnist_lab", "tune", "--space", str(space), *DATA_FLAGS]
+    command += ["--storage", storage, "--n-trials", "4", "--retrain", "subset"]
+    command += ["--pruner", "none", "--study-name", "shared"]
+    tunes = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [t.communicate(timeout=600)[0] for t in tunes]
+    assert [t.returncode for t in tunes] == [0, 0], "\n=====\n".join(outputs)[-6000:]
+    retrains = [r for r in all_runs() if r.data.tags.get(names.TAG_TUNE_RUN_ID)]
+    assert len(retrains) == 1, outputs
+    said = "\n".join(outputs)
+    assert said.count("retrained as run") == 1, said
+    held = retrains[0].data.tags[names.TAG_TUNE_RUN_ID]
+    assert said.count("not retrained here") == 1, said  # "held by tune run …" or "still running"
+    assert held in said

@@ -5,12 +5,17 @@ Nothing here trains or logs to MLflow; `tuning` puts these together.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -31,6 +36,7 @@ ATTR_FINGERPRINT = "space_fingerprint"
 ATTR_FAILURE = "failure_reason"  # user attr of a trial that failed by itself (not interrupted)
 ATTR_OVERRIDES = "overrides"  # user attr: the config settings the trial suggested
 MAX_RETRY = 3
+SCHEMA_ATTEMPTS = 3
 
 
 def redact(url: str) -> str:
@@ -56,31 +62,29 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
         if url.startswith("sqlite"):
             # Several workers write to one file: wait for the lock rather than fail at once.
             engine_kwargs["connect_args"] = {"timeout": 60}
-        return RDBStorage(
-            with_installed_driver(url),
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=2 * heartbeat_interval,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=2 * heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY
+                    ),
+                )
+            except sqlalchemy.exc.IntegrityError:
+                # Two machines creating Optuna's tables in one fresh database at once: one
+                # wins, the other's CREATE collides; by the next attempt the tables exist.
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0 + attempt)
     except Exception as err:
         reason = " ".join(str(err).split())[:500] or type(err).__name__
         raise LabError(
             f"cannot open the Optuna storage {redact(url)}: {reason}. Give --storage as an "
             "SQLAlchemy URL (sqlite:///optuna.db, postgresql://user@host/db) or journal:<file>"
         ) from None
-
-
-def with_installed_driver(url: str) -> str:
-    """`postgresql://` names no driver, and SQLAlchemy 2.1 then picks psycopg 3; the project
-    ships psycopg2, so use it unless psycopg 3 is installed."""
-    if not url.startswith("postgresql://"):
-        return url
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    return url
 
 
 def make_sampler(kind: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -180,6 +184,47 @@ def state_counts(study: optuna.Study) -> dict[TrialState, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state] += 1
     return counts
+
+
+def claim(
+    url: str,
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    key: str,
+    value: dict[str, Any],
+) -> dict[str, Any]:
+    """Record `value` as study user attr `key` unless some process already has: atomically,
+    so of N processes (N machines) claiming at once exactly one gets it. Returns the holder's
+    value (== `value`: this process holds the claim).
+
+    RDB storages: a plain INSERT into Optuna's study_user_attributes, whose unique
+    (study_id, key) constraint lets only one commit (Optuna's own set_user_attr is an upsert:
+    the last writer would win). Journal files: a file beside the journal created with O_EXCL.
+    """
+    if isinstance(storage, RDBStorage):
+        from optuna.storages._rdb.models import StudyUserAttributeModel
+        from sqlalchemy import exc, insert
+
+        row = {"study_id": study._study_id, "key": key, "value_json": json.dumps(value)}
+        try:
+            with storage.engine.begin() as connection:
+                connection.execute(insert(StudyUserAttributeModel.__table__).values(**row))
+        except exc.IntegrityError:
+            pass  # another process holds it
+        return storage.get_study_user_attrs(study._study_id)[key]
+    path = Path(f"{url.removeprefix(JOURNAL_PREFIX).removeprefix('//')}.{key}.claim")
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        for _ in range(50):  # the holder may be between its open and its write
+            with contextlib.suppress(json.JSONDecodeError):
+                return json.loads(path.read_text())
+            time.sleep(0.1)
+        raise LabError(f"{path}: unreadable claim file; delete it and run again") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f)
+    study.set_user_attr(key, value)
+    return value
 
 
 class StopWhenDone:

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ from mnist_lab.tuning.study import (
     PRUNERS,
     SAMPLERS,
     StopWhenDone,
+    claim,
     make_pruner,
     make_sampler,
     open_storage,
@@ -92,6 +94,7 @@ class TuneResult:
     seconds: float
     retrain_run_id: str | None = None
     retrain_metrics: dict[str, float] = field(default_factory=dict)
+    retrain_note: str = ""  # why this process did not retrain, when another does
 
 
 class PruningListener:
@@ -382,9 +385,41 @@ def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneRe
         result = _summarize(
             study, options, parent_run_id, trials_done(study) - done_before, seconds
         )
-    if options.retrain != "none":
+    claim_key = _claim_the_retrain(options, storage, result) if options.retrain != "none" else None
+    if claim_key:
         _retrain(options, space, result)
+        study.set_user_attr(f"{claim_key}:run_id", result.retrain_run_id)
     return result
+
+
+def _claim_the_retrain(
+    options: TuneOptions, storage: optuna.storages.BaseStorage, result: TuneResult
+) -> str | None:
+    """The claim's key when this process is to retrain the study's best configuration, else
+    None with `result.retrain_note` saying why. Several `tune` processes (machines) share a
+    study; exactly one retrains it: the last to finish (trials still running elsewhere mean
+    another worker finishes later) that wins an atomic claim in the storage."""
+    study = optuna.load_study(study_name=options.name, storage=storage)
+    active = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+    if active:
+        result.retrain_note = (
+            f"{len(active)} trial(s) still running on other workers; the last one to finish "
+            "retrains the best configuration"
+        )
+        return None
+    key = f"retrain:{options.retrain}:{trials_done(study)}"
+    mine = {"tune_run_id": result.parent_run_id, "host": socket.gethostname(), "pid": os.getpid()}
+    holder = claim(options.storage, storage, study, key, mine)
+    if holder == mine:
+        return key
+    retrain_run = study.user_attrs.get(f"{key}:run_id", "in progress")
+    result.retrain_note = (
+        f"the retrain of these {trials_done(study)} trials is held by tune run "
+        f"{holder['tune_run_id']} ({holder['host']}, pid {holder['pid']}); its retrain run: "
+        f"{retrain_run}"
+    )
+    log.info("not retraining here: %s", result.retrain_note)
+    return None
 
 
 def _summarize(
