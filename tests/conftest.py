@@ -15,9 +15,37 @@ from lab_helpers import mlflow_at
 # get SIGINT back at its default on exec (a handled signal is reset; only an ignored one stays).
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Nothing else the suite was started with may steer it: MLflow/Optuna settings of the user's shell
+# or of an `mlflow run` (a run id, an experiment, a tracking server), an odd umask (artifact and
+# checkpoint files must come out readable), or a locale without UTF-8 (children print "°", "×").
+for _var in [v for v in os.environ if v.startswith(("MLFLOW_", "OPTUNA_"))]:
+    del os.environ[_var]
+os.umask(0o022)
+os.environ["LC_ALL"] = os.environ["LANG"] = "C.UTF-8"
+os.environ["PYTHONIOENCODING"] = "utf-8"
+
 # CI exports MNIST_DATA_DIR relative to the project root; tests change directory, so pin it.
 if os.environ.get("MNIST_DATA_DIR"):
     os.environ["MNIST_DATA_DIR"] = str(Path(os.environ["MNIST_DATA_DIR"]).resolve())
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test works in its own folder with its own default MLflow store, so a test that
+    names no store, or a relative path, never touches the repo's mlflow.db, mlruns/ or
+    comparison/, whatever the directory the suite was started from. A module-wide store
+    (lab_helpers.sqlite_store; the environment's MLflow variables were cleared above, so a
+    tracking URI here is a fixture's) is left as it is."""
+    import mlflow
+
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(var, raising=False)  # mlflow.set_experiment of an earlier test sets one
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'default-mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
 
 
 @pytest.fixture
@@ -42,20 +70,17 @@ def postgres_db():
     url = os.environ.get("MNIST_LAB_TEST_POSTGRES_URL")
     if not url:
         pytest.skip("MNIST_LAB_TEST_POSTGRES_URL is not set: no PostgreSQL server to test on")
-    import psycopg2
+    import psycopg
 
     created: list[str] = []
-    admin = psycopg2.connect(url)
-    admin.autocommit = True
+    admin = psycopg.connect(url, autocommit=True)
 
     def make() -> str:
         name = f"mnist_lab_test_{uuid.uuid4().hex[:12]}"
         with admin.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{name}"')
         created.append(name)
-        # psycopg2 is the driver installed; SQLAlchemy 2.1's default for postgresql:// is 3.
-        base = url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
-        return f"{base}/{name}"
+        return f"{url.rsplit('/', 1)[0]}/{name}"  # a plain URL: psycopg 3, SQLAlchemy's default
 
     yield make
     with admin.cursor() as cursor:

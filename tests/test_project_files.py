@@ -1,6 +1,10 @@
 """The files users and conda/mlflow read stay in step with the code."""
 
+import os
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import yaml
 
@@ -34,3 +38,43 @@ def test_every_model_has_a_valid_experiment_file():
     for model in MODELS:
         assert (EXPERIMENTS_DIR / f"{model}.yaml").exists(), model
         assert load_config(model).model == model
+
+
+def test_the_suite_is_hermetic() -> None:
+    """conftest.py: whatever the shell had, a test sees its own folder and store, umask 022 and
+    a UTF-8 locale, and none of the MLflow/Optuna settings it was started with."""
+    assert Path.cwd() != PROJECT_ROOT
+    assert str(Path.cwd()) in os.environ["MLFLOW_TRACKING_URI"]
+    leaked = [v for v in os.environ if v.startswith("OPTUNA_")]
+    leaked += [v for v in os.environ if v.startswith("MLFLOW_") and v != "MLFLOW_TRACKING_URI"]
+    assert leaked == []
+    mask = os.umask(0o022)
+    assert mask == 0o022
+    assert os.environ["LC_ALL"] == "C.UTF-8"
+
+
+def test_the_suite_passes_with_a_hostile_environment(mnist_dir, tmp_path) -> None:
+    """Started from another folder, with MLflow/Optuna variables pointing elsewhere, umask 077
+    and the C locale: a test that trains, logs and reads back a run still passes, and nothing
+    lands where those variables pointed."""
+    trap = tmp_path / "trap"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{trap / 'mlflow.db'}",
+        "MLFLOW_EXPERIMENT_NAME": "not-this-one",
+        "MLFLOW_RUN_ID": "0123456789abcdef0123456789abcdef",
+        "OPTUNA_STORAGE": f"sqlite:///{trap / 'optuna.db'}",
+        "LC_ALL": "C",
+        "LANG": "C",
+    }
+    tests = PROJECT_ROOT / "tests" / "test_conventions.py"
+    chosen = "digests or named_tagged"
+    command = (
+        f"umask 077 && exec {sys.executable} -m pytest -q -p no:cacheprovider {tests} -k '{chosen}'"
+    )
+    done = subprocess.run(
+        ["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout
+    assert not trap.exists()

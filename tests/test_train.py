@@ -101,9 +101,9 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     # The same digits as 0-255 values give the same answer.
     same = mlflow.pyfunc.load_model(uri).predict((digits * 255).astype(np.float32))
     assert (same["digit"] == answer["digit"]).all()
-    # The same model is MLflow's pytorch flavor too: the module, [B, 1, 28, 28] -> logits, with
-    # the temperature fitted on validation applied, so served probabilities are calibrated.
-    module = mlflow.pytorch.load_model(uri)
+    # The raw module, [B, 1, 28, 28] -> logits, with the temperature fitted on validation
+    # applied, so served probabilities are calibrated.
+    module = mlflow.pyfunc.load_model(uri).get_raw_model()
     temperature = run.data.metrics[names.TEMPERATURE]
     assert float(module.temperature) == pytest.approx(temperature)
     with torch.no_grad():
@@ -165,6 +165,33 @@ def test_a_signal_mid_training_kills_the_run_cleanly(mnist_dir, mlflow_store, si
     assert "Ctrl-C" in run.data.tags[names.TAG_FAILURE_REASON]
     checkpoint = load_checkpoint(client.download_artifacts(run.info.run_id, names.CHECKPOINT_LAST))
     assert 1 <= checkpoint["epoch"] < 50
+
+
+@pytest.mark.slow
+def test_an_ignored_sigint_stays_ignored_and_sigterm_still_ends_the_run(mnist_dir, mlflow_store):
+    """A job started with SIGINT ignored (`nohup`, `cmd &` in a script) keeps it ignored, as
+    the user who started it asked; `kill` (SIGTERM) still ends the run KILLED."""
+    flags = ["--max-train-samples", "2000", "--val-size", "100", "--max-test-samples", "100"]
+    command = [sys.executable, "-m", "mnist_lab", "train", "--epochs", "50", *flags]
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=ignore_sigint)
+    client = MlflowClient()
+    deadline = time.monotonic() + 120
+    while not _runs_with_a_checkpoint(client):
+        assert process.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(3)
+    assert process.poll() is None, "an ignored SIGINT stopped the run"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err.decode()[-2000:]
+    (run,) = _runs_with_a_checkpoint(client)
+    assert run.info.status == "KILLED"
 
 
 def _runs_with_a_checkpoint(client: MlflowClient) -> list:
