@@ -52,6 +52,9 @@ class TrainConfig:
     # Training-time augmentation, batched on the device: false, true (shift ±2 px, rotate ±10°),
     # a preset ("robust": every op) or "op[:magnitude],..." (see mnist_lab/data/loader.py).
     augment: bool | str = False
+    # The last N epochs train on clean images: augmentation's robustness, the clean data's
+    # accuracy (YOLOX's "no augmentation in the last epochs"). 0: augment every epoch.
+    clean_final_epochs: int = 0
     # Data.
     data_dir: str | None = None
     val_size: int = 5000
@@ -180,6 +183,12 @@ def validate(config: TrainConfig) -> None:
         "device",
         c.device,
         f"must be one of {DEVICES} or cuda:<index>",
+    )
+    _check(
+        0 <= c.clean_final_epochs <= c.epochs,
+        "clean_final_epochs",
+        c.clean_final_epochs,
+        f"must be in [0, epochs={c.epochs}]",
     )
     _check(10 <= c.val_size <= 50_000, "val_size", c.val_size, "must be in [10, 50000]")
     _check(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mnist_lab.config import load_config
 from mnist_lab.data import mnist as data
 from mnist_lab.data.loader import (
     AUGMENTATIONS,
@@ -299,6 +300,20 @@ def test_loader_augment() -> None:
         assert xa.shape == xp.shape and xa.dtype == torch.float32
         assert xa.min() >= 0 and xa.max() <= 1
         assert not torch.equal(xa, xp)
+
+
+def test_the_clean_final_epochs_see_the_plain_images() -> None:
+    """augment_epochs=2: epochs 1-2 augmented, epoch 3 the plain images (clean_final_epochs)."""
+    loader = make_loader(augment="shift:2,noise:0.1", augment_epochs=2)
+    for epoch, augmented in ((1, True), (2, True), (3, False)):
+        plain = epoch_batches(make_loader(), epoch)  # same order: the shuffle is the same
+        assert same(epoch_batches(loader, epoch), plain) is not augmented, epoch
+
+
+def test_clean_final_epochs_must_fit_the_epochs() -> None:
+    with pytest.raises(ConfigError, match=r"clean_final_epochs.*must be in \[0, epochs=3\]"):
+        load_config("cnn", {"epochs": 3, "clean_final_epochs": 4})
+    assert load_config("cnn", {"epochs": 3, "clean_final_epochs": 3}).clean_final_epochs == 3
 
 
 def test_random_affine_identity_and_shift() -> None:

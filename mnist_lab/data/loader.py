@@ -259,7 +259,8 @@ class BatchLoader:
     (when `shuffle`) and augmentation of epoch e depend only on (seed, e): call `set_epoch(e)`
     before each epoch, as with DistributedSampler, and a resumed run sees the same batches.
     `augment`: see `parse_augment`; True applies a random shift (±`max_shift` px) and
-    rotation (±`max_rotation_deg`), as it always has.
+    rotation (±`max_rotation_deg`), as it always has. `augment_epochs`: augment epochs 1 to
+    this one only (None: every epoch); later epochs are clean.
     """
 
     def __init__(
@@ -271,6 +272,7 @@ class BatchLoader:
         shuffle: bool = False,
         seed: int = 0,
         augment: bool | str = False,
+        augment_epochs: int | None = None,
         drop_last: bool = False,
         max_shift: float = 2.0,
         max_rotation_deg: float = 10.0,
@@ -289,6 +291,7 @@ class BatchLoader:
         if augment is True:
             self.ops = {"shift": max_shift, "rotate": max_rotation_deg}
         self.augment, self.drop_last = bool(self.ops), drop_last
+        self.augment_epochs = augment_epochs
         self.max_shift, self.max_rotation_deg = max_shift, max_rotation_deg
         self.epoch = 0
 
@@ -305,7 +308,10 @@ class BatchLoader:
         perm = None
         if self.shuffle:
             perm = torch.randperm(n, generator=_generator(self.seed, self.epoch, 0)).to(device)
-        if self.augment:
+        augment = self.augment and (
+            self.augment_epochs is None or self.epoch <= self.augment_epochs
+        )
+        if augment:
             params = self._draw(n)
             pixels = _generator(self.seed, self.epoch, 2, device.type)
             pixels = pixels if device.type != "cuda" else _cuda_generator(pixels, device)
@@ -313,7 +319,7 @@ class BatchLoader:
             sl = slice(i * bs, min((i + 1) * bs, n))
             idx = perm[sl] if perm is not None else sl
             x = self.images[idx].unsqueeze(1).float().div_(255)
-            if self.augment:
+            if augment:
                 x = self._apply(x, {k: v[sl] for k, v in params.items()}, pixels)
             yield x, self.labels[idx]
 

@@ -56,6 +56,7 @@ class ClassificationTask:
             shuffle=True,
             seed=config.seed,
             augment=config.augment,
+            augment_epochs=config.epochs - config.clean_final_epochs,
             drop_last=False,
         )
         return (
