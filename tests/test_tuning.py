@@ -5,12 +5,13 @@ everywhere; PostgreSQL (and an `mlflow server` backed by it) where MNIST_LAB_TES
 is set, each test in a database of its own that is dropped afterwards.
 """
 
-import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -536,34 +537,44 @@ def test_two_workers_on_postgresql_with_an_mlflow_server(
     assert MlflowClient().get_metric_history(runs[0].info.run_id, names.VAL_ACCURACY)
 
 
-def _claim_at(url: str, start: float, me: int, answers) -> None:
-    """A process that opens the study and claims "retrain" at the wall-clock time `start`."""
-    storage = open_storage(url)
-    study = optuna.load_study(study_name="claimed", storage=storage)
-    time.sleep(max(0.0, start - time.time()))
-    answers.put((me, claim(url, storage, study, "retrain:full:2", {"pid": me})))
-
-
-def _claim_race(url: str, space: Path, processes: int = 4) -> list[tuple[int, dict]]:
+def _claim_race(url: str, space: Path, claimants: int = 8) -> list[tuple[int, dict]]:
+    """`claimants` threads, each with its own storage (its own database connections or file
+    handle), claim "retrain" at the same instant."""
     open_study(open_storage(url), "claimed", load_space("cnn", space), {})
-    context = multiprocessing.get_context("spawn")
-    answers = context.Queue()
-    start = time.time() + 8  # every process imported and connected by then
-    workers = [
-        context.Process(target=_claim_at, args=(url, start, i, answers)) for i in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    results = [answers.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=60)
-    return results
+    studies = []
+    for _ in range(claimants):
+        storage = open_storage(url)
+        studies.append((storage, optuna.load_study(study_name="claimed", storage=storage)))
+    barrier = threading.Barrier(claimants)
+
+    def claimant(me: int) -> tuple[int, dict]:
+        storage, study = studies[me]
+        barrier.wait()
+        return me, claim(url, storage, study, "retrain:full:2", {"pid": me})
+
+    with ThreadPoolExecutor(claimants) as pool:
+        return list(pool.map(claimant, range(claimants)))
 
 
 def _exactly_one_holds(results: list[tuple[int, dict]]) -> None:
     winners = [me for me, holder in results if holder == {"pid": me}]
     assert len(winners) == 1, results
     assert all(holder == {"pid": winners[0]} for _, holder in results)  # everyone knows who
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
+    """What makes it a claim and not Optuna's set_user_attr (an upsert: the last one wins)."""
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "journal": f"journal:{tmp_path / 'optuna.log'}",
+    }[kind]
+    storage = open_storage(url)
+    study = open_study(storage, "claimed", load_space("cnn", space), {})
+    assert claim(url, storage, study, "retrain:full:2", {"pid": 1}) == {"pid": 1}
+    assert claim(url, storage, study, "retrain:full:2", {"pid": 2}) == {"pid": 1}
+    again = optuna.load_study(study_name="claimed", storage=open_storage(url))
+    assert again.user_attrs["retrain:full:2"] == {"pid": 1}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
@@ -577,7 +588,7 @@ def test_exactly_one_process_wins_a_claim(tmp_path, space, kind):
 
 @pytest.mark.postgres
 def test_exactly_one_process_wins_a_claim_on_postgresql(postgres_db, space):
-    _exactly_one_holds(_claim_race(postgres_db(), space, processes=6))
+    _exactly_one_holds(_claim_race(postgres_db(), space))
 
 
 @pytest.mark.slow
