@@ -143,3 +143,16 @@ def test_the_pickle_check_finds_pickles(tmp_path):
     torch.save({"w": torch.ones(2)}, tmp_path / "a.pt")
     (tmp_path / "b.pkl").write_bytes(__import__("pickle").dumps([1, 2]))
     assert sorted(Path(p).name for p in pickles_in(tmp_path)) == ["a.pt", "b.pkl"]
+
+
+def test_loading_skips_random_init_and_puts_it_back():
+    """Rebuilding for a load skips torch.nn.init (every tensor is overwritten next), and only
+    while it builds: a model built afterwards is initialised as usual."""
+    kaiming = torch.nn.init.kaiming_uniform_
+    ModelSpec("cnn", {"depth": 1, "width": 2}).build(init=False)
+    assert torch.nn.init.kaiming_uniform_ is kaiming
+    torch.manual_seed(0)
+    a = ModelSpec("cnn", {"depth": 1, "width": 2}).build()
+    torch.manual_seed(0)
+    b = build_model("cnn", depth=1, width=2)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))

@@ -5,6 +5,7 @@ maps raw digits [B, 1, 28, 28] in [0, 1] to logits [B, 10]. `timm:<name>` builds
 by name, 1-channel and 10-class, behind MNIST normalisation.
 """
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -14,7 +15,12 @@ from torch import nn
 
 from mnist_lab.errors import ConfigError
 from mnist_lab.models.cnn import build_cnn
-from mnist_lab.models.common import MnistNormalize, TemperatureScaled, skip_pretrained_weights
+from mnist_lab.models.common import (
+    MnistNormalize,
+    TemperatureScaled,
+    skip_pretrained_weights,
+    skipped_init,
+)
 from mnist_lab.models.faster_rcnn import build_faster_rcnn
 from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16
 from mnist_lab.models.vit import build_timm_vit, build_vit
@@ -100,9 +106,10 @@ class ModelSpec:
     part: str = ""
     temperature_scaled: bool = False
 
-    def build(self) -> nn.Module:
-        """The module with fresh weights, ready for `load_state_dict` of the trained ones."""
-        with skip_pretrained_weights():
+    def build(self, init: bool = True) -> nn.Module:
+        """The module, ready for `load_state_dict` of the trained weights; `init=False` skips
+        the random initialisation (the weights are then whatever memory held: load them)."""
+        with skip_pretrained_weights(), skipped_init() if not init else contextlib.nullcontext():
             module = build_model(self.model, **self.options)
         if self.part:
             module = getattr(module, self.part)

@@ -187,7 +187,7 @@ def load_module(folder: str | Path, device: str = "cpu") -> tuple[ModelSpec, nn.
             "the file was changed or damaged. Do not load it; log the model again from its run"
         )
     spec = ModelSpec(**{k: record[k] for k in ModelSpec.__dataclass_fields__ if k in record})
-    module = spec.build()
+    module = spec.build(init=False)  # every tensor is loaded next, strictly
     try:
         safetensors.torch.load_model(module, str(weights), strict=True, device="cpu")
     except (RuntimeError, safetensors.SafetensorError) as err:
