@@ -139,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain and not args.explain.lower().endswith(".png"):
         raise LabError(f"--explain {args.explain}: give a .png file to write the heat maps to")
     sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
-    model = tracking.load_model(args.model_uri)
+    model = tracking.load_model(args.model_uri, allow_pickle=_flag_true(args.allow_pickle))
     predictions = predict(model, sources, images)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -164,6 +164,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         data_dir=given.get("data_dir"),
         device=given.get("device", "auto"),
         seed=_number(given, "seed", int, 0),
+        allow_pickle=_flag_true(given.get("allow_pickle")),
     )
     metrics = result.result.metrics(result.headline_severity)
     worst = ", ".join(
@@ -194,6 +195,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     else:
         print(f"{len(stale)} stale run(s); --fix ends them KILLED (train, tune and benchmark do)")
     return 0
+
+
+ALLOW_PICKLE = "load a model logged before the pickle-free format (runs its pickle's code)"
 
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
@@ -231,6 +235,7 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument(
         "--explain", metavar="OUT.png", help="also draw what the model looked at (heat maps)"
     )
+    add_flag(predict, "allow_pickle", nargs="?", const="true", help=ALLOW_PICKLE)
     predict.set_defaults(handler=cmd_predict, model_uri="models:/mnist-cnn@champion")
 
     robust = commands.add_parser(
@@ -242,6 +247,7 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     add_flag(robust, "severities", help="3 (default, MNIST-C's), 1,3,5 or 1..5 for a curve")
     for name in ("data_dir", "device", "seed"):
         add_flag(robust, name, help=f"{name} (as for train)")
+    add_flag(robust, "allow_pickle", nargs="?", const="true", help=ALLOW_PICKLE)
     robust.set_defaults(handler=cmd_robustness)
 
     runs = commands.add_parser("runs", help="RUNNING runs whose process is gone (--stale)")

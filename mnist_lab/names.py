@@ -78,7 +78,7 @@ PLOT_EXPLANATIONS = "plots/explanations.png"  # Grad-CAM / attention rollout hea
 REPORT_ROBUSTNESS = "reports/robustness.json"
 REPORT_CALIBRATION = "reports/calibration.json"
 PLOT_DETECTIONS = "plots/detections.png"  # faster_rcnn: predicted vs true boxes on test scenes
-DETECTOR_ARTIFACT = "detector"  # faster_rcnn: the raw torchvision detector (mlflow.pytorch)
+DETECTOR_ARTIFACT = "detector"  # faster_rcnn: the raw torchvision detector (get_raw_model())
 DETECTOR_MODEL = "faster_rcnn"  # the one registered model trained on scenes, not on digits
 
 # Tags.
@@ -118,3 +118,8 @@ PLOT_PARALLEL_COORDINATE = "plots/parallel_coordinate.png"
 PLOT_INTERMEDIATE_VALUES = "plots/intermediate_values.png"
 
 DEFAULT_EXPERIMENT = "mnist-lab"
+
+
+def model_sha256_tag(artifact: str) -> str:
+    """The run tag holding the sha256 of its logged model `artifact`'s weights."""
+    return f"{artifact}.weights_sha256"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mnist_lab import tracking
-from mnist_lab.errors import ModelFileError
+from mnist_lab.errors import LabError, ModelFileError
 from mnist_lab.models import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.tracking.pyfunc import SPEC_FILE, WEIGHTS_FILE, load_module, save_weights
@@ -156,3 +156,54 @@ def test_loading_skips_random_init_and_puts_it_back():
     torch.manual_seed(0)
     b = build_model("cnn", depth=1, width=2)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def _logged(tmp_path: Path) -> tuple[str, Path]:
+    """A logged model's URI and its folder in the (local) artifact store."""
+    spec = ModelSpec("cnn", {"depth": 1, "width": 2})
+    with tracking.run():
+        uri = tracking.log_model(spec.build(), DIGITS[:, 0].numpy(), spec)
+    model_id = uri.removeprefix("models:/")
+    location = mlflow.get_logged_model(model_id).artifact_location
+    return uri, Path(location.removeprefix("file://"))
+
+
+def test_a_model_whose_mlmodel_names_other_code_is_refused(mlflow_store, tmp_path):
+    import yaml
+
+    uri, folder = _logged(tmp_path)
+    tracking.load_model(uri)  # as logged: fine
+    mlmodel = folder / "MLmodel"
+    conf = yaml.safe_load(mlmodel.read_text())
+    conf["flavors"]["python_function"]["loader_module"] = "evil_module"
+    mlmodel.write_text(yaml.safe_dump(conf))
+    with pytest.raises(ModelFileError, match=r"loader .evil_module.*refused"):
+        tracking.load_model(uri)
+    conf["flavors"]["python_function"]["loader_module"] = "mnist_lab.tracking.pyfunc"
+    conf["flavors"]["python_function"]["code"] = "code"  # a folder MLflow puts on sys.path
+    mlmodel.write_text(yaml.safe_dump(conf))
+    with pytest.raises(ModelFileError, match="code 'code'"):
+        tracking.load_model(uri)
+
+
+def test_weights_swapped_with_their_spec_are_caught_by_the_runs_record(mlflow_store, tmp_path):
+    """Whoever can write artifacts can replace weights.safetensors and the sha256 in spec.json
+    together; the run's tag, written when the model was logged, still tells."""
+    uri, folder = _logged(tmp_path)
+    data = folder / "data" / "mnist_lab_model"
+    other = ModelSpec("cnn", {"depth": 1, "width": 2})
+    torch.manual_seed(1)
+    save_weights(other.build(), other, data)  # new weights and a matching spec.json
+    with pytest.raises(LabError, match=r"not the ones run .* logged"):
+        tracking.load_model(uri)
+
+
+def test_a_pickled_model_loads_only_when_allowed(tmp_path):
+    old = tmp_path / "old"
+    mlflow.pytorch.save_model(
+        build_model("cnn", depth=1, width=2), str(old), serialization_format="pickle"
+    )
+    with pytest.raises(ModelFileError, match=r"pickled model.*--allow-pickle"):
+        tracking.load_model(str(old))
+    module = tracking.load_model(str(old), allow_pickle=True).get_raw_model()
+    assert module(DIGITS).shape == (3, 10)

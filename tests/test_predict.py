@@ -81,8 +81,10 @@ def test_mnist_style_recovers_a_real_digit_from_a_photo_like_image(lab):
 
 def test_mnist_style_removes_uneven_lighting_and_paper_noise(lab):
     """A photo under a lamp: paper from grey to white across the page, grain, a few specks. What
-    comes out is the digit the clean scan gives, with black paper around it."""
+    comes out is the digit the clean scan gives, with black paper around it. (Without the lamp
+    divided out: differences 0.05-0.17, correlations 0.16-0.5.)"""
     rng = np.random.default_rng(0)
+    differences, correlations = [], []
     for digit in lab["digits"][:8]:
         clean = mnist_style(on_paper(digit, (150, 210), ink=(20, 20, 20), paper=(255, 255, 255)))
         photo = np.asarray(on_paper(digit, (150, 210), ink=(20, 20, 20), paper=(255, 255, 255)))
@@ -92,9 +94,18 @@ def test_mnist_style_removes_uneven_lighting_and_paper_noise(lab):
         specks = rng.integers(0, photo.shape[0], 4), rng.integers(0, photo.shape[1], 4)
         photo[specks] = 40  # four dark specks on the paper
         restored = mnist_style(Image.fromarray(photo.clip(0, 255).astype(np.uint8)))
-        assert np.abs(restored - clean).mean() < 0.05  # without the lamp removed: 0.05-0.17
-        assert np.corrcoef(restored.ravel(), clean.ravel())[0, 1] > 0.85  # without: 0.16-0.5
+        differences.append(np.abs(restored - clean).mean())
+        correlations.append(np.corrcoef(restored.ravel(), clean.ravel())[0, 1])
         assert (restored[clean == 0] > 0.3).mean() < 0.01  # no paper read as ink
+    assert np.mean(differences) < 0.04 and min(correlations) > 0.75, (differences, correlations)
+    assert np.mean(correlations) > 0.9, correlations
+
+
+def test_mnist_style_leaves_an_mnist_digit_as_it_is(lab):
+    """An MNIST digit saved as an image comes back as it was (its box is already MNIST's)."""
+    for digit in lab["digits"]:
+        restored = mnist_style(Image.fromarray(digit))
+        assert np.abs(restored - digit / 255).mean() < 0.01
 
 
 def test_mnist_style_blank_and_tiny_images():
@@ -266,7 +277,7 @@ def test_malformed_payloads_get_4xx_and_the_server_lives_on(lab, server, payload
 
 def test_concurrent_requests_all_get_correct_answers(lab, server):
     """The serving benchmark's short version: 8 clients at once, every answer a 200 and the
-    same digits the model gives locally."""
+    same digits as one request alone gets."""
     from concurrent.futures import ThreadPoolExecutor
 
     expected = [

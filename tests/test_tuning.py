@@ -27,7 +27,7 @@ from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError
 from mnist_lab.tuning.space import TUNING_DIR, load_space
-from mnist_lab.tuning.study import claim, open_storage, open_study
+from mnist_lab.tuning.study import claim, open_storage, open_study, release
 from mnist_lab.tuning.tuner import TuneOptions, tune
 
 TINY_SPACE = """
@@ -575,6 +575,14 @@ def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
     assert claim(url, storage, study, "retrain:full:2", {"pid": 2}) == {"pid": 1}
     again = optuna.load_study(study_name="claimed", storage=open_storage(url))
     assert again.user_attrs["retrain:full:2"] == {"pid": 1}
+    # A failed retrain gives its claim back (only its holder can), and the next one takes it.
+    release(url, storage, study, "retrain:full:2", {"pid": 2})
+    assert claim(url, storage, study, "retrain:full:2", {"pid": 3}) == {"pid": 1}
+    release(url, storage, study, "retrain:full:2", {"pid": 1})
+    assert claim(url, storage, study, "retrain:full:2", {"pid": 3}) == {"pid": 3}
+    # Another study of the same storage (a journal holds many) has claims of its own.
+    other = open_study(storage, "other", load_space("cnn", space), {})
+    assert claim(url, storage, other, "retrain:full:2", {"pid": 4}) == {"pid": 4}
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

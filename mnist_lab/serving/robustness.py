@@ -65,6 +65,7 @@ def robustness(
     data_dir: str | None = None,
     device: str = "auto",
     seed: int = 0,
+    allow_pickle: bool = False,
 ) -> RobustnessRun:
     """Evaluate the model of `run_id` (its `model` artifact) or at `model_uri` on the first
     `samples` MNIST test digits under every corruption at each severity.
@@ -82,7 +83,7 @@ def robustness(
     headline = DEFAULT_SEVERITY if DEFAULT_SEVERITY in levels else max(levels)
     uri = model_uri or tracking.run_model_uri(run_id)
     source_run_id = run_id or tracking.source_run_id(uri)
-    pyfunc = tracking.load_model(uri)
+    pyfunc = tracking.load_model(uri, allow_pickle=allow_pickle)
     torch_device = resolve_device(device)
     model = pyfunc.get_raw_model().to(torch_device)
     mnist = load_mnist(data_dir)

@@ -16,6 +16,7 @@ from mnist_lab import names
 from mnist_lab.engine.checkpoint import save_checkpoint
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import LabError
+from mnist_lab.tracking.liveness import process_tags
 from mnist_lab.tracking.runs import active_run_id, log_metrics
 
 
@@ -93,5 +94,9 @@ def download_checkpoint(run_id: str) -> Path:
 
 
 def reopen_for_resume(run_id: str) -> None:
-    """A finished/failed/killed run goes back to RUNNING before training continues in it."""
-    MlflowClient().update_run(run_id, status="RUNNING")
+    """A finished/failed/killed run goes back to RUNNING before training continues in it,
+    naming this process first, so no other process's stale-run sweep takes it for dead."""
+    client = MlflowClient()
+    for key, value in process_tags().items():
+        client.set_tag(run_id, key, value)
+    client.update_run(run_id, status="RUNNING")

@@ -60,15 +60,13 @@ def process_start(pid: int) -> str | None:
     """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
+    except OSError:  # no such process, or /proc hides it (hidepid) or is absent: ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
         except PermissionError:
-            pass
+            pass  # alive, another user's
         return "?"
     return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
 
@@ -147,8 +145,9 @@ def end_stale(runs: list[StaleRun], client: MlflowClient | None = None) -> None:
     client = client or MlflowClient()
     machine = this_machine()
     for run in runs:
-        if client.get_run(run.run_id).info.status != "RUNNING":
-            continue  # resumed or ended meanwhile
+        now = client.get_run(run.run_id)
+        if now.info.status != "RUNNING" or not why_stale(now.data.tags, time.time(), machine):
+            continue  # ended, or resumed by a live process, since it was listed
         reason = f"stale: {run.reason}; ended by pid {os.getpid()} on {machine.host}"
         client.set_tag(run.run_id, names.TAG_FAILURE_REASON, reason)
         end = int(run.last_seen * 1000) if run.last_seen else None
@@ -158,9 +157,13 @@ def end_stale(runs: list[StaleRun], client: MlflowClient | None = None) -> None:
 def sweep_stale_runs(keep: str | None = None) -> list[StaleRun]:
     """End every stale run of the store but `keep` (a run being resumed) KILLED: what every
     top-level run (train, tune, benchmark, ...) does first."""
-    runs = [r for r in stale_runs() if r.run_id != keep]
-    if runs:
+    try:
+        runs = [r for r in stale_runs() if r.run_id != keep]
         end_stale(runs)
+    except Exception as err:  # housekeeping: a store that refuses (auth, a hiccup) stops nothing
+        log.warning("could not check the store for stale runs: %s", err)
+        return []
+    if runs:
         log.warning(
             "ended %d stale run(s) KILLED (their process is gone): %s",
             len(runs),

@@ -198,6 +198,50 @@ def load_module(folder: str | Path, device: str = "cpu") -> tuple[ModelSpec, nn.
     return spec, module.to(device).eval()
 
 
+def verify_folder(folder: str | Path, allow_pickle: bool = False) -> str:
+    """Check a downloaded model folder before MLflow loads it: its MLmodel must name this
+    module as its only loader and carry no code, and its weights must be this format's.
+    Returns the weights' sha256 (from spec.json; `load_module` checks the file against it).
+
+    MLflow imports whatever `loader_module` an MLmodel names and puts its `code` folder on
+    sys.path, so an MLmodel edited by whoever can write artifacts would run their code; a
+    pickled model (MLflow's pytorch flavor, logged before this format) runs its pickle's. Both
+    are refused with a LabError naming the model, the latter unless `allow_pickle`.
+    """
+    import yaml
+
+    folder = Path(folder)
+    try:
+        flavors = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]
+        pyfunc = flavors["python_function"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise ModelFileError(
+            f"{folder}: not an MLflow model with a python_function ({err})"
+        ) from None
+    data = folder / str(pyfunc.get("data", ""))
+    if "pytorch" in flavors and not (data / SPEC_FILE).is_file():
+        if allow_pickle:
+            return ""
+        raise ModelFileError(
+            f"{folder}: a pickled model (MLflow's pytorch flavor, logged by an older mnist-lab): "
+            "loading it runs whatever code its pickle holds. Re-log it from its run "
+            "(train --resume, or a new train run), or pass --allow-pickle if you trust where "
+            "it came from"
+        )
+    extra = sorted(set(flavors) - {"python_function"})
+    if pyfunc.get("loader_module") != __name__ or pyfunc.get("code") or extra:
+        raise ModelFileError(
+            f"{folder}/MLmodel: loader {pyfunc.get('loader_module')!r}, code "
+            f"{pyfunc.get('code')!r}, other flavors {extra}: not a model this mnist-lab logged "
+            f"(loader {__name__}, no code, no other flavor). Loading it would run code the "
+            "model carries; refused"
+        )
+    try:
+        return json.loads((data / SPEC_FILE).read_text())["weights_sha256"]
+    except (OSError, KeyError, json.JSONDecodeError) as err:
+        raise ModelFileError(f"{data / SPEC_FILE}: missing or unreadable ({err})") from None
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -233,6 +277,9 @@ def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / MODEL_DATA
         save_weights(module, spec, folder)
+        # Out of the artifact store's reach: a weights file swapped there (with its spec.json)
+        # no longer matches what the run recorded.
+        mlflow.set_tag(names.model_sha256_tag(name), _sha256(folder / WEIGHTS_FILE))
         info = mlflow.pyfunc.log_model(
             name=name,
             loader_module=__name__,

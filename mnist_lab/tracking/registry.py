@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.errors import LabError
+from mnist_lab.tracking.pyfunc import verify_folder
 from mnist_lab.tracking.query import get_run, tracking_uri
 
 CHAMPION = "champion"
@@ -72,18 +73,41 @@ def set_champion(name: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(name, CHAMPION, version)
 
 
-def load_model(uri: str) -> Any:
-    """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path)."""
+def load_model(uri: str, allow_pickle: bool = False) -> Any:
+    """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path), checked
+    before MLflow loads it: an MLmodel this mnist-lab wrote (pyfunc.verify_folder), weights
+    whose sha256 is the one the logging run recorded. A pickled model needs `allow_pickle`."""
     try:
-        return mlflow.pyfunc.load_model(uri)
-    except LabError:  # the model's files themselves: its message names the file and the fix
-        raise
+        folder = mlflow.artifacts.download_artifacts(uri)
     except Exception as err:  # MlflowException, OSError, ...: all mean "cannot load that"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LabError(
             f"model URI {uri!r} does not resolve in the tracking store {tracking_uri()}: "
             f"{first}; use e.g. models:/mnist-cnn@champion (after `register`) or runs:/<id>/model"
         ) from None
+    digest = verify_folder(folder, allow_pickle)
+    _check_recorded_digest(uri, digest)
+    return mlflow.pyfunc.load_model(folder)
+
+
+def _check_recorded_digest(uri: str, digest: str) -> None:
+    """The weights' sha256 against the tag its run wrote when logging (runs logged before the
+    tag existed, and plain paths, have none to compare)."""
+    run_id = source_run_id(uri)
+    if not digest or not run_id:
+        return
+    try:
+        info = mlflow.models.get_model_info(uri)
+        artifact = info.name or names.MODEL_ARTIFACT
+        recorded = MlflowClient().get_run(run_id).data.tags.get(names.model_sha256_tag(artifact))
+    except MlflowException:
+        return
+    if recorded and recorded != digest:
+        raise LabError(
+            f"model {uri}: its weights (sha256 {digest[:12]}…) are not the ones run {run_id} "
+            f"logged ({recorded[:12]}…): the artifacts were changed after logging. Do not load "
+            "it; log the model again from its run"
+        )
 
 
 def run_model_uri(run_id: str) -> str:

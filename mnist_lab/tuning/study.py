@@ -73,10 +73,14 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
                         max_retry=MAX_RETRY
                     ),
                 )
-            except sqlalchemy.exc.IntegrityError:
+            except sqlalchemy.exc.DBAPIError as err:
                 # Two machines creating Optuna's tables in one fresh database at once: one
-                # wins, the other's CREATE collides; by the next attempt the tables exist.
-                if attempt == SCHEMA_ATTEMPTS - 1:
+                # wins, the other's CREATE collides (a unique violation, or "already exists");
+                # by the next attempt the tables exist.
+                collided = isinstance(err, sqlalchemy.exc.IntegrityError) or (
+                    "already exists" in str(err)
+                )
+                if not collided or attempt == SCHEMA_ATTEMPTS - 1:
                     raise
                 time.sleep(1.0 + attempt)
     except Exception as err:
@@ -212,7 +216,7 @@ def claim(
         except exc.IntegrityError:
             pass  # another process holds it
         return storage.get_study_user_attrs(study._study_id)[key]
-    path = Path(f"{url.removeprefix(JOURNAL_PREFIX).removeprefix('//')}.{key}.claim")
+    path = _claim_file(url, study, key)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -225,6 +229,43 @@ def claim(
         json.dump(value, f)
     study.set_user_attr(key, value)
     return value
+
+
+def release(
+    url: str,
+    storage: optuna.storages.BaseStorage,
+    study: optuna.Study,
+    key: str,
+    value: dict[str, Any],
+) -> None:
+    """Give up a claim this process holds (`value`), so another run can take it: the holder's
+    work failed. A claim held by another process is left alone."""
+    if isinstance(storage, RDBStorage):
+        from optuna.storages._rdb.models import StudyUserAttributeModel
+        from sqlalchemy import delete
+
+        table = StudyUserAttributeModel.__table__
+        with storage.engine.begin() as connection:
+            connection.execute(
+                delete(table).where(
+                    table.c.study_id == study._study_id,
+                    table.c.key == key,
+                    table.c.value_json == json.dumps(value),
+                )
+            )
+        return
+    path = _claim_file(url, study, key)
+    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+        if json.loads(path.read_text()) == value:
+            path.unlink()
+            study.set_user_attr(key, {"released_by": value})
+
+
+def _claim_file(url: str, study: optuna.Study, key: str) -> Path:
+    """Beside the journal, one per study (a journal holds many) and key."""
+    journal = Path(url.removeprefix(JOURNAL_PREFIX).removeprefix("//"))
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study.study_name}.{study._study_id}.{key}")
+    return journal.with_name(f"{journal.name}.{name}.claim")
 
 
 class StopWhenDone:

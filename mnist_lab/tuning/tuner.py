@@ -49,6 +49,7 @@ from mnist_lab.tuning.study import (
     open_storage,
     open_study,
     redact,
+    release,
     state_counts,
     trials_done,
 )
@@ -387,9 +388,17 @@ def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneRe
         )
     claim_key = _claim_the_retrain(options, storage, result) if options.retrain != "none" else None
     if claim_key:
-        _retrain(options, space, result)
+        try:
+            _retrain(options, space, result)
+        except BaseException:  # failed or interrupted: let the next `tune` retrain it
+            release(options.storage, storage, study, claim_key, _claimant(result))
+            raise
         study.set_user_attr(f"{claim_key}:run_id", result.retrain_run_id)
     return result
+
+
+def _claimant(result: TuneResult) -> dict[str, Any]:
+    return {"tune_run_id": result.parent_run_id, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _claim_the_retrain(
@@ -400,6 +409,7 @@ def _claim_the_retrain(
     study; exactly one retrains it: the last to finish (trials still running elsewhere mean
     another worker finishes later) that wins an atomic claim in the storage."""
     study = optuna.load_study(study_name=options.name, storage=storage)
+    optuna.storages.fail_stale_trials(study)  # a dead worker's trial must not hold it up
     active = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
     if active:
         result.retrain_note = (
@@ -408,7 +418,7 @@ def _claim_the_retrain(
         )
         return None
     key = f"retrain:{options.retrain}:{trials_done(study)}"
-    mine = {"tune_run_id": result.parent_run_id, "host": socket.gethostname(), "pid": os.getpid()}
+    mine = _claimant(result)
     holder = claim(options.storage, storage, study, key, mine)
     if holder == mine:
         return key
