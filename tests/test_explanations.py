@@ -172,12 +172,12 @@ def test_recomputed_attention_weights_reproduce_the_module(name: str) -> None:
 
 
 MODELS = {
-    "cnn": ({"width": 8}, "grad-cam"),
-    "vgg16": ({}, "grad-cam"),
-    "alexnet": ({}, "grad-cam"),
+    "cnn": ({"width": 8}, "hirescam"),
+    "vgg16": ({}, "hirescam"),
+    "alexnet": ({}, "hirescam"),
     "vit": (SMALL_VIT, "attention-rollout"),
     "timm_vit": (SMALL_VIT, "attention-rollout"),
-    "timm:resnet18": ({}, "grad-cam"),
+    "timm:resnet18": ({}, "hirescam"),
 }
 
 

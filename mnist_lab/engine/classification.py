@@ -15,6 +15,7 @@ from mnist_lab import names
 from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
 from mnist_lab.analysis.explanations import (
+    METHOD_TITLES,
     explanation_examples,
     explanations_figure,
     heatmaps,
@@ -167,5 +168,6 @@ def explain_test_examples(model: nn.Module, splits: Splits, test: Evaluation) ->
         predictions[index],
         confidences[index],
         maps,
-        title=f"{method_name(model)}: what the model looks at (heat: relevance to its answer)",
+        title=f"{METHOD_TITLES[method_name(model)]}: what the model looks at "
+        "(heat: relevance to its answer)",
     )

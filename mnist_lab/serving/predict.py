@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnist_lab.analysis.explanations import explanations_figure, heatmaps, method_name
+from mnist_lab.analysis.explanations import (
+    METHOD_TITLES,
+    explanations_figure,
+    heatmaps,
+    method_name,
+)
 from mnist_lab.tracking.pyfunc import DIGIT, MAX_BATCH, PROB_COLUMNS
 
 
@@ -67,7 +72,7 @@ def explain(
         digits,
         torch.tensor([p.confidence for p in predictions[:k]]),
         maps,
-        title=f"{method_name(module)}: what the model looked at",
+        title=f"{METHOD_TITLES[method_name(module)]}: what the model looked at",
         sources=[Path(s).name for s in sources[:k]],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
