@@ -190,6 +190,14 @@ def validate(config: TrainConfig) -> None:
         c.clean_final_epochs,
         f"must be in [0, epochs={c.epochs}]",
     )
+    if c.model == DETECTOR_MODEL:  # scenes already place and scale digits at random
+        for name, off in (("augment", False), ("clean_final_epochs", 0)):
+            _check(
+                getattr(c, name) == off,
+                name,
+                getattr(c, name),
+                f"must be {off} for {DETECTOR_MODEL} (its scenes are made, not augmented)",
+            )
     _check(10 <= c.val_size <= 50_000, "val_size", c.val_size, "must be in [10, 50000]")
     _check(
         c.robustness_samples >= 0,
