@@ -101,3 +101,21 @@ def test_the_experiment_tag_is_set_once_and_a_users_kind_is_kept(mlflow_store):
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == (
         "genai_development"
     )
+
+
+def test_two_processes_tagging_the_experiment_at_once_both_go_on(mlflow_store, monkeypatch):
+    """The second INSERT of a race (a tracking server on PostgreSQL refuses it) is no error."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = mlflow.create_experiment("raced")
+    real = MlflowClient.set_experiment_tag
+
+    def lose_the_race(self, experiment_id, key, value):
+        real(self, experiment_id, key, value)  # the other process's write lands first
+        raise MlflowException("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", lose_the_race)
+    mark_model_development(experiment_id)
+    tags = MlflowClient().get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

@@ -128,8 +128,15 @@ def mark_model_development(experiment_id: str) -> None:
     """Tag the experiment as model development (once), so MLflow 3's UI opens it in the
     model-training view rather than the GenAI one."""
     client = MlflowClient()
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except mlflow.exceptions.MlflowException:
+        # Another process (a second machine's `tune`) tagged it between our read and write;
+        # a tracking server on PostgreSQL refuses the second INSERT. Anything else: say so.
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def _end(run_id: str, status: int, reason: str) -> None:
