@@ -315,9 +315,9 @@ def test_clean_final_epochs_must_fit_the_epochs() -> None:
         load_config("cnn", {"epochs": 3, "clean_final_epochs": 4})
     assert load_config("cnn", {"epochs": 3, "clean_final_epochs": 3}).clean_final_epochs == 3
     # The detector's scenes are made, not augmented: saying otherwise is an error, not a no-op.
-    with pytest.raises(ConfigError, match="augment.*must be False for faster_rcnn"):
+    with pytest.raises(ConfigError, match=r"augment.*must be False for faster_rcnn"):
         load_config("faster_rcnn", {"augment": "shift"})
-    with pytest.raises(ConfigError, match="clean_final_epochs.*must be 0 for faster_rcnn"):
+    with pytest.raises(ConfigError, match=r"clean_final_epochs.*must be 0 for faster_rcnn"):
         load_config("faster_rcnn", {"clean_final_epochs": 1})
 
 
