@@ -17,7 +17,13 @@ from mnist_lab.cli import main
 from mnist_lab.comparison import plots as compare_plots
 from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare, select_runs
 
-TINY = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
+TINY = {
+    "epochs": 1,
+    "max_train_samples": 300,
+    "max_test_samples": 200,
+    "val_size": 100,
+    "robustness_samples": 50,
+}
 
 
 @pytest.fixture(scope="module")

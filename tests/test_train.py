@@ -20,7 +20,14 @@ from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
 from mnist_lab.train import resume, train
 
-SMALL = {"epochs": 1, "max_train_samples": 300, "max_test_samples": 200, "val_size": 100}
+# 50 digits per corruption: every trust metric and plot, a quarter of the corruption work.
+SMALL = {
+    "epochs": 1,
+    "max_train_samples": 300,
+    "max_test_samples": 200,
+    "val_size": 100,
+    "robustness_samples": 50,
+}
 ARTIFACTS = {
     names.PLOT_CONFUSION_MATRIX,
     names.PLOT_LEARNING_CURVES,
