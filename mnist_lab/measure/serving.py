@@ -123,7 +123,8 @@ def fuzz(url: str) -> list[tuple[str, int, str, bool]]:
         except ValueError:
             message = response.text
         alive = requests.post(url, data=good, headers=JSON, timeout=60).status_code == 200
-        results.append((name, response.status_code, " ".join(message.split())[:90], alive))
+        reason = message.rsplit("Error:", 1)[-1]  # MLflow prefixes the data it could not use
+        results.append((name, response.status_code, " ".join(reason.split())[:110], alive))
     return results
 
 
