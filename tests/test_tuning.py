@@ -562,13 +562,17 @@ def _exactly_one_holds(results: list[tuple[int, dict]]) -> None:
     assert all(holder == {"pid": winners[0]} for _, holder in results)  # everyone knows who
 
 
+def _file_storage(kind: str, folder: Path) -> str:
+    return {
+        "sqlite": f"sqlite:///{folder / 'optuna.db'}",
+        "journal": f"journal:{folder / 'j.log'}",
+    }[kind]
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
     """What makes it a claim and not Optuna's set_user_attr (an upsert: the last one wins)."""
-    url = {
-        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
-        "journal": f"journal:{tmp_path / 'optuna.log'}",
-    }[kind]
+    url = _file_storage(kind, tmp_path)
     storage = open_storage(url)
     study = open_study(storage, "claimed", load_space("cnn", space), {})
     assert claim(url, storage, study, "retrain:full:2", {"pid": 1}) == {"pid": 1}
@@ -587,11 +591,7 @@ def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_exactly_one_process_wins_a_claim(tmp_path, space, kind):
-    url = {
-        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
-        "journal": f"journal:{tmp_path / 'optuna.log'}",
-    }[kind]
-    _exactly_one_holds(_claim_race(url, space))
+    _exactly_one_holds(_claim_race(_file_storage(kind, tmp_path), space))
 
 
 @pytest.mark.postgres
