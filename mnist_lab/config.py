@@ -86,7 +86,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def run_name(self) -> str:
-        """A readable run name derived from the settings: `cnn-5ep`, `vit-p7-d128-10ep`,
+        """A readable run name derived from the settings: `cnn-5ep`, `vit-p7-d64-10ep`,
         `cnn-5ep-n10000` (a 10 000-image training subset)."""
         options = self.resolved_model_options()
         parts = [self.model.replace(":", "-")]
