@@ -247,6 +247,16 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     detections = detector.eval()([torch.rand(1, 64, 64)])
     assert set(detections[0]) == {"boxes", "labels", "scores"}
 
+    # The detector's own runs skip the corruption suite; `robustness` evaluates its logged
+    # model through the classifier wrapper, with the metric names every model has.
+    from mnist_lab.serving.robustness import robustness
+
+    checked = robustness(run_id=result.run_id, samples=10, data_dir=str(mnist_dir))
+    assert checked.source_run_id == result.run_id
+    robust = client.get_run(checked.run_id).data.metrics
+    assert 0.0 <= robust[names.ROBUST_ACCURACY_MEAN] <= 1.0
+    assert names.robust_accuracy("fog") in robust
+
 
 def test_detection_task_counts_no_box_as_wrong(digits) -> None:
     images, labels = digits
