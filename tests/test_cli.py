@@ -163,3 +163,55 @@ def test_tune_flags_reach_the_options_as_documented(argv, field, expected):
         assert value.startswith("sqlite:///") and value.endswith("optuna.db")
     else:
         assert value == expected
+
+
+def _through_mlflow_run(entry: str, params: dict[str, str]) -> list[str]:
+    """The argv `mlflow run . -e <entry> -P k=v …` gives our CLI, rendered by MLflow's own
+    code (declared parameters substituted, undeclared ones appended as --k v)."""
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    command = load_project(str(PROJECT_ROOT)).get_entry_point(entry).compute_command(params, None)
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "mnist_lab"], command
+    return words[3:]
+
+
+TUNE_VALUES = [
+    ("sampler", "tpe"), ("sampler", "random"),
+    ("pruner", "hyperband"), ("pruner", "median"), ("pruner", "none"),
+    ("retrain", "full"), ("retrain", "subset"), ("retrain", "none"),
+    ("n_trials", "3"), ("workers", "2"), ("timeout", "90"), ("seed", "5"),
+    ("study_name", "s1"), ("heartbeat_interval", "30"), ("device", "cpu"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value"), TUNE_VALUES)
+def test_every_documented_tune_value_arrives_through_mlflow_run(name, value):
+    from mnist_lab.cli import build_parser, tune_options
+
+    options = tune_options(build_parser().parse_args(_through_mlflow_run("tune", {name: value})))
+    got = options.data[name] if name == "device" else getattr(options, name)
+    assert got == type(got)(value), (name, value, got)
+
+
+TRAIN_VALUES = [
+    ("augment", "true", True), ("augment", "false", False), ("augment", "robust", "robust"),
+    ("augment", "shift:2,noise:0.1", "shift:2,noise:0.1"),
+    ("amp", "false", False), ("compile", "true", True), ("checkpoint", "false", False),
+    ("optimizer", "sgd", "sgd"), ("scheduler", "cosine", "cosine"), ("lr", "1e-3", 1e-3),
+    ("clean_final_epochs", "2", 2), ("robustness_samples", "0", 0),
+    ("input_norm", "minmax", "minmax"), ("pool", "avg", "avg"), ("device", "cpu", "cpu"),
+    ("max_train_samples", "500", 500),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), TRAIN_VALUES)
+def test_every_documented_train_value_arrives_through_mlflow_run(name, value, expected):
+    from mnist_lab.cli import build_parser, overrides_from
+
+    args = build_parser().parse_args(_through_mlflow_run("train", {name: value}))
+    config = load_config(args.model, overrides_from(args))
+    got = config.model_options[name] if name in config.model_options else getattr(config, name)
+    assert got == expected, (name, value, got)

@@ -484,6 +484,9 @@ def test_mlflow_run_tune_entry_point(mnist_dir, mlflow_store, tmp_path, space):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2
     assert all(r.data.tags[names.TAG_TRIAL_STATE] == "COMPLETE" for r in children)
+    # -P retrain=none and -P pruner=none arrived as the choices they are, not as "unset".
+    assert not [r for r in runs if r.data.tags.get(names.TAG_TUNE_RUN_ID)]
+    assert parent.data.tags[names.TAG_PRUNER] == "none"
 
 
 # --- PostgreSQL and an mlflow server ---------------------------------------------------------
