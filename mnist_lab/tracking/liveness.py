@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import socket
 import threading
@@ -83,6 +84,15 @@ def process_tags() -> dict[str, str]:
     }
 
 
+def last_heartbeat(tags: dict[str, str]) -> float | None:
+    """A run's last heartbeat (seconds since the epoch), or None when it has none readable."""
+    try:
+        beat = float(tags.get(names.TAG_PROCESS_HEARTBEAT, ""))
+    except ValueError:
+        return None
+    return beat if math.isfinite(beat) else None
+
+
 def why_stale(tags: dict[str, str], now: float, here: Machine) -> str | None:
     """Why a RUNNING run with these tags has no live process, or None if it may have one."""
     pid, host = tags.get(names.TAG_PROCESS_PID), tags.get(names.TAG_PROCESS_HOST, "?")
@@ -96,9 +106,8 @@ def why_stale(tags: dict[str, str], now: float, here: Machine) -> str | None:
         if "?" not in (started, recorded) and started != recorded:
             return f"its process (pid {pid} on {host}) is gone; the pid now belongs to another"
         return None
-    try:
-        beat = float(tags.get(names.TAG_PROCESS_HEARTBEAT, ""))
-    except ValueError:
+    beat = last_heartbeat(tags)
+    if beat is None:
         return None
     if now - beat > STALE_AFTER_S:
         return f"no heartbeat from pid {pid} on {host} for {(now - beat) / 60:.0f} min"
@@ -130,10 +139,12 @@ def stale_runs(client: MlflowClient | None = None) -> list[StaleRun]:
             tags = run.data.tags
             reason = why_stale(tags, now, here)
             if reason:
-                beat = tags.get(names.TAG_PROCESS_HEARTBEAT, "")
-                last = float(beat) if beat.replace(".", "", 1).isdigit() else None
                 info = run.info
-                found.append(StaleRun(info.run_id, info.experiment_id, info.run_name, reason, last))
+                found.append(
+                    StaleRun(
+                        info.run_id, info.experiment_id, info.run_name, reason, last_heartbeat(tags)
+                    )
+                )
         token = page.token
         if not token:
             break

@@ -150,21 +150,23 @@ class RawModule:
         return self.module
 
 
-def save_weights(module: nn.Module, spec: ModelSpec, folder: Path) -> None:
+def save_weights(module: nn.Module, spec: ModelSpec, folder: Path) -> str:
     """`folder`/weights.safetensors (every tensor of module.state_dict()) and `folder`/spec.json
-    (the spec, the format and the weights file's sha256)."""
+    (the spec, the format and the weights file's sha256). Returns that sha256."""
     import safetensors.torch
 
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
     safetensors.torch.save_model(module, str(weights))
+    digest = _sha256(weights)
     record = {
         "format": FORMAT,
         "mnist_lab_version": __version__,
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": digest,
         **spec.to_dict(),
     }
     (folder / SPEC_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return digest
 
 
 def load_module(folder: str | Path, device: str = "cpu") -> tuple[ModelSpec, nn.Module]:
@@ -277,10 +279,10 @@ def log_torch_model(module: nn.Module, spec: ModelSpec, name: str) -> str:
 def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / MODEL_DATA
-        save_weights(module, spec, folder)
+        digest = save_weights(module, spec, folder)
         # Out of the artifact store's reach: a weights file swapped there (with its spec.json)
         # no longer matches what the run recorded.
-        mlflow.set_tag(names.model_sha256_tag(name), _sha256(folder / WEIGHTS_FILE))
+        mlflow.set_tag(names.model_sha256_tag(name), digest)
         info = mlflow.pyfunc.log_model(
             name=name,
             loader_module=__name__,
