@@ -61,7 +61,10 @@ def test_names_and_options() -> None:
         assert name in names and name in MODELS
     assert "timm:<name>" in names
     assert list(model_options("cnn")) == ["depth", "width", "dropout", "input_norm", "pool"]
-    assert set(model_options("vgg16")) == {"weights", "input_size", "freeze_features", "dropout"}
+    assert all("input_norm" in model_options(name) for name in MODELS if name != "faster_rcnn")
+    assert set(model_options("vgg16")) == {
+        *("weights", "input_size", "freeze_features", "dropout", "input_norm")
+    }
     assert model_options("vit") == model_options("timm_vit")
     assert model_options("timm:resnet18") == {}
 
@@ -114,6 +117,33 @@ def test_cnn_input_norm_undoes_brightness_and_old_checkpoints_load() -> None:
     pickled_before.load_state_dict(old.state_dict())
     del pickled_before.input_norm, pickled_before.pool
     assert torch.equal(pickled_before(x), old(x))
+
+
+SMALL = {
+    "cnn": {"width": 8},
+    "vgg16": {},
+    "alexnet": {},
+    "vit": {"dim": 32, "depth": 1},
+    "timm_vit": {"dim": 32, "depth": 1},
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_every_classifier_takes_input_norm_without_new_weights(name: str) -> None:
+    """tophat in front: a brightened digit gives the same logits, and the state dict is the
+    plain model's (a checkpoint trained with one input_norm loads into the other)."""
+    torch.manual_seed(0)
+    plain = build_model(name, **SMALL[name]).eval()
+    normed = build_model(name, input_norm="tophat", **SMALL[name]).eval()
+    assert list(normed.state_dict()) == list(plain.state_dict())
+    normed.load_state_dict(plain.state_dict())
+    x = torch.zeros(2, 1, 28, 28)
+    x[:, :, 6:22, 12:16] = 0.6 + 0.4 * torch.rand(2, 1, 16, 4)
+    with torch.no_grad():
+        assert torch.allclose(normed(0.4 + 0.6 * x), normed(x), atol=1e-4)
+        assert not torch.allclose(plain(0.4 + 0.6 * x), plain(x), atol=1e-2)
+    with pytest.raises(ConfigError, match=rf"{name}: input_norm must be one of"):
+        build_model(name, input_norm="zscore", **SMALL[name])
 
 
 @pytest.mark.parametrize(("option", "value"), [("input_norm", "zscore"), ("pool", "max")])

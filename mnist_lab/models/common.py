@@ -8,10 +8,13 @@ happens inside the model, so a logged model needs no preprocessing from its call
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mnist_lab.errors import ConfigError
 
 _READ_PRETRAINED = contextvars.ContextVar("read_pretrained", default=True)
 
@@ -70,6 +73,47 @@ MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+InputNormMode = Literal["none", "minmax", "tophat"]
+INPUT_NORMS: tuple[str, ...] = ("none", "minmax", "tophat")
+TOPHAT_SIZE = 7  # wider than MNIST strokes (2-4 px), narrower than the digit
+
+
+class InputNorm(nn.Module):
+    """[B, 1, H, W] in [0, 1] → [B, 1, H, W] in [0, 1], each image rescaled on its own.
+
+    The `input_norm` option of every classifier, the first thing its forward does. No
+    parameters, so any setting loads any checkpoint's weights. "minmax" stretches each image to
+    [0, 1], undoing a brightness lift or lost contrast; "tophat" first subtracts a 7×7 grey-scale
+    opening (the background under strokes thinner than 7 px: fog, brightness, wide stripes), then
+    stretches; "none" passes the image through.
+    """
+
+    def __init__(self, mode: str = "none") -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return x
+        if self.mode == "tophat":
+            pad = TOPHAT_SIZE // 2
+            eroded = -F.max_pool2d(-x, TOPHAT_SIZE, stride=1, padding=pad)
+            x = x - F.max_pool2d(eroded, TOPHAT_SIZE, stride=1, padding=pad)
+        low = x.amin((1, 2, 3), keepdim=True)
+        high = x.amax((1, 2, 3), keepdim=True)
+        return (x - low) / (high - low).clamp(min=1e-3)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+def check_input_norm(model: str, mode: str) -> None:
+    if mode not in INPUT_NORMS:
+        raise ConfigError(
+            f"{model}: input_norm must be one of {', '.join(INPUT_NORMS)}, got {mode!r}"
+        )
 
 
 class MnistNormalize(nn.Module):

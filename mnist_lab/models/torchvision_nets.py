@@ -5,6 +5,7 @@ input_size=224 (transfer): ImageNetAdapter in front (resize, grey → 3 channels
 input_size=32 (native): pad 28 → 32 and MNIST-normalise, a 1-channel first conv, the stock conv
     stack (AlexNet's first conv and pools made small enough that 32 px survive), a new pooling
     and a small classifier sized for the 32×32 feature map.
+Either way `input_norm` (models/common.py) rescales each image first.
 
 `ConvNetClassifier` keeps torchvision's attribute names (features, avgpool, classifier) and its
 `prep` adapter holds no state, so its state dict has the same keys as torchvision's: the ImageNet
@@ -21,7 +22,14 @@ import torchvision
 from torch import nn
 
 from mnist_lab.errors import ConfigError, WeightsError
-from mnist_lab.models.common import ImageNetAdapter, MnistNormalize, reads_pretrained_weights
+from mnist_lab.models.common import (
+    ImageNetAdapter,
+    InputNorm,
+    InputNormMode,
+    MnistNormalize,
+    check_input_norm,
+    reads_pretrained_weights,
+)
 from mnist_lab.names import NUM_CLASSES
 
 INPUT_SIZES = (32, 224)
@@ -206,7 +214,9 @@ def _build(
     input_size: int,
     freeze_features: bool,
     dropout: float,
+    input_norm: str,
 ) -> nn.Module:
+    check_input_norm(arch, input_norm)
     if input_size not in INPUT_SIZES:
         raise ConfigError(
             f"{arch}: input_size must be 32 (native, 1-channel) or 224 (ImageNet transfer), "
@@ -220,6 +230,8 @@ def _build(
             f"use weights='imagenet' or a weights path, or set freeze_features=False"
         )
     model, new = factory(input_size, dropout)
+    if input_norm != "none":  # prep holds no weights: the state dict keys stay torchvision's
+        model.prep = nn.Sequential(InputNorm(input_norm), model.prep)
     if weights == "none" or not reads_pretrained_weights():
         return model
     if weights == "imagenet":
@@ -239,10 +251,13 @@ def build_vgg16(
     input_size: int = 32,
     freeze_features: bool = False,
     dropout: float = 0.5,
+    input_norm: InputNormMode = "none",
 ) -> nn.Module:
     """The `vgg16` model. weights: 'none' | 'imagenet' | path to a .pt/.pth state dict."""
     imagenet = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-    return _build("vgg16", _vgg16, imagenet, weights, input_size, freeze_features, dropout)
+    return _build(
+        "vgg16", _vgg16, imagenet, weights, input_size, freeze_features, dropout, input_norm
+    )
 
 
 def build_alexnet(
@@ -251,7 +266,10 @@ def build_alexnet(
     input_size: int = 32,
     freeze_features: bool = False,
     dropout: float = 0.5,
+    input_norm: InputNormMode = "none",
 ) -> nn.Module:
     """The `alexnet` model. weights: 'none' | 'imagenet' | path to a .pt/.pth state dict."""
     imagenet = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
-    return _build("alexnet", _alexnet, imagenet, weights, input_size, freeze_features, dropout)
+    return _build(
+        "alexnet", _alexnet, imagenet, weights, input_size, freeze_features, dropout, input_norm
+    )

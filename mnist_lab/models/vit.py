@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.models.common import MnistNormalize
+from mnist_lab.models.common import InputNorm, InputNormMode, MnistNormalize, check_input_norm
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
 PATCH_SIZES = (4, 7, 14)
@@ -92,9 +92,11 @@ class ViT(nn.Module):
         heads: int = 4,
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         num_patches = (IMAGE_SIZE // patch_size) ** 2
+        self.input_norm = InputNorm(input_norm)
         self.normalize = MnistNormalize()
         self.patch_embed = nn.Conv2d(1, dim, kernel_size=patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -115,7 +117,7 @@ class ViT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(self.normalize(x))  # [B, D, 28 / p, 28 / p]
+        x = self.patch_embed(self.normalize(self.input_norm(x)))  # [B, D, 28 / p, 28 / p]
         x = x.flatten(2).transpose(1, 2)  # [B, N, D], N = (28 / p)²
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         x = self.pos_drop(torch.cat([cls, x], dim=1) + self.pos_embed)  # [B, N + 1, D]
@@ -124,8 +126,16 @@ class ViT(nn.Module):
 
 
 def _check(
-    name: str, patch_size: int, dim: int, depth: int, heads: int, mlp_ratio: float, dropout: float
+    name: str,
+    patch_size: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_ratio: float,
+    dropout: float,
+    input_norm: str,
 ) -> None:
+    check_input_norm(name, input_norm)
     if patch_size not in PATCH_SIZES:
         raise ConfigError(
             f"{name}: patch_size must divide 28 and be one of {list(PATCH_SIZES)}, got {patch_size}"
@@ -151,10 +161,11 @@ def build_vit(
     heads: int = 4,
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
+    input_norm: InputNormMode = "none",
 ) -> nn.Module:
     """The `vit` model (this project's ViT)."""
-    _check("vit", patch_size, dim, depth, heads, mlp_ratio, dropout)
-    return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout)
+    _check("vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm)
+    return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm)
 
 
 def build_timm_vit(
@@ -165,9 +176,10 @@ def build_timm_vit(
     heads: int = 4,
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
+    input_norm: InputNormMode = "none",
 ) -> nn.Module:
     """The `timm_vit` model: timm's VisionTransformer with `vit`'s options, MNIST-normalised."""
-    _check("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout)
+    _check("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm)
     from timm.models.vision_transformer import VisionTransformer
 
     net = VisionTransformer(
@@ -184,4 +196,5 @@ def build_timm_vit(
         proj_drop_rate=dropout,
         attn_drop_rate=dropout,
     )
-    return nn.Sequential(MnistNormalize(), net)
+    # Index 0 holds no weights, so the state dict keys ("1.…") are the same with any input_norm.
+    return nn.Sequential(nn.Sequential(InputNorm(input_norm), MnistNormalize()), net)
