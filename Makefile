@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: train test lint format bench clean-venv
 
@@ -17,9 +18,10 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m mnist_lab train $(ARGS)
 
-## test: lint, then the test suite
+## test: lint, then the test suite on JOBS pytest-xdist workers (default: one per usable core;
+## a test file stays on one worker, so its module-wide fixtures are built once)
 test: $(STAMP) lint
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest -n $(JOBS) --dist loadfile $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -24,6 +24,20 @@ os.umask(0o022)
 os.environ["LC_ALL"] = os.environ["LANG"] = "C.UTF-8"
 os.environ["PYTHONIOENCODING"] = "utf-8"
 
+# `make test` runs the suite on pytest-xdist workers, one a core: each worker, and every process
+# it starts (they inherit the affinity), keeps to its own cores, so two tests that train never
+# fight over the same two cores with two threads each (oversubscribed, both run many times slower).
+_worker = os.environ.get("PYTEST_XDIST_WORKER")
+if _worker and hasattr(os, "sched_setaffinity"):
+    _cpus = sorted(os.sched_getaffinity(0))
+    _count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _share = _cpus[int(_worker.removeprefix("gw")) % _count :: _count] or _cpus
+    os.sched_setaffinity(0, _share)
+    os.environ["OMP_NUM_THREADS"] = str(len(_share))
+    import torch
+
+    torch.set_num_threads(len(_share))
+
 # CI exports MNIST_DATA_DIR relative to the project root; tests change directory, so pin it.
 if os.environ.get("MNIST_DATA_DIR"):
     os.environ["MNIST_DATA_DIR"] = str(Path(os.environ["MNIST_DATA_DIR"]).resolve())

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from mnist_lab import names, tracking
 from mnist_lab.config import TrainConfig, load_config
 from mnist_lab.data.mnist import load_mnist
-from mnist_lab.engine.device import resolve_device
+from mnist_lab.engine.device import resolve_device, usable_cpus
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError, LabError
@@ -248,7 +248,7 @@ def _worker_main(job: Job) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = job.tracking_uri
     os.environ["MLFLOW_EXPERIMENT_ID"] = job.experiment_id
     os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // job.options.workers))
+    torch.set_num_threads(max(1, usable_cpus() // job.options.workers))
     logging.basicConfig(level=logging.INFO, format=f"[worker {job.worker}] %(message)s")
     try:
         run_trials(job)
