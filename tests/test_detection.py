@@ -216,6 +216,10 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
         names.TEST_NO_DETECTION_RATE,
         names.TEST_MAP_50,
         names.TEST_MAP,
+        names.TEST_ECE,
+        names.TEST_ECE_CALIBRATED,
+        names.TEST_BRIER,
+        names.TEMPERATURE,
     }
     assert final | {names.TRAIN_LOSS, names.VAL_ACCURACY, names.VAL_LOSS} <= set(run.data.metrics)
     assert run.data.metrics[names.TEST_LOSS] > 0
@@ -224,7 +228,9 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
         names.PLOT_DETECTIONS,
         names.PLOT_CONFUSION_MATRIX,
         names.PLOT_LEARNING_CURVES,
+        names.PLOT_RELIABILITY,
         names.REPORT_CLASSIFICATION,
+        names.REPORT_CALIBRATION,
         names.CHECKPOINT_LAST,
     }
     found = {
@@ -241,6 +247,13 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     assert probs.shape == (4, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (out["digit"].to_numpy() == probs.argmax(axis=1)).all()
+    # Served probabilities are the wrapper's, calibrated: softmax(log p / T).
+    served = mlflow.pyfunc.load_model(uri).get_raw_model()
+    temperature = run.data.metrics[names.TEMPERATURE]
+    assert float(served.temperature) == pytest.approx(temperature)
+    with torch.no_grad():
+        raw = served.classifier(torch.from_numpy(digits).unsqueeze(1)).double()
+    np.testing.assert_allclose(probs, (raw / temperature).softmax(1).numpy(), atol=1e-5)
 
     detector_uri = f"runs:/{result.run_id}/{names.DETECTOR_ARTIFACT}"
     detector = mlflow.pyfunc.load_model(detector_uri).get_raw_model()

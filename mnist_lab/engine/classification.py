@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
 from mnist_lab.analysis.explanations import (
     METHOD_TITLES,
@@ -30,10 +29,9 @@ from mnist_lab.analysis.robustness import (
 from mnist_lab.config import TrainConfig
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.mnist import Splits
-from mnist_lab.engine.device import amp_dtype, autocast, synchronize
-from mnist_lab.engine.tasks import Batch, Evaluation, Loader, TestReport
+from mnist_lab.engine.device import autocast, synchronize
+from mnist_lab.engine.tasks import Batch, Evaluation, Loader, TestReport, calibration_report
 from mnist_lab.errors import LabError
-from mnist_lab.models.common import TemperatureScaled
 
 log = logging.getLogger(__name__)
 # The corrupted test digits are the same for every run, whatever its training seed, and the
@@ -114,22 +112,7 @@ class ClassificationTask:
         `robustness_samples` test digits, and heat maps of what it looks at. All in fp32, as
         the logged model serves; corruptions seeded with CORRUPTION_SEED, as `robustness` is."""
         config = self.config
-        _, val_loader, test_loader = self.loaders(splits)
-        val = self.evaluate(model, val_loader, amp=False)
-        if amp_dtype(splits.test_x.device, config.amp) is not None:  # test ran in bf16
-            test = self.evaluate(model, test_loader, amp=False)
-        calibration = calibration_summary(
-            torch.from_numpy(val.logits),
-            torch.from_numpy(val.targets),
-            torch.from_numpy(test.logits),
-            torch.from_numpy(test.targets),
-        )
-        report = TestReport(
-            metrics=calibration.metrics(),
-            figures={names.PLOT_RELIABILITY: calibration.figure()},
-            reports={names.REPORT_CALIBRATION: calibration.to_report()},
-            served_model=TemperatureScaled(model, calibration.temperature),
-        )
+        report = calibration_report(self, model, splits, test)
         try:
             report.figures[names.PLOT_EXPLANATIONS] = explain_test_examples(model, splits, test)
         except LabError as err:  # a model no method can explain: the run and its model stand

@@ -22,7 +22,7 @@ from mnist_lab.config import TrainConfig
 from mnist_lab.data.mnist import Splits
 from mnist_lab.data.scenes import SceneLoader, Scenes
 from mnist_lab.engine.device import autocast, synchronize
-from mnist_lab.engine.tasks import Evaluation, TestReport
+from mnist_lab.engine.tasks import Evaluation, TestReport, calibration_report
 from mnist_lab.errors import LabError
 from mnist_lab.models.faster_rcnn import top_box_probabilities
 
@@ -122,23 +122,28 @@ class DetectionTask:
             targets.append(scenes.labels[:, 0] - 1)
         target = torch.cat(targets).cpu().numpy()
         prediction = torch.cat(predicted).cpu().numpy()
+        probabilities = torch.cat(probs)
         return Evaluation(
             loss=loss_sum / len(target),
             accuracy=float((prediction == target).mean()),
             predictions=prediction,
             targets=target,
-            probabilities=torch.cat(probs).cpu().numpy(),
+            probabilities=probabilities.cpu().numpy(),
             seconds=seconds,
+            logits=probabilities.clamp_min(1e-8).log().cpu().numpy(),  # DetectorClassifier's
         )
 
     def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
-        """Detection metrics and figure, and the raw torchvision detector as its own model."""
+        """Detection metrics and figure; calibration of the digit probabilities (see
+        `calibration_report`: the logged classifier serves them calibrated); and the raw
+        torchvision detector as its own model. No heat maps: CAM methods explain a classifier's
+        logits, and a detection's score comes out of box selection and NMS."""
+        report = calibration_report(self, model, splits, test)
         metrics, figure = detection_report(model, self.config, splits, test)
-        return TestReport(
-            metrics=metrics,
-            figures={names.PLOT_DETECTIONS: figure},
-            modules={names.DETECTOR_ARTIFACT: "detector"},
-        )
+        report.metrics |= metrics
+        report.figures[names.PLOT_DETECTIONS] = figure
+        report.modules[names.DETECTOR_ARTIFACT] = "detector"
+        return report
 
 
 @torch.inference_mode()

@@ -13,7 +13,11 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from mnist_lab import names
+from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.data.mnist import Splits
+from mnist_lab.engine.device import amp_dtype
+from mnist_lab.models.common import TemperatureScaled
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -57,6 +61,8 @@ class TestReport:
 
 
 class Task(Protocol):
+    config: Any  # the run's TrainConfig
+
     def loaders(self, splits: Splits) -> tuple[Loader, Loader, Loader]:
         """Train (shuffled, augmented), validation and test loaders over `splits`."""
         ...
@@ -72,3 +78,28 @@ class Task(Protocol):
     def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
         """What this kind of model adds to the run once `test` is known."""
         ...
+
+
+def calibration_report(
+    task: Task, model: nn.Module, splits: Splits, test: Evaluation
+) -> TestReport:
+    """Temperature fitted on the validation split's logits, ECE/Brier and the reliability diagram
+    on the test split's, in fp32 as the logged model serves (the test split is evaluated again
+    where `test` ran in bf16); the served model divides its logits by that temperature."""
+    _, val_loader, test_loader = task.loaders(splits)
+    val = task.evaluate(model, val_loader, amp=False)
+    if amp_dtype(splits.test_x.device, task.config.amp) is not None:
+        test = task.evaluate(model, test_loader, amp=False)
+    assert val.logits is not None and test.logits is not None
+    calibration = calibration_summary(
+        torch.from_numpy(val.logits),
+        torch.from_numpy(val.targets),
+        torch.from_numpy(test.logits),
+        torch.from_numpy(test.targets),
+    )
+    return TestReport(
+        metrics=calibration.metrics(),
+        figures={names.PLOT_RELIABILITY: calibration.figure()},
+        reports={names.REPORT_CALIBRATION: calibration.to_report()},
+        served_model=TemperatureScaled(model, calibration.temperature),
+    )
