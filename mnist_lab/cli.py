@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_lab import __version__
-from mnist_lab.config import TRAIN_FIELDS
+from mnist_lab.config import SETTINGS, TRAIN_FIELDS
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.errors import LabError
 from mnist_lab.models import MODELS, model_names, model_options
@@ -37,7 +37,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """The run settings and every model option as flags (types are checked by the config)."""
     run = parser.add_argument_group("run settings (default: experiments/<model>.yaml)")
     for name, field in TRAIN_FIELDS.items():
-        if name == "model":
+        if name not in SETTINGS:
             continue
         if str(field.type).startswith("bool"):
             run.add_argument(
@@ -57,7 +57,7 @@ def _spellings(name: str) -> list[str]:
 
 def setting_names() -> set[str]:
     """Every run setting and model option that has a flag."""
-    return set(TRAIN_FIELDS) - {"model"} | {n for m in MODELS for n in model_options(m)}
+    return SETTINGS | {n for m in MODELS for n in model_options(m)}
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         result = resume(args.resume)
     else:
-        config = load_config(args.model, overrides_from(args))
+        config = load_config(args.model, overrides_from(args), config_file=args.config or None)
         result = train(config, run_name=args.run_name or None)
     print(f"run {result.run_id}: test_accuracy {result.metrics['test_accuracy']:.4f}")
     return 0
@@ -347,7 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one model, tracked in MLflow")
-    train.add_argument("--model", default="cnn", help=f"one of {', '.join(model_names())}")
+    train.add_argument(
+        "--model",
+        default=None,
+        help=f"one of {', '.join(model_names())} (default: the --config's model, else cnn)",
+    )
+    add_flag(
+        train,
+        "config",
+        metavar="FILE",
+        help="a run config, e.g. experiments/cnn_fast.yaml: its settings over "
+        "experiments/<model>.yaml's; flags override both",
+    )
     train.add_argument(
         "--resume",
         metavar="RUN_ID",

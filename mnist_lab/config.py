@@ -1,7 +1,8 @@
 """The one run configuration: defaults from `experiments/<model>.yaml`, overrides from flags.
 
 Precedence, lowest first: the dataclass defaults and the model builder's defaults, the model's
-YAML file, then explicit overrides (CLI flags, `mlflow run -P`, a tuning trial). Everything is
+YAML file, a chosen run config (`--config experiments/cnn_fast.yaml`: a preset that lists what
+it changes), then explicit overrides (CLI flags, `mlflow run -P`, a tuning trial). Everything is
 validated here, before any data is read or any MLflow run is touched.
 """
 
@@ -38,6 +39,9 @@ class TrainConfig:
     """Everything a training run depends on. Logged whole as the run's params."""
 
     model: str = "cnn"
+    # The YAML file the settings came from (a chosen config, else experiments/<model>.yaml),
+    # relative to the project when inside it. Not a flag of its own: `--config` sets it.
+    config_file: str | None = None
     # Optimisation.
     epochs: int = 3
     batch_size: int = 128
@@ -102,6 +106,9 @@ class TrainConfig:
 
 
 TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "model_options"}
+# The fields a flag, an `mlflow run -P` or a search space may set (`model` and the config file
+# are chosen with --model and --config).
+SETTINGS = set(TRAIN_FIELDS) - {"model", "config_file"}
 
 
 def experiment_file(model: str) -> Path:
@@ -110,12 +117,32 @@ def experiment_file(model: str) -> Path:
     return EXPERIMENTS_DIR / f"{stem}.yaml"
 
 
-def load_config(model: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Build and validate the config for `model`: YAML defaults, then non-None `overrides`.
+def load_config(
+    model: str | None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+) -> TrainConfig:
+    """Build and validate a config: `experiments/<model>.yaml`, then the run config
+    `config_file` if given, then non-None `overrides`.
 
-    Keys of both the YAML file and `overrides` may be `TrainConfig` fields or options of the
-    model's builder (e.g. `patch_size` for `vit`); anything else is an error naming the key.
+    `model` may be None when `config_file` names one (its `model:` key); else it is "cnn".
+    Keys of the YAML files and of `overrides` may be `TrainConfig` fields or options of the
+    model's builder (e.g. `patch_size` for `vit`); anything else is an error naming the key
+    and the file.
     """
+    chosen: dict[str, Any] = {}
+    chosen_path = None
+    if config_file is not None:
+        chosen_path = resolve_config_file(config_file)
+        chosen = _read_yaml(chosen_path)
+        named = chosen.get("model")
+        if model and named and named != model:
+            raise ConfigError(
+                f"--model {model} but {chosen_path} is a config for model {named!r}; "
+                f"drop --model, or choose a config for {model}"
+            )
+        model = model or named
+    model = model or TrainConfig.model
     if model not in model_names() and not model.startswith("timm:"):
         raise ConfigError(
             f"unknown model {model!r}; valid models: {', '.join(model_names())} "
@@ -125,9 +152,36 @@ def load_config(model: str, overrides: dict[str, Any] | None = None) -> TrainCon
     path = experiment_file(model)
     if path.exists():
         values.update(_read_yaml(path))
+    if chosen_path is not None:
+        build_config({**values, **chosen, "model": model}, source=str(chosen_path))
+        values.update(chosen)
+        path = chosen_path
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values["model"] = model
+    values["config_file"] = _shown_path(path) if path.exists() else None
     return build_config(values, source=str(path) if path.exists() else "overrides")
+
+
+def resolve_config_file(name: str | Path) -> Path:
+    """The run config `name`: a path as given, or relative to the project (so
+    `experiments/cnn_fast.yaml` works from any folder); a ConfigError listing the shipped
+    configs if neither is a file."""
+    path = Path(name).expanduser()
+    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+        path = PROJECT_ROOT / path
+    if not path.is_file():
+        shipped = ", ".join(_shown_path(p) for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")))
+        raise ConfigError(
+            f"--config {name}: no such file; give the path of a YAML run config "
+            f"(shipped: {shipped})"
+        )
+    return path.resolve()
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the project when inside it, else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
 
 
 def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -83,6 +83,7 @@ DETECTOR_MODEL = "faster_rcnn"  # the one registered model trained on scenes, no
 
 # Tags.
 TAG_MODEL = "model"
+TAG_CONFIG = "config"  # the run config's file name: cnn.yaml, cnn_fast.yaml, ...
 TAG_KIND = "kind"
 TAG_DEVICE = "device"
 TAG_TORCH_VERSION = "torch_version"

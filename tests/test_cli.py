@@ -212,6 +212,16 @@ def test_every_documented_train_value_arrives_through_mlflow_run(name, value, ex
     from mnist_lab.cli import build_parser, overrides_from
 
     args = build_parser().parse_args(_through_mlflow_run("train", {name: value}))
-    config = load_config(args.model, overrides_from(args))
+    config = load_config(args.model, overrides_from(args), config_file=args.config)
     got = config.model_options[name] if name in config.model_options else getattr(config, name)
     assert got == expected, (name, value, got)
+
+
+def test_a_run_config_arrives_through_mlflow_run():
+    from mnist_lab.cli import build_parser, overrides_from
+
+    params = {"config": "experiments/cnn_fast.yaml", "epochs": "2"}
+    args = build_parser().parse_args(_through_mlflow_run("train", params))
+    config = load_config(args.model, overrides_from(args), config_file=args.config)
+    assert config.config_file == "experiments/cnn_fast.yaml"
+    assert config.model_options["width"] == 16 and config.epochs == 2  # -P over the preset

@@ -99,3 +99,57 @@ def test_augment_is_kept_as_given_so_mlflow_run_params_match():
     assert load_config("cnn", {"augment": "robust"}).augment == "robust"
     assert load_config("cnn", {"augment": " blur:2.5,shift:1 "}).augment == "blur:2.5,shift:1"
     assert load_config("cnn", {"augment": "true"}).augment is True
+
+
+def write(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def test_a_run_config_layers_over_the_models_yaml_and_flags_over_it(tmp_path):
+    preset = write(tmp_path / "vit_small.yaml", "# a test preset\nmodel: vit\ndim: 32\nepochs: 2\n")
+    config = load_config(None, {"epochs": 3, "lr": None}, config_file=preset)
+    assert config.model == "vit"
+    assert config.model_options["dim"] == 32  # the preset's
+    assert config.epochs == 3  # the flag's
+    assert config.augment == load_config("vit").augment  # experiments/vit.yaml's
+    assert config.config_file == str(preset)
+    assert load_config("vit", config_file=preset).model_options["dim"] == 32
+
+
+def test_a_run_config_without_model_is_the_given_models_or_cnn(tmp_path):
+    preset = write(tmp_path / "short.yaml", "epochs: 1\n")
+    assert load_config(None, config_file=preset).model == "cnn"
+    assert load_config("alexnet", config_file=preset).model == "alexnet"
+
+
+def test_a_missing_run_config_names_the_path_and_the_shipped_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"--config .*nope\.yaml: no such file.*cnn_fast\.yaml"):
+        load_config(None, config_file=tmp_path / "nope.yaml")
+
+
+def test_an_unknown_key_in_a_run_config_names_the_file_and_the_key(tmp_path):
+    preset = write(tmp_path / "typo.yaml", "model: cnn\nepoch: 3\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: 'epoch' is not a setting of model 'cnn'"):
+        load_config(None, config_file=preset)
+    bad_value = write(tmp_path / "bad.yaml", "model: cnn\nepochs: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: epochs='many' is not a valid int"):
+        load_config(None, config_file=bad_value)
+
+
+def test_model_and_a_run_config_for_another_model_is_an_error(tmp_path):
+    preset = write(tmp_path / "v.yaml", "model: vit\n")
+    with pytest.raises(ConfigError, match=r"--model cnn but .*v\.yaml is a config for model 'vit'"):
+        load_config("cnn", config_file=preset)
+
+
+def test_train_with_a_bad_config_exits_2_before_any_run(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from mnist_lab.cli import main
+
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such file" in capsys.readouterr().err
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert not experiments or not client.search_runs(experiments)

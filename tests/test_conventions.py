@@ -31,6 +31,8 @@ def test_a_run_is_named_tagged_and_records_the_data_it_saw(mnist_dir, mlflow_sto
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.run_name == "cnn-1ep-n200"
+    assert run.data.tags[names.TAG_CONFIG] == "cnn.yaml"
+    assert run.data.params["config_file"] == "experiments/cnn.yaml"
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 

@@ -40,6 +40,13 @@ def test_every_model_has_a_valid_experiment_file():
         assert load_config(model).model == model
 
 
+def test_every_shipped_run_config_loads_and_says_what_it_is_for():
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        config = load_config(None, config_file=path)
+        assert config.config_file == f"experiments/{path.name}"
+        assert path.read_text().startswith("#"), f"{path.name}: no comment saying what it is for"
+
+
 def test_the_suite_is_hermetic() -> None:
     """conftest.py: whatever the shell had, a test sees its own folder and store, umask 022 and
     a UTF-8 locale, and none of the MLflow/Optuna settings it was started with."""

@@ -47,8 +47,10 @@ def use_default_experiment() -> None:
 def run_tags(config: TrainConfig, device: torch.device) -> dict[str, str]:
     """Tags every training run carries: what it trained, where, with what code."""
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    config_name = {names.TAG_CONFIG: Path(config.config_file).name} if config.config_file else {}
     return {
         names.TAG_MODEL: config.model,
+        **config_name,
         names.TAG_KIND: "train",
         names.TAG_DEVICE: device_name,
         names.TAG_PRECISION: "bf16" if amp_dtype(device, config.amp) else "fp32",

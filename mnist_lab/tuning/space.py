@@ -33,7 +33,7 @@ from typing import Any
 import optuna
 import yaml
 
-from mnist_lab.config import PROJECT_ROOT, TRAIN_FIELDS, load_config
+from mnist_lab.config import PROJECT_ROOT, SETTINGS, load_config
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import model_options
 
@@ -117,7 +117,7 @@ def load_space(model: str, path: Path | str | None = None) -> SearchSpace:
     _require(isinstance(params, dict) and params, path, "params", "must map settings to specs")
     _require(isinstance(pruner, dict), path, "pruner", "must map a pruner kind to its options")
 
-    settings = set(TRAIN_FIELDS) - {"model"} | set(model_options(model))
+    settings = SETTINGS | set(model_options(model))
     for name in [*fixed, *params]:
         _require(
             name in settings,
