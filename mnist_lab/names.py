@@ -35,6 +35,11 @@ FINAL_METRICS = (
     THROUGHPUT_IMG_PER_S,
     PEAK_MEMORY_MB,
 )
+# Dense FLOPs of one training step (forward + backward) per image (per scene for the detector),
+# counted once by torch.utils.flop_counter, and what the training steps achieved: that times
+# the images trained on, over the wall time of the training steps (validation not included).
+TRAIN_FLOPS_PER_IMAGE = "train_flops_per_image"
+TRAIN_TFLOPS_PER_S = "train_tflops_per_s"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"

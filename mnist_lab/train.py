@@ -35,6 +35,7 @@ from mnist_lab.engine.checkpoint import load_checkpoint
 from mnist_lab.engine.classification import ClassificationTask
 from mnist_lab.engine.detection import DetectionTask
 from mnist_lab.engine.device import place_model, resolve_device
+from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
 from mnist_lab.engine.loop import Listener, TrainState, fit, make_optimizer, make_scheduler
 from mnist_lab.engine.tasks import Evaluation, Task, TestReport
@@ -129,6 +130,7 @@ def train(
                 "Start a new run instead of --resume."
             ) from err
         tracking.reopen_for_resume(resume_run_id)
+    flops_per_sample = train_flops_per_sample(task, model, next(iter(train_loader)))
 
     run_tags = {**tracking.run_tags(config, device), **(tags or {})}
     name = run_name or config.run_name()
@@ -155,7 +157,7 @@ def train(
             epoch_logger.wait()
         raise_if_interrupted()  # a Ctrl-C during the last epoch's logging: KILLED, not tested
         if not evaluate_test:
-            metrics = _training_metrics(state, model)
+            metrics = _training_metrics(state, model, flops_per_sample)
             tracking.log_metrics(metrics)
             run_id = tracking.active_run_id()
             return TrainResult(run_id, metrics, state.best_val_accuracy, state.epoch)
@@ -164,7 +166,8 @@ def train(
         test = task.evaluate(model, test_loader, config.amp)
         summary = classification_summary(test.targets, test.predictions)
         # Before the report, so peak memory and the timings are the training's and the test's.
-        metrics = _final_metrics(state, test, summary, model, device, epoch_logger.seconds)
+        metrics = _final_metrics(state, test, summary, device, epoch_logger.seconds)
+        metrics |= _training_metrics(state, model, flops_per_sample)
         start = time.perf_counter()
         report = task.test_report(model, splits, test)
         metrics |= {**report.metrics, names.TEST_REPORT_S: time.perf_counter() - start}
@@ -201,7 +204,6 @@ def _final_metrics(
     state: TrainState,
     test: Evaluation,
     summary: dict[str, Any],
-    model: nn.Module,
     device: torch.device,
     tracking_s: float,
 ) -> dict[str, float]:
@@ -210,10 +212,6 @@ def _final_metrics(
         names.TEST_ACCURACY: summary["accuracy"],
         names.TEST_F1_MACRO: summary["f1_macro"],
         names.TEST_LOSS: test.loss,
-        names.TRAIN_TIME_S: train_time,
-        names.BEST_VAL_ACCURACY: state.best_val_accuracy,
-        names.BEST_EPOCH: float(state.best_epoch),
-        names.NUM_PARAMS: float(sum(p.numel() for p in model.parameters())),
         names.INFERENCE_MS_PER_IMAGE: 1000 * test.seconds / len(test.targets),
         names.THROUGHPUT_IMG_PER_S: len(test.targets) / test.seconds,
         names.PEAK_MEMORY_MB: peak_memory_mb(device),
@@ -221,13 +219,19 @@ def _final_metrics(
     }
 
 
-def _training_metrics(state: TrainState, model: nn.Module) -> dict[str, float]:
-    """The final metrics of a run without a test evaluation (a tuning trial)."""
+def _training_metrics(
+    state: TrainState, model: nn.Module, flops_per_sample: float
+) -> dict[str, float]:
+    """The final metrics of the training itself (all a tuning trial logs): its time, selection,
+    size, and its arithmetic: FLOPs a sample and the TFLOP/s the training steps achieved."""
+    achieved = flops_per_sample * state.samples_trained / max(state.step_seconds, 1e-9) / 1e12
     return {
         names.TRAIN_TIME_S: state.train_seconds,
         names.BEST_VAL_ACCURACY: state.best_val_accuracy,
         names.BEST_EPOCH: float(state.best_epoch),
         names.NUM_PARAMS: float(sum(p.numel() for p in model.parameters())),
+        names.TRAIN_FLOPS_PER_IMAGE: flops_per_sample,
+        names.TRAIN_TFLOPS_PER_S: achieved,
     }
 
 

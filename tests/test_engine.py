@@ -12,6 +12,7 @@ from mnist_lab.data.loader import BatchLoader
 from mnist_lab.engine import device as engine_device
 from mnist_lab.engine.classification import ClassificationTask
 from mnist_lab.engine.device import amp_dtype, autocast, place_model
+from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.interrupt import deferred_interrupts
 from mnist_lab.engine.loop import (
     NonFiniteLossError,
@@ -246,3 +247,24 @@ def test_a_ctrl_c_after_training_is_raised_when_the_outermost_block_ends():
         reached.append(outer.signal)  # the inner block's end did not raise
     assert reached == [signal.SIGINT]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_train_flops_of_a_tiny_model_are_counted_exactly_and_leave_it_untouched():
+    """conv 1→4 (3×3, 26×26 out), BatchNorm, linear 2704→10. Per image, forward: conv
+    2·(4·26·26)·9 = 48 672, linear 2·2704·10 = 54 080; backward: both weight gradients again,
+    and the linear's input gradient (the conv's input needs none) 54 080."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, bias=False),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 26 * 26, 10),
+    )
+    task = ClassificationTask(build_config({"model": "cnn"}))
+    batch = (torch.rand(6, 1, 28, 28), torch.arange(6))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert train_flops_per_sample(task, model, batch) == 2 * 48_672 + 3 * 54_080
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)

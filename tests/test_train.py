@@ -94,6 +94,8 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     )
     assert 0 <= run.data.metrics[names.TEST_ACCURACY] <= 1
     assert 0 <= run.data.metrics[names.ROBUST_ACCURACY_MEAN] <= 1
+    assert run.data.metrics[names.TRAIN_FLOPS_PER_IMAGE] > 0
+    assert run.data.metrics[names.TRAIN_TFLOPS_PER_S] > 0
     history = client.get_metric_history(result.run_id, names.VAL_ACCURACY)
     assert [m.step for m in history] == [1]
     assert artifact_paths(client, result.run_id) >= ARTIFACTS | TRUST_ARTIFACTS

@@ -45,6 +45,8 @@ class TrainState:
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
     train_seconds: float = 0.0  # wall time of the training loop, summed over resumed sessions
+    step_seconds: float = 0.0  # of which the training steps (no validation, no listeners)
+    samples_trained: int = 0  # images (scenes for the detector) the steps trained on
 
     def state_dict(self) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
@@ -61,6 +63,8 @@ class TrainState:
             "best_epoch": self.best_epoch,
             "best_model": self.best_model,
             "train_seconds": self.train_seconds,
+            "step_seconds": self.step_seconds,
+            "samples_trained": self.samples_trained,
             "rng": rng,
         }
 
@@ -75,6 +79,8 @@ class TrainState:
         self.best_epoch = state["best_epoch"]
         self.best_model = state["best_model"]
         self.train_seconds = state["train_seconds"]
+        self.step_seconds = state.get("step_seconds", 0.0)  # absent in older checkpoints
+        self.samples_trained = state.get("samples_trained", 0)
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -143,6 +149,8 @@ def fit(
             loss_sum, hits, seen = _train_epoch(
                 state, task, step_model, train_loader, device, epoch, stop, nan_check_every
             )
+            state.step_seconds += time.perf_counter() - start
+            state.samples_trained += int(seen)
             val = task.evaluate(model, val_loader, config.amp)
             metrics = {
                 names.TRAIN_LOSS: loss_sum / seen,
