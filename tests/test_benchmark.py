@@ -118,3 +118,30 @@ def test_the_mlproject_entry_points_benchmark_compare_register(mnist_dir, mlflow
 
     printed = mlflow_run("register", model="cnn")
     assert "as mnist-cnn version 1; it is now @champion" in printed
+
+
+def test_the_training_bench_prints_each_runs_share_of_the_machines_matmul_peak(monkeypatch):
+    """`python -m mnist_lab.measure training`: the peak is a real timed matmul, and each row
+    shows the run's TFLOP/s as a fraction of the peak in the run's dtype."""
+    import torch
+
+    from mnist_lab.measure import training
+    from mnist_lab.measure.hardware import peak_tflops
+
+    assert peak_tflops(torch.device("cpu"), torch.float32, repeats=1) > 0
+    metrics = {
+        names.TEST_ACCURACY: 0.99,
+        names.TRAIN_TIME_S: 10.0,
+        names.TRAIN_FLOPS_PER_IMAGE: 3e6,
+        names.TRAIN_TFLOPS_PER_S: 0.05,
+    }
+
+    class Result:
+        run_id, epochs = "r1", 2
+
+    Result.metrics = metrics
+    monkeypatch.setattr("mnist_lab.train.train", lambda config, tags: Result())
+    monkeypatch.setattr(training, "peak_tflops", lambda device, dtype: 0.5)
+    row = training.run_scenario("cnn-1-epoch", "cpu")
+    assert row["utilisation"] == pytest.approx(0.1) and row["mean_epoch_time_s"] == 5.0
+    assert "3.0 MFLOP/img  0.050 TFLOP/s = 10.0 % of 0.50" in training.format_row(row)

@@ -1,13 +1,15 @@
-"""What a figure ran on: the CPU model and core count, or the GPU, and the precision."""
+"""What a figure ran on: the CPU model and core count, or the GPU, and the precision; and the
+machine's own limit, the dense-matmul TFLOP/s a run's utilisation is a fraction of."""
 
 from __future__ import annotations
 
-import os
+import functools
 import platform
+import time
 
 import torch
 
-from mnist_lab.engine.device import amp_dtype
+from mnist_lab.engine.device import amp_dtype, synchronize, usable_cpus
 
 
 def cpu_name() -> str:
@@ -26,4 +28,23 @@ def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, bf16, torch {torch.__version__}"
     precision = "AMX: bf16 where amp is on" if amp_dtype(device, enabled=True) else "fp32"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {precision}, torch {torch.__version__}"
+    return f"{cpu_name()}, {usable_cpus()} cores, {precision}, torch {torch.__version__}"
+
+
+@functools.cache
+def peak_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The best TFLOP/s of `repeats` timed n×n matmuls in `dtype` on `device`, 2·n³ FLOPs each
+    (n = 2048 on a CPU, 8192 on a GPU), after a warm-up: what dense arithmetic reaches here,
+    with the threads this process has. Counted once per device and dtype."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e12

@@ -18,9 +18,11 @@ import os
 import sys
 from typing import Any
 
+import torch
+
 from mnist_lab import names
-from mnist_lab.engine.device import resolve_device
-from mnist_lab.measure.hardware import hardware
+from mnist_lab.engine.device import amp_dtype, resolve_device
+from mnist_lab.measure.hardware import hardware, peak_tflops
 
 PROG = "python -m mnist_lab.measure training"
 
@@ -58,6 +60,8 @@ COLUMNS = (
     names.TRACKING_OVERHEAD,
     names.TEST_MAP_50,  # detector only
     names.TEST_MAP,
+    names.TRAIN_FLOPS_PER_IMAGE,
+    names.TRAIN_TFLOPS_PER_S,
 )
 
 
@@ -70,6 +74,12 @@ def run_scenario(name: str, device: str | None) -> dict[str, Any]:
     result = train(config, tags={"bench_scenario": name})
     figures = {k: result.metrics[k] for k in COLUMNS if k in result.metrics}
     figures["mean_epoch_time_s"] = result.metrics[names.TRAIN_TIME_S] / result.epochs
+    # The run's share of what this machine's dense matmuls reach in the run's dtype.
+    device = resolve_device(config.device)
+    dtype = amp_dtype(device, config.amp) or torch.float32
+    figures["peak_tflops"] = peak_tflops(device, dtype)
+    figures["utilisation"] = figures[names.TRAIN_TFLOPS_PER_S] / figures["peak_tflops"]
+    figures["dtype"] = str(dtype).removeprefix("torch.")
     return {"scenario": name, "model": model, "target": target, "run_id": result.run_id, **figures}
 
 
@@ -116,6 +126,9 @@ def format_row(row: dict[str, Any]) -> str:
         f"infer {row.get(names.INFERENCE_MS_PER_IMAGE, float('nan')):.3f} ms/img  "
         f"peak {row.get(names.PEAK_MEMORY_MB, float('nan')):7.0f} MB  "
         f"tracking {100 * row.get(names.TRACKING_OVERHEAD, 0):.1f} %  "
+        f"{row[names.TRAIN_FLOPS_PER_IMAGE] / 1e6:.1f} MFLOP/img  "
+        f"{row[names.TRAIN_TFLOPS_PER_S]:.3f} TFLOP/s = {100 * row['utilisation']:.1f} % of "
+        f"{row['peak_tflops']:.2f} ({row['dtype']} matmul peak)  "
         f"[{row['target']}]  run {row['run_id']}"
     )
 
