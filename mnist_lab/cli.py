@@ -17,7 +17,7 @@ from typing import Any
 from mnist_lab import __version__
 from mnist_lab.config import SETTINGS, TRAIN_FIELDS
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
-from mnist_lab.errors import LabError
+from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.models import MODELS, model_names, model_options
 
 log = logging.getLogger("mnist_lab")
@@ -68,15 +68,62 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mnist_lab.config import load_config
+
+    nproc = _nproc_per_node(args.nproc_per_node)
+    config = None
+    if not args.resume:
+        config = load_config(args.model, overrides_from(args), config_file=args.config or None)
+    if nproc is not None and config is not None:  # fail here, not in every process
+        from mnist_lab.engine.device import resolve_device
+        from mnist_lab.engine.distributed import resolve_backend
+
+        resolve_backend(config.dist_backend, resolve_device(config.device))
+    if nproc is None:
+        run_id, accuracy = train_worker(config, args.run_name or None, args.resume, logs=False)
+    else:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        from mnist_lab.engine.distributed import launch
+
+        try:
+            run_id, accuracy = launch(nproc, train_worker, config, args.run_name, args.resume)
+        except ChildFailedError as err:
+            failed = ", ".join(f"rank {r} (exit {f.exitcode})" for r, f in err.failures.items())
+            raise LabError(f"distributed training failed: {failed}; see its log above") from None
+    if run_id:  # rank 0 (or the one process); torchrun's other ranks have nothing to say
+        print(f"run {run_id}: test_accuracy {accuracy:.4f}")
+    return 0
+
+
+def train_worker(
+    config: Any, run_name: str | None, resume_run_id: str | None, logs: bool = True
+) -> tuple[str, float]:
+    """One training process: `train(config)` or `resume(resume_run_id)`; (run id, test
+    accuracy) from rank 0. Module-level, so torch's launcher can start it in each rank."""
     from mnist_lab.train import resume, train
 
-    if args.resume:
-        result = resume(args.resume)
-    else:
-        config = load_config(args.model, overrides_from(args), config_file=args.config or None)
-        result = train(config, run_name=args.run_name or None)
-    print(f"run {result.run_id}: test_accuracy {result.metrics['test_accuracy']:.4f}")
-    return 0
+    if logs:  # a freshly spawned rank: log as the CLI does, and let `kill` end its run KILLED
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+        with sigterm_as_interrupt():
+            return train_worker(config, run_name, resume_run_id, logs=False)
+    result = resume(resume_run_id) if resume_run_id else train(config, run_name=run_name)
+    return result.run_id, result.metrics.get("test_accuracy", float("nan"))
+
+
+def _nproc_per_node(value: str | None) -> int | None:
+    """--nproc-per-node: None (one process, no launcher) when not given."""
+    if value in (None, ""):
+        return None
+    try:
+        nproc = int(value)
+    except ValueError:
+        nproc = 0
+    if nproc < 1:
+        raise ConfigError(
+            f"nproc_per_node={value!r} must be a whole number >= 1 (training processes to start "
+            "on this machine)"
+        )
+    return nproc
 
 
 def _flag_true(value: str | None) -> bool:
@@ -275,6 +322,8 @@ TUNE_FLAGS = {
     "retrain": "retrain the best config on the full data (full, default), on the trials' subset "
     "(subset), or not (none)",
     "heartbeat_interval": "seconds between trial heartbeats on RDB storages (default 60)",
+    "nproc_per_node": "not for tune: trials train in one process each (use --workers for "
+    "parallel trials); `train --nproc-per-node` trains one model in several",
 }
 
 
@@ -288,8 +337,16 @@ NONE_IS_A_CHOICE = ("pruner", "retrain")
 def tune_options(args: argparse.Namespace):
     """The `tune` flags as TuneOptions; "" or "none" means "unset" (MLproject's defaults for
     settings that default to nothing), except where "none" is itself a documented value."""
+    from mnist_lab.engine.distributed import requested_world_size
     from mnist_lab.tuning.study import DEFAULT_STORAGE
     from mnist_lab.tuning.tuner import DATA_OPTIONS, TuneOptions
+
+    if args.nproc_per_node not in (None, "") or requested_world_size() > 1:
+        raise ConfigError(
+            "tune does not train distributed: each trial trains in one process (--workers N "
+            "runs N trials at once); drop --nproc-per-node / torchrun, or train the chosen "
+            "config with `train --nproc-per-node N`"
+        )
 
     given = {
         k: v
@@ -366,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed/failed run from its checkpoints/last.pt",
     )
     add_flag(train, "run_name", help="the run's name (default: from the config, e.g. cnn-5ep)")
+    add_flag(
+        train,
+        "nproc_per_node",
+        metavar="N",
+        help="train in N processes on this machine (DistributedDataParallel, torch's launcher; "
+        "as `torchrun --standalone --nproc-per-node N -m mnist_lab train`)",
+    )
     add_train_flags(train)
     train.set_defaults(handler=cmd_train)
     add_analysis_commands(commands)

@@ -28,6 +28,7 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DIST_BACKENDS = ("auto", "gloo", "nccl")
 
 
 # Model options that name a run (`run_name`), with their short prefixes.
@@ -71,6 +72,10 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
     eval_batch_size: int = 1000
     checkpoint: bool = True
+    # Distributed jobs (torchrun, --nproc-per-node): the c10d backend (auto: NCCL on GPUs, Gloo
+    # on CPUs), and BatchNorm statistics synchronised across the ranks (CUDA only).
+    dist_backend: str = "auto"
+    sync_bn: bool = False
     # Test digits per MNIST-C corruption evaluated at the end of a classifier run; 0: none.
     robustness_samples: int = 2000
     # Architecture options, checked against the model builder's keyword arguments.
@@ -232,6 +237,12 @@ def validate(config: TrainConfig) -> None:
     )
     _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"must be one of {OPTIMIZERS}")
     _check(c.scheduler in SCHEDULERS, "scheduler", c.scheduler, f"must be one of {SCHEDULERS}")
+    _check(
+        c.dist_backend in DIST_BACKENDS,
+        "dist_backend",
+        c.dist_backend,
+        f"must be one of {DIST_BACKENDS}",
+    )
     _check(
         c.device in DEVICES or c.device.startswith("cuda:"),
         "device",

@@ -89,6 +89,10 @@ DETECTOR_MODEL = "faster_rcnn"  # the one registered model trained on scenes, no
 # Tags.
 TAG_MODEL = "model"
 TAG_CONFIG = "config"  # the run config's file name: cnn.yaml, cnn_fast.yaml, ...
+# A distributed (torchrun) job's shape: processes in all, c10d backend, machines.
+TAG_WORLD_SIZE = "world_size"
+TAG_BACKEND = "backend"
+TAG_NNODES = "nnodes"
 TAG_KIND = "kind"
 TAG_DEVICE = "device"
 TAG_TORCH_VERSION = "torch_version"

@@ -31,10 +31,12 @@ from mnist_lab.data.mnist import (
     resolve_data_dir,
     split_records,
 )
+from mnist_lab.engine import distributed
 from mnist_lab.engine.checkpoint import load_checkpoint
 from mnist_lab.engine.classification import ClassificationTask
 from mnist_lab.engine.detection import DetectionTask
 from mnist_lab.engine.device import place_model, resolve_device
+from mnist_lab.engine.distributed import rank_device
 from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
 from mnist_lab.engine.loop import Listener, TrainState, fit, make_optimizer, make_scheduler
@@ -103,8 +105,44 @@ def train(
     training: no test set, reports or model, so selection can only see validation.
     `run_name` defaults to one derived from the config (`config.run_name()`).
     Use `resume()` rather than `resume_run_id`/`checkpoint`.
+
+    Started by torchrun (WORLD_SIZE > 1), every rank trains its share of each batch under
+    DistributedDataParallel (engine/distributed.py); only rank 0 logs, tests and returns the
+    run's metrics (the other ranks return an empty `run_id`).
     """
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device))
+    rank = distributed.join(device, config.dist_backend, config.sync_bn)
+    try:
+        return _train(
+            config,
+            device,
+            rank,
+            listeners=listeners,
+            nested=nested,
+            tags=tags,
+            resume_run_id=resume_run_id,
+            checkpoint=checkpoint,
+            evaluate_test=evaluate_test,
+            run_name=run_name,
+        )
+    finally:
+        if rank is not None:
+            distributed.leave()
+
+
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    rank: distributed.Rank | None,
+    *,
+    listeners: tuple[Listener, ...],
+    nested: bool,
+    tags: dict[str, str] | None,
+    resume_run_id: str | None,
+    checkpoint: dict[str, Any] | None,
+    evaluate_test: bool,
+    run_name: str | None,
+) -> TrainResult:
     torch.manual_seed(config.seed)
     splits = make_splits(
         load_mnist(config.data_dir),
@@ -113,7 +151,12 @@ def train(
         max_train_samples=config.max_train_samples,
         max_test_samples=config.max_test_samples,
     ).to(device)
-    model = place_model(build_model(config.model, **config.model_options), device)
+    if rank is not None:
+        distributed.check_world_size(rank.world_size, len(splits.train_y))
+    model = build_model(config.model, **config.model_options)
+    if config.sync_bn and rank is not None:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = place_model(model, device)
     task = make_task(config)
     train_loader, val_loader, test_loader = task.loaders(splits)
     optimizer = make_optimizer(model, config)
@@ -129,10 +172,20 @@ def train(
                 f"of this mnist-lab version (its layers changed since): {str(err).rstrip('. ')}. "
                 "Start a new run instead of --resume."
             ) from err
-        tracking.reopen_for_resume(resume_run_id)
+        if rank is None or rank.is_main:
+            tracking.reopen_for_resume(resume_run_id)
+    if rank is not None and not rank.is_main:  # train in step with rank 0; it does the rest
+        fit(state, task, train_loader, val_loader, device)
+        return TrainResult("", {}, state.best_val_accuracy, state.epoch)
     flops_per_sample = train_flops_per_sample(task, model, next(iter(train_loader)))
 
     run_tags = {**tracking.run_tags(config, device), **(tags or {})}
+    if rank is not None:
+        run_tags |= {
+            names.TAG_WORLD_SIZE: str(rank.world_size),
+            names.TAG_BACKEND: rank.backend,
+            names.TAG_NNODES: str(rank.nnodes),
+        }
     name = run_name or config.run_name()
     with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):
         if checkpoint is None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mnist_lab.data.sharding import rank_slice, sharded_batches
 from mnist_lab.errors import ConfigError
 from mnist_lab.names import IMAGE_SIZE
 
@@ -261,6 +262,11 @@ class BatchLoader:
     `augment`: see `parse_augment`; True applies a random shift (±`max_shift` px) and
     rotation (±`max_rotation_deg`), as it always has. `augment_epochs`: augment epochs 1 to
     this one only (None: every epoch); later epochs are clean.
+
+    In a distributed job (`world_size` > 1) every rank iterates the same global batches of the
+    same shuffled order and yields its own part of each (data/sharding.py); an image's
+    augmentation is the one a one-process run gives it, pixel noise aside (each rank draws its
+    own, seeded by its rank).
     """
 
     def __init__(
@@ -276,6 +282,8 @@ class BatchLoader:
         drop_last: bool = False,
         max_shift: float = 2.0,
         max_rotation_deg: float = 10.0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if images.dtype != torch.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"images must be uint8 [N, 28, 28], got {images.dtype} {images.shape}")
@@ -293,6 +301,7 @@ class BatchLoader:
         self.augment, self.drop_last = bool(self.ops), drop_last
         self.augment_epochs = augment_epochs
         self.max_shift, self.max_rotation_deg = max_shift, max_rotation_deg
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -301,6 +310,8 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.labels)
+        if self.world_size > 1:
+            return sharded_batches(n, self.batch_size, self.world_size)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -313,10 +324,12 @@ class BatchLoader:
         )
         if augment:
             params = self._draw(n)
-            pixels = _generator(self.seed, self.epoch, 2, device.type)
+            pixels = _generator(self.seed, self.epoch, 2 + 16 * self.rank, device.type)
             pixels = pixels if device.type != "cuda" else _cuda_generator(pixels, device)
         for i in range(len(self)):
             sl = slice(i * bs, min((i + 1) * bs, n))
+            if self.world_size > 1:
+                sl = rank_slice(sl.start, sl.stop, self.rank, self.world_size)
             idx = perm[sl] if perm is not None else sl
             x = self.images[idx].unsqueeze(1).float().div_(255)
             if augment:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mnist_lab.data.sharding import rank_slice, sharded_batches
 from mnist_lab.names import IMAGE_SIZE
 
 INK_THRESHOLD = 0.1  # a pixel (in [0, 1]) is ink above this: MNIST's faint anti-aliasing is not
@@ -208,6 +209,8 @@ class SceneLoader:
         max_digits: int = 1,
         shuffle: bool = False,
         seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.images, self.labels = images, labels.long()
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
@@ -220,12 +223,15 @@ class SceneLoader:
         counts = counts[:scenes]
         counts[-1] -= int(total[scenes - 1]) - n
         self.counts = counts
+        self.rank, self.world_size = rank, world_size  # each rank renders its part of a batch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return sharded_batches(len(self.counts), self.batch_size, self.world_size)
         return math.ceil(len(self.counts) / self.batch_size)
 
     def layout(self) -> Layout:
@@ -248,7 +254,9 @@ class SceneLoader:
         layout = self.layout()
         device = self.images.device
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, len(self.counts)))
+            if self.world_size > 1:
+                sl = rank_slice(sl.start, sl.stop, self.rank, self.world_size)
             part = Layout(
                 layout.index[sl].to(device),
                 layout.scale[sl].to(device),

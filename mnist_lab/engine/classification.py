@@ -30,6 +30,7 @@ from mnist_lab.config import TrainConfig
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.mnist import Splits
 from mnist_lab.engine.device import autocast, synchronize
+from mnist_lab.engine.distributed import shard
 from mnist_lab.engine.tasks import Batch, Evaluation, Loader, TestReport, calibration_report
 from mnist_lab.errors import LabError
 
@@ -48,6 +49,7 @@ class ClassificationTask:
 
     def loaders(self, splits: Splits) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
         config = self.config
+        rank, world_size = shard()
         train = BatchLoader(
             splits.train_x,
             splits.train_y,
@@ -57,12 +59,17 @@ class ClassificationTask:
             augment=config.augment,
             augment_epochs=config.epochs - config.clean_final_epochs,
             drop_last=False,
+            rank=rank,
+            world_size=world_size,
         )
         return (
             train,
             BatchLoader(splits.val_x, splits.val_y, batch_size=config.eval_batch_size),
             BatchLoader(splits.test_x, splits.test_y, batch_size=config.eval_batch_size),
         )
+
+    def step_module(self, model: nn.Module) -> nn.Module:
+        return model
 
     def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         x, y = batch

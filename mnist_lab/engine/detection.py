@@ -22,6 +22,7 @@ from mnist_lab.config import TrainConfig
 from mnist_lab.data.mnist import Splits
 from mnist_lab.data.scenes import SceneLoader, Scenes
 from mnist_lab.engine.device import autocast, synchronize
+from mnist_lab.engine.distributed import shard
 from mnist_lab.engine.tasks import Evaluation, TestReport, calibration_report
 from mnist_lab.errors import LabError
 from mnist_lab.models.faster_rcnn import top_box_probabilities
@@ -36,6 +37,8 @@ def scene_loader(
     *,
     train: bool = False,
     multi: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> SceneLoader:
     """Scenes of one split, shaped by the config's model options: shuffled multi-digit batches
     of `batch_size` for training, fixed batches of `eval_batch_size` otherwise."""
@@ -50,6 +53,8 @@ def scene_loader(
         max_digits=options["max_digits"] if train or multi else 1,
         shuffle=train,
         seed=config.seed,
+        rank=rank,
+        world_size=world_size,
     )
 
 
@@ -81,14 +86,23 @@ class DetectionTask:
     def loaders(self, splits: Splits) -> tuple[SceneLoader, SceneLoader, SceneLoader]:
         """Train (multi-digit, train split), val and test (one digit a scene) loaders."""
         config = self.config
+        rank, world_size = shard()
         return (
-            scene_loader(config, splits.train_x, splits.train_y, train=True),
+            scene_loader(
+                config, splits.train_x, splits.train_y, train=True, rank=rank, world_size=world_size
+            ),
             scene_loader(config, splits.val_x, splits.val_y),
             scene_loader(config, splits.test_x, splits.test_y),
         )
 
-    def train_step(self, model: nn.Module, batch: Scenes) -> tuple[torch.Tensor, torch.Tensor, int]:
-        losses = model.detector(list(batch.images), batch.targets())
+    def step_module(self, model: nn.Module) -> nn.Module:
+        """What a training step calls: the torchvision detector (images, targets → losses)."""
+        return model.detector
+
+    def train_step(
+        self, detector: nn.Module, batch: Scenes
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        losses = detector(list(batch.images), batch.targets())
         loss = sum(losses.values())
         return loss, loss.new_tensor(float("nan")), len(batch)
 

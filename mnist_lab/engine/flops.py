@@ -23,6 +23,6 @@ def train_flops_per_sample(task: Task, model: nn.Module, batch: Batch) -> float:
     device = next(model.parameters()).device
     forked = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked), FlopCounterMode(display=False) as counter:
-        loss, _, count = task.train_step(probe, batch)
+        loss, _, count = task.train_step(task.step_module(probe), batch)
         loss.backward()
     return counter.get_total_flops() / count

@@ -17,11 +17,13 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mnist_lab import names
 from mnist_lab.config import TrainConfig
 from mnist_lab.engine.device import autocast
+from mnist_lab.engine.distributed import all_reduce_sum, shard
 from mnist_lab.engine.interrupt import StopRequest, deferred_interrupts
 from mnist_lab.engine.tasks import Loader, Task
 from mnist_lab.errors import ConfigError, LabError
@@ -140,7 +142,12 @@ def fit(
     KeyboardInterrupt at the next step boundary, never inside a listener.
     """
     config, model = state.config, state.model
-    step_model = torch.compile(model) if config.compile else model
+    step_model = task.step_module(model)
+    if shard()[1] > 1:  # a torchrun job: gradients averaged across the ranks after backward
+        step_model = DistributedDataParallel(
+            step_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    step_model = torch.compile(step_model) if config.compile else step_model
     listeners = list(listeners)
     with deferred_interrupts() as stop:  # Ctrl-C lands between steps, see interrupt.py
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -191,7 +198,8 @@ def _train_epoch(
     stop: StopRequest,
     nan_check_every: int,
 ) -> tuple[float, float, float]:
-    """One pass over `loader`: (sum of loss x batch size, correct predictions, images seen)."""
+    """One pass over `loader`: (sum of loss x batch size, correct predictions, images seen),
+    summed over the ranks of a distributed job."""
     config, model, optimizer, scheduler = (
         state.config,
         state.model,
@@ -231,4 +239,4 @@ def _train_epoch(
                     f"(now {config.grad_clip})"
                 )
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.4f}")
-    return tuple(totals.tolist())
+    return tuple(all_reduce_sum(totals).tolist())

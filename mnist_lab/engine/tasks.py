@@ -67,8 +67,13 @@ class Task(Protocol):
         """Train (shuffled, augmented), validation and test loaders over `splits`."""
         ...
 
-    def train_step(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Loss to backpropagate, number of correct predictions (a tensor), batch size."""
+    def step_module(self, model: nn.Module) -> nn.Module:
+        """The part of `model` a training step calls (what DistributedDataParallel wraps)."""
+        ...
+
+    def train_step(self, module: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Loss to backpropagate, number of correct predictions (a tensor), batch size;
+        `module` is `step_module(model)`, possibly wrapped (DDP, torch.compile)."""
         ...
 
     def evaluate(self, model: nn.Module, loader: Loader, amp: bool) -> Evaluation:

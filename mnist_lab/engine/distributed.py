@@ -1,0 +1,161 @@
+"""Data-parallel training with PyTorch's own engine.
+
+`torchrun` (or `train --nproc-per-node N`, through torch's `elastic_launch`) starts one process
+per rank and sets RANK, WORLD_SIZE, LOCAL_RANK, ... ; `join()` turns those into a c10d process
+group (NCCL on GPUs, Gloo on CPUs) and `fit` wraps the model in DistributedDataParallel, which
+averages gradients across ranks after every backward pass.
+
+The data stays device-resident: every rank holds the whole split and cuts its own part of
+each global batch (data/sharding.py), so an epoch's shuffled order and augmentation are the ones
+a one-process run would have, every training image is used once per epoch across ranks, and
+the global batch is `batch_size` with the config's learning rate unchanged. Validation and test
+are evaluated on the full splits (every rank evaluates validation, so all agree on the best
+epoch and on early stopping without a message; only rank 0 tests). Only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mnist_lab.engine.device import usable_cpus
+from mnist_lab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# A rank that waits longer than this in a collective (its peer died or hangs) raises instead
+# of hanging: the job then fails and its run ends FAILED.
+COLLECTIVE_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in a distributed job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    nnodes: int
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def requested_world_size() -> int:
+    """WORLD_SIZE as torchrun set it (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def join(device: torch.device, backend: str = "auto", sync_bn: bool = False) -> Rank | None:
+    """Join the process group of a torchrun job, or None for a one-process run (a torchrun
+    job of one process included). `device` is where this rank trains (`rank_device`)."""
+    world_size = requested_world_size()
+    if world_size <= 1:
+        return None
+    if sync_bn and device.type != "cuda":
+        raise ConfigError(
+            f"sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm), and this rank trains on "
+            f"{device}; leave sync_bn false on CPUs"
+        )
+    backend = resolve_backend(backend, device)
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type == "cpu":
+        # torchrun sets OMP_NUM_THREADS=1; the cores are better shared out between the ranks.
+        torch.set_num_threads(max(1, usable_cpus() // local_world_size))
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend,
+            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+            device_id=device if device.type == "cuda" else None,
+        )
+    rank = Rank(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_world_size=local_world_size,
+        nnodes=world_size // max(local_world_size, 1),
+        backend=backend,
+    )
+    log.debug("rank %d of %d joined (%s)", rank.rank, rank.world_size, backend)
+    return rank
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """ "auto" → NCCL on GPUs, Gloo on CPUs; NCCL asked for without a GPU is a ConfigError."""
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and device.type != "cuda":
+        raise ConfigError(
+            f"dist_backend=nccl needs CUDA GPUs, and training runs on {device} here; use "
+            "dist_backend=gloo (or auto) on CPUs"
+        )
+    return backend
+
+
+def check_world_size(world_size: int, train_images: int) -> None:
+    """Every rank needs a part of each batch: no more ranks than training images."""
+    if world_size > train_images:
+        raise ConfigError(
+            f"a world size of {world_size} is larger than the {train_images} training images: "
+            "every rank needs a part of each batch; start fewer processes or train on more "
+            "images (max_train_samples)"
+        )
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a distributed job."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """The GPU of this rank (cuda:LOCAL_RANK) in a multi-process CUDA job, else `device`."""
+    if device.type == "cuda" and device.index is None and requested_world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the ranks, in place (itself outside a distributed job)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def launch(nproc_per_node: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """Run `entrypoint(*args)` in `nproc_per_node` processes on this machine, as
+    `torchrun --standalone --nproc-per-node N` would: through torch's own elastic launcher
+    (c10d rendezvous on a free local port, no restarts). Returns rank 0's return value; a rank
+    that fails raises ChildFailedError naming it."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if nproc_per_node < 1:
+        raise ConfigError(f"nproc_per_node={nproc_per_node} must be >= 1 (processes to start)")
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc_per_node,
+        run_id=f"mnist-lab-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.5,
+    )
+    return elastic_launch(config, entrypoint)(*args)[0]

@@ -1,0 +1,194 @@
+"""Distributed training on CPUs with Gloo: sharding, torch's launcher (`train --nproc-per-node`),
+torchrun across two simulated machines, and the errors a user can make."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lab_helpers import free_port
+from mlflow.tracking import MlflowClient
+
+from mnist_lab import names
+from mnist_lab.config import load_config
+from mnist_lab.data.loader import BatchLoader
+from mnist_lab.data.sharding import rank_slice, sharded_batches
+from mnist_lab.engine import distributed
+from mnist_lab.errors import ConfigError
+from mnist_lab.train import train
+
+# Two epochs on 1 000 digits, no augmentation and no corruption suite: a minute on 2 cores.
+SMALL = {
+    "epochs": 2,
+    "max_train_samples": 1000,
+    "max_test_samples": 500,
+    "val_size": 200,
+    "batch_size": 100,
+    "eval_batch_size": 500,
+    "augment": False,
+    "clean_final_epochs": 0,
+    "robustness_samples": 0,
+}
+# A one-process run and a two-process run of the same global batch and seed differ only in
+# BatchNorm's batch statistics (each rank normalises its half-batch), so their accuracies are
+# close, not equal.
+ACCURACY_TOLERANCE = 0.05
+
+
+def flags(settings: dict) -> list[str]:
+    return [word for k, v in settings.items() for word in (f"--{k}", str(v))]
+
+
+def runs() -> list:
+    client = MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments) if experiments else []
+
+
+def cli(argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mnist_lab", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+# Sharding
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(10, 2), (7, 3), (2, 2), (5, 4)])
+def test_rank_slices_cut_a_batch_into_contiguous_parts(n: int, world_size: int) -> None:
+    parts = [rank_slice(3, 3 + n, r, world_size) for r in range(world_size)]
+    assert [i for p in parts for i in range(p.start, p.stop)] == list(range(3, 3 + n))
+    sizes = [p.stop - p.start for p in parts]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_a_last_batch_smaller_than_the_world_is_dropped() -> None:
+    assert sharded_batches(1000, 100, 4) == 10
+    assert sharded_batches(1003, 100, 4) == 10  # 3 images for 4 ranks: dropped
+    assert sharded_batches(1004, 100, 4) == 11
+
+
+def test_the_ranks_batches_together_are_the_one_process_batches() -> None:
+    """Same order, same augmentation (geometric ops draw per image, not per rank)."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (250, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.arange(250) % 10
+    settings = {"batch_size": 64, "shuffle": True, "seed": 3, "augment": "shift:2,rotate:15"}
+    whole = BatchLoader(images, labels, **settings)
+    ranks = [BatchLoader(images, labels, **settings, rank=r, world_size=2) for r in range(2)]
+    for loader in (whole, *ranks):
+        loader.set_epoch(2)
+    assert len(ranks[0]) == len(ranks[1]) == len(whole)
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *ranks, strict=True):
+        assert torch.equal(torch.cat([y0, y1]), y)
+        assert torch.allclose(torch.cat([x0, x1]), x)
+
+
+# Bad input
+
+
+def test_nproc_per_node_must_be_a_positive_count(mlflow_store, capsys) -> None:
+    from mnist_lab.cli import main
+
+    for value in ("0", "-1", "two"):
+        assert main(["train", "--nproc-per-node", value]) == 2
+        assert "nproc_per_node" in capsys.readouterr().err
+    assert runs() == []
+
+
+def test_nccl_without_gpus_is_refused_before_any_process_starts(mlflow_store, capsys) -> None:
+    from mnist_lab.cli import main
+
+    argv = ["train", "--nproc-per-node", "2", "--device", "cpu", "--dist-backend", "nccl"]
+    assert main(argv) == 2
+    assert "dist_backend=nccl needs CUDA GPUs" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="nccl needs CUDA"):
+        distributed.resolve_backend("nccl", torch.device("cpu"))
+
+
+def test_a_world_larger_than_the_train_set_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"world size of 12 is larger than the 10 training"):
+        distributed.check_world_size(12, 10)
+    distributed.check_world_size(10, 10)
+
+
+def test_sync_bn_on_cpus_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="sync_bn=true needs CUDA"):
+        distributed.join(torch.device("cpu"), "auto", sync_bn=True)
+
+
+def test_tune_refuses_distributed_training(mlflow_store, capsys, monkeypatch) -> None:
+    from mnist_lab.cli import main
+
+    assert main(["tune", "--nproc-per-node", "2"]) == 2
+    assert "tune does not train distributed" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")  # started by torchrun
+    assert main(["tune"]) == 2
+    assert runs() == []
+
+
+# Whole jobs
+
+
+@pytest.mark.slow
+def test_two_processes_log_one_run_that_matches_one_process(mnist_dir, mlflow_store) -> None:
+    done = cli(["train", "--nproc-per-node", "2", *flags(SMALL)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs()
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags[names.TAG_WORLD_SIZE], tags[names.TAG_BACKEND], tags[names.TAG_NNODES]) == (
+        "2",
+        "gloo",
+        "1",
+    )
+    history = MlflowClient().get_metric_history(run.info.run_id, names.VAL_ACCURACY)
+    assert [m.step for m in history] == [1, 2]  # once per epoch, not once per rank
+    assert f"run {run.info.run_id}: test_accuracy" in done.stdout
+
+    one = train(load_config("cnn", SMALL))
+    two = run.data.metrics[names.TEST_ACCURACY]
+    assert two > 0.8
+    assert abs(two - one.metrics[names.TEST_ACCURACY]) <= ACCURACY_TOLERANCE
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_on_localhost_rendezvous_and_log_one_run(mnist_dir, mlflow_store):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [
+                torchrun,
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "two-nodes",
+                "-m",
+                "mnist_lab",
+                "train",
+                *flags({**SMALL, "epochs": 1}),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    (run,) = runs()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[names.TAG_NNODES] == "2" and run.data.tags[names.TAG_WORLD_SIZE] == "2"
