@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,12 +103,33 @@ def train_worker(
     accuracy) from rank 0. Module-level, so torch's launcher can start it in each rank."""
     from mnist_lab.train import resume, train
 
+    resume_run_id = resume_run_id or _restarted_jobs_run()
     if logs:  # a freshly spawned rank: log as the CLI does, and let `kill` end its run KILLED
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
         with sigterm_as_interrupt():
             return train_worker(config, run_name, resume_run_id, logs=False)
     result = resume(resume_run_id) if resume_run_id else train(config, run_name=run_name)
     return result.run_id, result.metrics.get("test_accuracy", float("nan"))
+
+
+def _restarted_jobs_run() -> str | None:
+    """In a torchrun job restarted after a rank died (`--max-restarts`), the run its first
+    attempt started, if it has a checkpoint to go on from: the job resumes it."""
+    from mnist_lab import tracking
+
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not job or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    run_id = tracking.job_run(job)
+    if run_id is None:
+        return None
+    try:
+        tracking.download_checkpoint(run_id)
+    except LabError:  # died before its first epoch ended: start again, in a new run
+        log.warning("torchrun job %s restarted; its run %s has no checkpoint yet", job, run_id)
+        return None
+    log.info("torchrun job %s restarted: resuming its run %s", job, run_id)
+    return run_id
 
 
 def _nproc_per_node(value: str | None) -> int | None:

@@ -93,6 +93,7 @@ TAG_CONFIG = "config"  # the run config's file name: cnn.yaml, cnn_fast.yaml, ..
 TAG_WORLD_SIZE = "world_size"
 TAG_BACKEND = "backend"
 TAG_NNODES = "nnodes"
+TAG_ELASTIC_JOB = "torchelastic_run_id"  # the torchrun job: a restarted job resumes this run
 TAG_KIND = "kind"
 TAG_DEVICE = "device"
 TAG_TORCH_VERSION = "torch_version"

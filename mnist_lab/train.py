@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -185,6 +186,7 @@ def _train(
             names.TAG_WORLD_SIZE: str(rank.world_size),
             names.TAG_BACKEND: rank.backend,
             names.TAG_NNODES: str(rank.nnodes),
+            names.TAG_ELASTIC_JOB: os.environ.get("TORCHELASTIC_RUN_ID", ""),
         }
     name = run_name or config.run_name()
     with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):

@@ -217,6 +217,13 @@ def test_every_documented_train_value_arrives_through_mlflow_run(name, value, ex
     assert got == expected, (name, value, got)
 
 
+def test_nproc_per_node_arrives_through_mlflow_run():
+    from mnist_lab.cli import build_parser
+
+    args = build_parser().parse_args(_through_mlflow_run("train", {"nproc_per_node": "2"}))
+    assert args.nproc_per_node == "2"
+
+
 def test_a_run_config_arrives_through_mlflow_run():
     from mnist_lab.cli import build_parser, overrides_from
 

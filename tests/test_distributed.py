@@ -1,9 +1,11 @@
 """Distributed training on CPUs with Gloo: sharding, torch's launcher (`train --nproc-per-node`),
 torchrun across two simulated machines, and the errors a user can make."""
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,21 @@ def runs() -> list:
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments) if experiments else []
+
+
+@contextlib.contextmanager
+def ended(*jobs: subprocess.Popen) -> Iterator[None]:
+    """Whatever happens in the block, no job (or rank under it) outlives the test."""
+    try:
+        yield
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                for pid in descendants(job.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, 9)
+                job.kill()
+                job.wait()
 
 
 def cli(argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -186,9 +203,121 @@ def test_two_torchrun_nodes_on_localhost_rendezvous_and_log_one_run(mnist_dir, m
         )
         for node in (0, 1)
     ]
-    outputs = [node.communicate(timeout=300) for node in nodes]
+    with ended(*nodes):
+        outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (_, err) in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, err[-3000:]
     (run,) = runs()
     assert run.info.status == "FINISHED"
     assert run.data.tags[names.TAG_NNODES] == "2" and run.data.tags[names.TAG_WORLD_SIZE] == "2"
+
+
+# A rank that dies
+
+
+def descendants(ancestor: int) -> list[int]:
+    """The pids of every process under `ancestor`, in pid (so start) order."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [ancestor]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return sorted(found)
+
+
+def rank_pid(ancestor: int, rank: int) -> int | None:
+    """The pid of training rank `rank` under process `ancestor`. torchrun execs its ranks with
+    RANK in their environment; torch's launcher spawns them (the environment is set after
+    start, so invisible here) in rank order, so there the rank-th spawned process is it."""
+    spawned = []
+    for pid in descendants(ancestor):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"mnist_lab" in command:
+            return pid
+        if b"spawn_main" in command:
+            spawned.append(pid)
+    return spawned[rank] if len(spawned) > rank else None
+
+
+def kill_rank_after_first_checkpoint(job: subprocess.Popen, rank: int = 1) -> str:
+    """Wait for the job's run to upload its first checkpoint, SIGKILL `rank`; the run id."""
+    import signal
+    import time
+
+    client = MlflowClient()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None:
+        found = runs()
+        if found and any(
+            f.path == names.CHECKPOINT_LAST
+            for f in client.list_artifacts(found[0].info.run_id, "checkpoints")
+        ):
+            pid = rank_pid(job.pid, rank)
+            assert pid is not None, "no process of that rank"
+            os.kill(pid, signal.SIGKILL)
+            return found[0].info.run_id
+        time.sleep(0.5)
+    raise AssertionError(f"no checkpoint before the deadline: {job.communicate()[1][-3000:]}")
+
+
+LONGER = {**SMALL, "epochs": 6, "max_train_samples": 5000}
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_and_resume_finishes_it(mnist_dir, mlflow_store) -> None:
+    import time
+
+    command = [sys.executable, "-m", "mnist_lab", "train", "--nproc-per-node", "2"]
+    job = subprocess.Popen(
+        [*command, *flags(LONGER)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    with ended(job):
+        run_id = kill_rank_after_first_checkpoint(job)
+        killed_at = time.monotonic()
+        _, err = job.communicate(timeout=distributed.COLLECTIVE_TIMEOUT_S + 60)
+    assert job.returncode != 0
+    assert time.monotonic() - killed_at < distributed.COLLECTIVE_TIMEOUT_S + 30
+    assert "distributed training failed: rank 1" in err
+    (run,) = runs()
+    assert run.info.status in ("FAILED", "KILLED") and run.data.tags[names.TAG_FAILURE_REASON]
+
+    done = cli(["train", "--resume", run_id, "--nproc-per-node", "2"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = runs()
+    assert run.info.status == "FINISHED"
+    history = MlflowClient().get_metric_history(run_id, names.VAL_ACCURACY)
+    assert sorted(m.step for m in history) == list(range(1, LONGER["epochs"] + 1))
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_job_whose_rank_died_into_the_same_run(mnist_dir, mlflow_store):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", "--max-restarts", "1"]
+    job = subprocess.Popen(
+        [*command, "-m", "mnist_lab", "train", *flags(LONGER)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with ended(job):
+        run_id = kill_rank_after_first_checkpoint(job)
+        _, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-3000:]
+    assert f"resuming its run {run_id}" in err
+    (run,) = runs()
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
+    history = MlflowClient().get_metric_history(run_id, names.VAL_ACCURACY)
+    assert sorted(m.step for m in history) == list(range(1, LONGER["epochs"] + 1))

@@ -76,6 +76,9 @@ def join(device: torch.device, backend: str = "auto", sync_bn: bool = False) -> 
     if not dist.is_initialized():
         dist.init_process_group(
             backend,
+            store=_attempt_store(),
+            rank=int(os.environ["RANK"]),
+            world_size=world_size,
             timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
             device_id=device if device.type == "cuda" else None,
         )
@@ -89,6 +92,26 @@ def join(device: torch.device, backend: str = "auto", sync_bn: bool = False) -> 
     )
     log.debug("rank %d of %d joined (%s)", rank.rank, rank.world_size, backend)
     return rank
+
+
+def _attempt_store() -> dist.Store:
+    """The store the ranks meet in: torchrun's, under a prefix of its own per restart.
+
+    torchrun's agent serves one store for the whole job (shared with its rendezvous), so after
+    a `--max-restarts` restart the keys of the failed attempt are still there, and Gloo would
+    connect to the dead ranks' addresses and hang (pytorch issue 135712). Elsewhere (a plain
+    MASTER_ADDR/MASTER_PORT launch) rank 0 hosts a fresh store, as `env://` does."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        host,
+        port,
+        world_size=requested_world_size(),
+        is_master=not agent and int(os.environ["RANK"]) == 0,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"mnist-lab/attempt-{attempt}", store)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

@@ -60,6 +60,13 @@ def search_runs(experiment: str, filter_string: str = "") -> list[RunRecord]:
     return [_record(run) for run in frame]
 
 
+def job_run(job_id: str) -> str | None:
+    """The newest run torchrun job `job_id` (TORCHELASTIC_RUN_ID) started, or None."""
+    quoted = job_id.replace("'", "")
+    found = search_runs(experiment_name(), f"tags.{names.TAG_ELASTIC_JOB} = '{quoted}'")
+    return found[0].run_id if found else None
+
+
 def _record(run: Any) -> RunRecord:
     return RunRecord(
         run_id=run.info.run_id,
