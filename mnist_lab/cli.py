@@ -8,6 +8,7 @@ too. A flag left out, or given as an empty string, means "take experiments/<mode
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -76,9 +77,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = load_config(args.model, overrides_from(args), config_file=args.config or None)
     if nproc is not None and config is not None:  # fail here, not in every process
         from mnist_lab.engine.device import resolve_device
-        from mnist_lab.engine.distributed import resolve_backend
+        from mnist_lab.engine.distributed import check_settings
 
-        resolve_backend(config.dist_backend, resolve_device(config.device))
+        check_settings(config.dist_backend, config.sync_bn, resolve_device(config.device))
     if nproc is None:
         run_id, accuracy = train_worker(config, args.run_name or None, args.resume, logs=False)
     else:
@@ -103,12 +104,11 @@ def train_worker(
     accuracy) from rank 0. Module-level, so torch's launcher can start it in each rank."""
     from mnist_lab.train import resume, train
 
-    resume_run_id = resume_run_id or _restarted_jobs_run()
     if logs:  # a freshly spawned rank: log as the CLI does, and let `kill` end its run KILLED
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-        with sigterm_as_interrupt():
-            return train_worker(config, run_name, resume_run_id, logs=False)
-    result = resume(resume_run_id) if resume_run_id else train(config, run_name=run_name)
+    with sigterm_as_interrupt() if logs else contextlib.nullcontext():
+        resume_run_id = resume_run_id or _restarted_jobs_run()
+        result = resume(resume_run_id) if resume_run_id else train(config, run_name=run_name)
     return result.run_id, result.metrics.get("test_accuracy", float("nan"))
 
 
@@ -123,9 +123,7 @@ def _restarted_jobs_run() -> str | None:
     run_id = tracking.job_run(job)
     if run_id is None:
         return None
-    try:
-        tracking.download_checkpoint(run_id)
-    except LabError:  # died before its first epoch ended: start again, in a new run
+    if not tracking.has_checkpoint(run_id):  # died before its first epoch ended: start again
         log.warning("torchrun job %s restarted; its run %s has no checkpoint yet", job, run_id)
         return None
     log.info("torchrun job %s restarted: resuming its run %s", job, run_id)

@@ -13,7 +13,7 @@ import torch
 from lab_helpers import free_port
 from mlflow.tracking import MlflowClient
 
-from mnist_lab import names
+from mnist_lab import names, tracking
 from mnist_lab.config import load_config
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.sharding import rank_slice, sharded_batches
@@ -121,7 +121,7 @@ def test_nccl_without_gpus_is_refused_before_any_process_starts(mlflow_store, ca
     assert main(argv) == 2
     assert "dist_backend=nccl needs CUDA GPUs" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="nccl needs CUDA"):
-        distributed.resolve_backend("nccl", torch.device("cpu"))
+        distributed.check_settings("nccl", False, torch.device("cpu"))
 
 
 def test_a_world_larger_than_the_train_set_is_refused() -> None:
@@ -257,14 +257,10 @@ def kill_rank_after_first_checkpoint(job: subprocess.Popen, rank: int = 1) -> st
     import signal
     import time
 
-    client = MlflowClient()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and job.poll() is None:
         found = runs()
-        if found and any(
-            f.path == names.CHECKPOINT_LAST
-            for f in client.list_artifacts(found[0].info.run_id, "checkpoints")
-        ):
+        if found and tracking.has_checkpoint(found[0].info.run_id):
             pid = rank_pid(job.pid, rank)
             assert pid is not None, "no process of that rank"
             os.kill(pid, signal.SIGKILL)

@@ -63,12 +63,7 @@ def join(device: torch.device, backend: str = "auto", sync_bn: bool = False) -> 
     world_size = requested_world_size()
     if world_size <= 1:
         return None
-    if sync_bn and device.type != "cuda":
-        raise ConfigError(
-            f"sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm), and this rank trains on "
-            f"{device}; leave sync_bn false on CPUs"
-        )
-    backend = resolve_backend(backend, device)
+    backend = check_settings(backend, sync_bn, device)
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if device.type == "cpu":
         # torchrun sets OMP_NUM_THREADS=1; the cores are better shared out between the ranks.
@@ -114,8 +109,14 @@ def _attempt_store() -> dist.Store:
     return dist.PrefixStore(f"mnist-lab/attempt-{attempt}", store)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """ "auto" → NCCL on GPUs, Gloo on CPUs; NCCL asked for without a GPU is a ConfigError."""
+def check_settings(backend: str, sync_bn: bool, device: torch.device) -> str:
+    """The c10d backend for training on `device`: "auto" → NCCL on GPUs, Gloo on CPUs. NCCL or
+    SyncBatchNorm asked for without a GPU is a ConfigError."""
+    if sync_bn and device.type != "cuda":
+        raise ConfigError(
+            f"sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm), and training runs on "
+            f"{device} here; leave sync_bn false on CPUs"
+        )
     if backend == "auto":
         return "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl" and device.type != "cuda":
@@ -166,11 +167,9 @@ def launch(nproc_per_node: int, entrypoint: Callable[..., Any], *args: Any) -> A
     """Run `entrypoint(*args)` in `nproc_per_node` processes on this machine, as
     `torchrun --standalone --nproc-per-node N` would: through torch's own elastic launcher
     (c10d rendezvous on a free local port, no restarts). Returns rank 0's return value; a rank
-    that fails raises ChildFailedError naming it."""
+    that fails raises ChildFailedError naming it. `nproc_per_node` >= 1: the CLI checks it."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if nproc_per_node < 1:
-        raise ConfigError(f"nproc_per_node={nproc_per_node} must be >= 1 (processes to start)")
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

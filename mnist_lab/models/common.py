@@ -8,7 +8,7 @@ happens inside the model, so a logged model needs no preprocessing from its call
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +76,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 InputNormMode = Literal["none", "minmax", "tophat"]
-INPUT_NORMS: tuple[str, ...] = ("none", "minmax", "tophat")
+INPUT_NORMS: tuple[str, ...] = get_args(InputNormMode)
 TOPHAT_SIZE = 7  # wider than MNIST strokes (2-4 px), narrower than the digit
 
 

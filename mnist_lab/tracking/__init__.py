@@ -10,7 +10,12 @@ gone). It may
 import everything below it (engine, analysis, models, data, config); nothing below imports it.
 """
 
-from mnist_lab.tracking.epoch_logger import EpochLogger, download_checkpoint, reopen_for_resume
+from mnist_lab.tracking.epoch_logger import (
+    EpochLogger,
+    download_checkpoint,
+    has_checkpoint,
+    reopen_for_resume,
+)
 from mnist_lab.tracking.liveness import StaleRun, end_stale, stale_runs, sweep_stale_runs
 from mnist_lab.tracking.pyfunc import log_model, log_torch_model
 from mnist_lab.tracking.query import (
@@ -79,6 +84,7 @@ __all__ = [
     "find_run",
     "get_run",
     "git_commit",
+    "has_checkpoint",
     "job_run",
     "kill_orphaned_run",
     "load_model",

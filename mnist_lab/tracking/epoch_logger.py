@@ -72,6 +72,14 @@ def _to_host(value: Any) -> Any:
     return value
 
 
+def has_checkpoint(run_id: str) -> bool:
+    """Whether run `run_id` has a `checkpoints/last.pt` to resume from (listed, not fetched)."""
+    folder = names.CHECKPOINT_LAST.rpartition("/")[0]
+    return any(
+        f.path == names.CHECKPOINT_LAST for f in MlflowClient().list_artifacts(run_id, folder)
+    )
+
+
 def download_checkpoint(run_id: str) -> Path:
     """Fetch `checkpoints/last.pt` of `run_id`; a clear error if the run or file is missing."""
     client = MlflowClient()
