@@ -54,6 +54,11 @@ class TrainConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0  # max grad norm; 0 turns clipping off
     early_stopping_patience: int = 0  # epochs without val improvement; 0 turns it off
+    # Time to accuracy (`python -m mnist_lab.measure time-to-accuracy`): stop as soon as the
+    # validation accuracy reaches this fraction (None: train every epoch), checking it at
+    # `val_checks_per_epoch` evenly spaced points of each epoch (the end of one among them).
+    target_val_accuracy: float | None = None
+    val_checks_per_epoch: int = 1
     # Training-time augmentation, batched on the device: false, true (shift ±2 px, rotate ±10°),
     # a preset ("robust": every op) or "op[:magnitude],..." (see mnist_lab/data/loader.py).
     augment: bool | str = False
@@ -234,6 +239,18 @@ def validate(config: TrainConfig) -> None:
         "early_stopping_patience",
         c.early_stopping_patience,
         "must be >= 0 (0 turns early stopping off)",
+    )
+    _check(
+        c.target_val_accuracy is None or 0 < c.target_val_accuracy <= 1,
+        "target_val_accuracy",
+        c.target_val_accuracy,
+        "must be a fraction in (0, 1], e.g. 0.9876 (or unset to train every epoch)",
+    )
+    _check(
+        c.val_checks_per_epoch >= 1,
+        "val_checks_per_epoch",
+        c.val_checks_per_epoch,
+        "must be >= 1 (1: validate at the end of each epoch only)",
     )
     _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"must be one of {OPTIMIZERS}")
     _check(c.scheduler in SCHEDULERS, "scheduler", c.scheduler, f"must be one of {SCHEDULERS}")

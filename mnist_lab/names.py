@@ -40,6 +40,10 @@ FINAL_METRICS = (
 # the images trained on, over the wall time of the training steps (validation not included).
 TRAIN_FLOPS_PER_IMAGE = "train_flops_per_image"
 TRAIN_TFLOPS_PER_S = "train_tflops_per_s"
+# Runs with a target_val_accuracy that reached it: training wall time until the validation
+# check that did (validation included, as MLPerf counts it) and epochs trained by then.
+TIME_TO_TARGET_S = "time_to_target_s"
+EPOCHS_TO_TARGET = "epochs_to_target"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"

@@ -280,7 +280,7 @@ def _training_metrics(
     """The final metrics of the training itself (all a tuning trial logs): its time, selection,
     size, and its arithmetic: FLOPs a sample and the TFLOP/s the training steps achieved."""
     achieved = flops_per_sample * state.samples_trained / max(state.step_seconds, 1e-9) / 1e12
-    return {
+    metrics = {
         names.TRAIN_TIME_S: state.train_seconds,
         names.BEST_VAL_ACCURACY: state.best_val_accuracy,
         names.BEST_EPOCH: float(state.best_epoch),
@@ -288,6 +288,10 @@ def _training_metrics(
         names.TRAIN_FLOPS_PER_IMAGE: flops_per_sample,
         names.TRAIN_TFLOPS_PER_S: achieved,
     }
+    if state.time_to_target_s is not None:
+        metrics[names.TIME_TO_TARGET_S] = state.time_to_target_s
+        metrics[names.EPOCHS_TO_TARGET] = state.epochs_to_target
+    return metrics
 
 
 def peak_memory_mb(device: torch.device) -> float:

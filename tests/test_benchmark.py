@@ -1,5 +1,8 @@
 """benchmark: every model a child run of one parent; a failing model is a failed row."""
 
+import json
+import math
+
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -145,3 +148,51 @@ def test_the_training_bench_prints_each_runs_share_of_the_machines_matmul_peak(m
     row = training.run_scenario("cnn-1-epoch", "cpu")
     assert row["utilisation"] == pytest.approx(0.1) and row["mean_epoch_time_s"] == 5.0
     assert "3.0 MFLOP/img  0.050 TFLOP/s = 10.0 % of 0.50" in training.format_row(row)
+
+
+def test_time_to_accuracy_runs_the_peer_beside_cnn_fast_and_times_each_model_to_its_target(
+    mnist_dir, mlflow_store, tmp_path, monkeypatch, capsys
+):
+    """Real runs on a small slice: the peer and cnn_fast pair, one model that reaches its
+    target mid-epoch and one that cannot (a target of 100 %)."""
+    from mnist_lab.measure import time_to_accuracy as tta
+
+    small = {"max_train_samples": 1000, "max_test_samples": 200, "val_size": 200}
+    monkeypatch.setattr(tta, "COMMON", {**tta.COMMON, **small})
+    monkeypatch.setitem(
+        tta.TARGETS,
+        "cnn",
+        tta.Target(0.5, 45, "experiments/cnn_fast.yaml", {"epochs": 3, "val_checks_per_epoch": 2}),
+    )
+    monkeypatch.setitem(tta.TARGETS, "vit", tta.Target(1.0, 204, None, {"epochs": 1, "depth": 1}))
+    out = tmp_path / "tta.json"
+    assert tta.main(["--models", "cnn", "vit", "--json", str(out)]) == 0
+
+    figures = json.loads(out.read_text())
+    pair = figures["peer"]
+    assert pair["peer_s"] > 0 and pair["cnn_fast_s"] > 0
+    assert pair["ratio"] == pytest.approx(pair["cnn_fast_s"] / pair["peer_s"])
+    cnn, vit = figures["models"]
+    assert (
+        cnn["reached"] and cnn["epochs_to_target"] <= 3 and cnn["config"].endswith("cnn_fast.yaml")
+    )
+    assert not vit["reached"] and math.isnan(vit["time_to_target_s"])
+    client = MlflowClient()
+    run = client.get_run(cnn["run_id"])
+    assert run.data.metrics[names.TIME_TO_TARGET_S] == pytest.approx(cnn["time_to_target_s"])
+    assert run.data.params["target_val_accuracy"] == "0.5"
+    assert names.TIME_TO_TARGET_S not in client.get_run(vit["run_id"]).data.metrics
+    assert client.get_run(pair["peer_run_id"]).data.tags["bench_scenario"] == "peer"
+    printed = capsys.readouterr().out
+    assert "x the peer's time" in printed and "NOT REACHED" in printed
+
+
+def test_the_peer_net_is_the_recipes_two_convs_and_800_256_10_head():
+    import torch
+
+    from mnist_lab.measure.peer import peer_net
+
+    net = peer_net()
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(800, 256), (256, 10)]

@@ -50,6 +50,8 @@ def test_unknown_model_lists_the_valid_names():
         ("cnn", {"augment": "shift,tilt"}, r"augment=.*'tilt'.*valid values: true, false"),
         ("cnn", {"augment": "blur:100"}, r"augment=.*blur magnitude"),
         ("cnn", {"augment": 2.5}, "augment"),
+        ("cnn", {"target_val_accuracy": 99.2}, r"target_val_accuracy=99.2 must be a fraction"),
+        ("cnn", {"val_checks_per_epoch": 0}, "val_checks_per_epoch"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_parameter(model, overrides, named):

@@ -10,14 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from lab_helpers import free_port
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names, tracking
 from mnist_lab.config import load_config
 from mnist_lab.data.loader import BatchLoader
+from mnist_lab.data.scenes import SceneLoader
 from mnist_lab.data.sharding import rank_slice, sharded_batches
 from mnist_lab.engine import distributed
+from mnist_lab.engine.classification import ClassificationTask
+from mnist_lab.engine.loop import validate
 from mnist_lab.errors import ConfigError
 from mnist_lab.train import train
 
@@ -37,6 +41,7 @@ SMALL = {
 # BatchNorm's batch statistics (each rank normalises its half-batch), so their accuracies are
 # close, not equal.
 ACCURACY_TOLERANCE = 0.05
+SCENE = {"canvas_size": 64, "min_scale": 0.8, "max_scale": 1.4}
 
 
 def flags(settings: dict) -> list[str]:
@@ -100,6 +105,59 @@ def test_the_ranks_batches_together_are_the_one_process_batches() -> None:
     for (x, y), (x0, y0), (x1, y1) in zip(whole, *ranks, strict=True):
         assert torch.equal(torch.cat([y0, y1]), y)
         assert torch.allclose(torch.cat([x0, x1]), x)
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(250, 2), (7, 3), (3, 4)])
+def test_the_ranks_evaluation_parts_cover_the_split_once(n: int, world_size: int) -> None:
+    images = torch.randint(0, 255, (n, 28, 28), dtype=torch.uint8)
+    whole = BatchLoader(images, torch.arange(n) % 10, batch_size=64)
+    parts = [whole.rank_part(r, world_size) for r in range(world_size)]
+    x = torch.cat([x for part in parts for x, _ in part])
+    y = torch.cat([y for part in parts for _, y in part])
+    assert torch.equal(x, torch.cat([x for x, _ in whole]))
+    assert torch.equal(y, whole.labels)
+    sizes = [part.labels.numel() for part in parts]
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+
+
+def test_the_ranks_scene_parts_are_the_one_process_scenes() -> None:
+    """Scenes are laid out for the whole split and then cut, so each scene is the same."""
+    images = torch.randint(0, 255, (30, 28, 28), dtype=torch.uint8)
+    whole = SceneLoader(images, torch.arange(30) % 10, 8, **SCENE)
+    parts = [whole.rank_part(r, 2) for r in range(2)]
+    assert [len(p) for p in parts] == [2, 2]  # 15 scenes each, in batches of 8
+    scenes = [s for part in parts for s in part]
+    assert torch.equal(torch.cat([s.images for s in scenes]), torch.cat([s.images for s in whole]))
+
+
+def _validate_on_two_ranks(rank: int, port: int, results: dict) -> None:
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    images = torch.randint(0, 255, (101, 28, 28), generator=torch.Generator().manual_seed(1))
+    loader = BatchLoader(images.to(torch.uint8), torch.arange(101) % 10, batch_size=16)
+    task = ClassificationTask(load_config("cnn"))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        results[rank] = validate(task, model, loader, False, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_validation_gives_every_rank_the_whole_splits_figures() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    images = torch.randint(0, 255, (101, 28, 28), generator=torch.Generator().manual_seed(1))
+    loader = BatchLoader(images.to(torch.uint8), torch.arange(101) % 10, batch_size=16)
+    whole = ClassificationTask(load_config("cnn")).evaluate(model, loader, False)
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_validate_on_two_ranks, args=(free_port(), results), nprocs=2)
+        results = dict(results)
+    for loss, accuracy in results.values():
+        assert loss == pytest.approx(whole.loss, rel=1e-5)
+        assert accuracy == pytest.approx(whole.accuracy, abs=1e-12)
 
 
 # Bad input

@@ -17,6 +17,7 @@ from mnist_lab.engine.interrupt import deferred_interrupts
 from mnist_lab.engine.loop import (
     NonFiniteLossError,
     TrainState,
+    check_steps,
     fit,
     make_optimizer,
     make_scheduler,
@@ -142,6 +143,30 @@ def test_early_stopping_halts_after_patience():
     run_fit(state, train, val)
     assert state.epoch < 20
     assert state.epoch - state.best_epoch == 1
+
+
+def test_check_steps_spread_mid_epoch_validations_evenly():
+    assert check_steps(100, 4) == {25, 50, 75}
+    assert check_steps(100, 1) == set()
+    assert check_steps(3, 8) == {1, 2}  # more checks than steps: one after each step but the last
+
+
+def test_training_stops_at_the_mid_epoch_check_that_reaches_the_target():
+    state, train, val = make_state(epochs=5, target_val_accuracy=0.9, val_checks_per_epoch=4)
+    recorder = Recorder()
+    run_fit(state, train, val, [recorder])
+    assert state.epoch < 5 and state.epochs_to_target is not None
+    assert state.epochs_to_target < state.epoch  # a fraction of the last epoch: a mid-epoch check
+    assert recorder.epochs[-1][1][names.VAL_ACCURACY] >= 0.9  # the reaching check's figures
+    assert state.best_val_accuracy >= 0.9 and state.best_epoch == state.epoch
+    assert 0 < state.time_to_target_s <= state.train_seconds
+    assert state.samples_trained < state.epoch * 256  # the last epoch was cut short
+
+
+def test_a_target_never_reached_trains_every_epoch_and_records_no_time():
+    state, train, val = make_state(epochs=2, target_val_accuracy=1.0, lr=1e-9)
+    run_fit(state, train, val)
+    assert state.epoch == 2 and state.time_to_target_s is None and state.epochs_to_target is None
 
 
 @pytest.mark.parametrize(

@@ -308,6 +308,15 @@ class BatchLoader:
         """Select epoch `epoch`'s order and augmentation for the next iteration."""
         self.epoch = epoch
 
+    def rank_part(self, rank: int, world_size: int) -> BatchLoader:
+        """A loader over rank `rank`'s contiguous part of this evaluation split (unshuffled, not
+        augmented), in batches of the same size: the ranks' parts cover the split once, sizes
+        differing by at most one image, so a sharded evaluation sums to the whole split's."""
+        if self.shuffle or self.augment:
+            raise ValueError("rank_part is for evaluation loaders (no shuffle, no augmentation)")
+        part = rank_slice(0, len(self.labels), rank, world_size)
+        return BatchLoader(self.images[part], self.labels[part], self.batch_size)
+
     def __len__(self) -> int:
         n = len(self.labels)
         if self.world_size > 1:

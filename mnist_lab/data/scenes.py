@@ -9,6 +9,7 @@ batched `grid_sample` on the digits' device.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -224,15 +225,27 @@ class SceneLoader:
         counts[-1] -= int(total[scenes - 1]) - n
         self.counts = counts
         self.rank, self.world_size = rank, world_size  # each rank renders its part of a batch
+        self.scenes = slice(0, len(counts))  # the epoch's scenes this loader yields
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def rank_part(self, rank: int, world_size: int) -> SceneLoader:
+        """A loader over rank `rank`'s contiguous part of this evaluation split's scenes: the
+        same scenes a one-process evaluation renders (the layout is drawn for the whole split,
+        then cut), so a sharded evaluation sums to the whole split's."""
+        if self.shuffle or self.world_size > 1:
+            raise ValueError("rank_part is for evaluation loaders (unshuffled, unsharded)")
+        part = copy.copy(self)
+        part.scenes = rank_slice(self.scenes.start, self.scenes.stop, rank, world_size)
+        return part
+
     def __len__(self) -> int:
+        scenes = self.scenes.stop - self.scenes.start
         if self.world_size > 1:
-            return sharded_batches(len(self.counts), self.batch_size, self.world_size)
-        return math.ceil(len(self.counts) / self.batch_size)
+            return sharded_batches(scenes, self.batch_size, self.world_size)
+        return math.ceil(scenes / self.batch_size)
 
     def layout(self) -> Layout:
         """This epoch's layout of all scenes, on the CPU."""
@@ -253,8 +266,9 @@ class SceneLoader:
     def __iter__(self) -> Iterator[Scenes]:
         layout = self.layout()
         device = self.images.device
+        first, end = self.scenes.start, self.scenes.stop
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, len(self.counts)))
+            sl = slice(first + i * self.batch_size, min(first + (i + 1) * self.batch_size, end))
             if self.world_size > 1:
                 sl = rank_slice(sl.start, sl.stop, self.rank, self.world_size)
             part = Layout(

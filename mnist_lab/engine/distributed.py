@@ -8,9 +8,10 @@ averages gradients across ranks after every backward pass.
 The data stays device-resident: every rank holds the whole split and cuts its own part of
 each global batch (data/sharding.py), so an epoch's shuffled order and augmentation are the ones
 a one-process run would have, every training image is used once per epoch across ranks, and
-the global batch is `batch_size` with the config's learning rate unchanged. Validation and test
-are evaluated on the full splits (every rank evaluates validation, so all agree on the best
-epoch and on early stopping without a message; only rank 0 tests). Only rank 0 talks to MLflow.
+the global batch is `batch_size` with the config's learning rate unchanged. Validation covers
+the full split, sharded: each rank evaluates its contiguous part and the sums are all-reduced
+(engine/loop.py `validate`), so every rank holds the one-process figures and all agree on the
+best epoch and on early stopping. Only rank 0 tests, and only rank 0 talks to MLflow.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class TrainState:
     train_seconds: float = 0.0  # wall time of the training loop, summed over resumed sessions
     step_seconds: float = 0.0  # of which the training steps (no validation, no listeners)
     samples_trained: int = 0  # images (scenes for the detector) the steps trained on
+    # When validation first reached config.target_val_accuracy: training wall time, and epochs
+    # (fractional where a mid-epoch check reached it). None: no target, or not reached.
+    time_to_target_s: float | None = None
+    epochs_to_target: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
@@ -67,6 +71,8 @@ class TrainState:
             "train_seconds": self.train_seconds,
             "step_seconds": self.step_seconds,
             "samples_trained": self.samples_trained,
+            "time_to_target_s": self.time_to_target_s,
+            "epochs_to_target": self.epochs_to_target,
             "rng": rng,
         }
 
@@ -83,6 +89,8 @@ class TrainState:
         self.train_seconds = state["train_seconds"]
         self.step_seconds = state.get("step_seconds", 0.0)  # absent in older checkpoints
         self.samples_trained = state.get("samples_trained", 0)
+        self.time_to_target_s = state.get("time_to_target_s")
+        self.epochs_to_target = state.get("epochs_to_target")
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -134,7 +142,9 @@ def fit(
     listeners: Iterable[Listener] = (),
     nan_check_every: int = 50,
 ) -> TrainState:
-    """Train from `state.epoch + 1` to `config.epochs`, or until early stopping.
+    """Train from `state.epoch + 1` to `config.epochs`, or until early stopping, or until
+    validation reaches `config.target_val_accuracy` (checked `val_checks_per_epoch` times an
+    epoch; the epoch ends at the check that reaches it).
 
     After each epoch: evaluate on validation, keep the best weights (selection by validation
     only), and call every listener. A NaN/inf loss raises `NonFiniteLossError` before the
@@ -149,43 +159,98 @@ def fit(
         )
     step_model = torch.compile(step_model) if config.compile else step_model
     listeners = list(listeners)
+    target = config.target_val_accuracy
     with deferred_interrupts() as stop:  # Ctrl-C lands between steps, see interrupt.py
         for epoch in range(state.epoch + 1, config.epochs + 1):
             start = time.perf_counter()
             lr = state.optimizer.param_groups[0]["lr"]  # at the epoch's first step
-            loss_sum, hits, seen = _train_epoch(
-                state, task, step_model, train_loader, device, epoch, stop, nan_check_every
+            epoch_run = _train_epoch(
+                state,
+                task,
+                step_model,
+                train_loader,
+                val_loader,
+                device,
+                epoch,
+                stop,
+                nan_check_every,
             )
-            state.step_seconds += time.perf_counter() - start
+            loss_sum, hits, seen = epoch_run.totals
+            state.step_seconds += time.perf_counter() - start - epoch_run.check_seconds
             state.samples_trained += int(seen)
-            val = task.evaluate(model, val_loader, config.amp)
+            val_loss, val_accuracy = epoch_run.val or validate(
+                task, model, val_loader, config.amp, device
+            )
             metrics = {
                 names.TRAIN_LOSS: loss_sum / seen,
                 names.TRAIN_ACCURACY: hits / seen,
-                names.VAL_LOSS: val.loss,
-                names.VAL_ACCURACY: val.accuracy,
+                names.VAL_LOSS: val_loss,
+                names.VAL_ACCURACY: val_accuracy,
                 names.LR: lr,
                 names.EPOCH_TIME_S: time.perf_counter() - start,
-                **val.extra,
             }
             state.epoch = epoch
             state.history.append({"epoch": epoch, **metrics})
-            improved = val.accuracy > state.best_val_accuracy
+            improved = val_accuracy > state.best_val_accuracy
             if improved:
-                state.best_val_accuracy, state.best_epoch = val.accuracy, epoch
+                state.best_val_accuracy, state.best_epoch = val_accuracy, epoch
                 state.best_model = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                 }
             state.train_seconds += metrics[names.EPOCH_TIME_S]
+            reached = target is not None and val_accuracy >= target
+            if reached:
+                state.time_to_target_s = state.train_seconds
+                state.epochs_to_target = epoch - 1 + epoch_run.fraction
             listeners_start = time.perf_counter()
             for listener in listeners:
                 listener.on_epoch_end(state, metrics)
             state.train_seconds += time.perf_counter() - listeners_start
             stop.check()
             patience = config.early_stopping_patience
-            if patience and epoch - state.best_epoch >= patience:
+            if reached or (patience and epoch - state.best_epoch >= patience):
                 break
     return state
+
+
+def validate(
+    task: Task, model: nn.Module, loader: Loader, amp: bool, device: torch.device
+) -> tuple[float, float]:
+    """(loss, accuracy) over the whole split behind `loader`. In a distributed job each rank
+    evaluates its contiguous part and the sums are all-reduced, so every rank gets the figures
+    a one-process run computes, in about 1 / world_size of the time (README "Distributed")."""
+    rank, world_size = shard()
+    if world_size == 1:
+        val = task.evaluate(model, loader, amp)
+        return val.loss, val.accuracy
+    part = loader.rank_part(rank, world_size)
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    if len(part):  # a split smaller than the world leaves some ranks without images
+        val = task.evaluate(model, part, amp)
+        count = len(val.targets)
+        correct = float((val.predictions == val.targets).sum())
+        totals += totals.new_tensor([val.loss * count, correct, count])
+    loss_sum, correct, count = all_reduce_sum(totals).tolist()
+    return loss_sum / count, correct / count
+
+
+def check_steps(steps: int, checks_per_epoch: int) -> set[int]:
+    """The steps of a `steps`-step epoch after which it validates early: `checks_per_epoch` - 1
+    evenly spaced ones (the epoch's end always validates)."""
+    return {round(steps * i / checks_per_epoch) for i in range(1, checks_per_epoch)} - {0, steps}
+
+
+@dataclass
+class EpochRun:
+    """What one pass of `_train_epoch` did. `totals`: (sum of loss x batch size, correct
+    predictions, images seen) over all ranks; `val`: (loss, accuracy) of the mid-epoch check that
+    reached the target, which ended the epoch there (None: the epoch ran to its end);
+    `fraction`: the share of the epoch's steps taken; `check_seconds`: time in mid-epoch checks."""
+
+    totals: tuple[float, float, float]
+    val: tuple[float, float] | None
+    fraction: float
+    check_seconds: float
 
 
 def _train_epoch(
@@ -193,13 +258,14 @@ def _train_epoch(
     task: Task,
     step_model: nn.Module,
     loader: Loader,
+    val_loader: Loader,
     device: torch.device,
     epoch: int,
     stop: StopRequest,
     nan_check_every: int,
-) -> tuple[float, float, float]:
-    """One pass over `loader`: (sum of loss x batch size, correct predictions, images seen),
-    summed over the ranks of a distributed job."""
+) -> EpochRun:
+    """One pass over `loader`, validating at `config.val_checks_per_epoch` points when a
+    `target_val_accuracy` is set, and ending the epoch at the first check that reaches it."""
     config, model, optimizer, scheduler = (
         state.config,
         state.model,
@@ -208,6 +274,10 @@ def _train_epoch(
     )
     loader.set_epoch(epoch)
     model.train()
+    checks = check_steps(len(loader), config.val_checks_per_epoch)
+    if config.target_val_accuracy is None:
+        checks = set()
+    val, check_seconds, step = None, 0.0, 0
     totals = torch.zeros(3, device=device)  # loss sum, correct, count: summed on the device
     bar = tqdm(
         loader,
@@ -239,4 +309,13 @@ def _train_epoch(
                     f"(now {config.grad_clip})"
                 )
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.4f}")
-    return tuple(all_reduce_sum(totals).tolist())
+        if step in checks:
+            check_start = time.perf_counter()
+            check = validate(task, model, val_loader, config.amp, device)
+            model.train()
+            check_seconds += time.perf_counter() - check_start
+            if check[1] >= config.target_val_accuracy:
+                val = check
+                break
+    totals = tuple(all_reduce_sum(totals).tolist())
+    return EpochRun(totals, val, step / max(len(loader), 1), check_seconds)

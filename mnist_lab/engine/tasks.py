@@ -28,6 +28,9 @@ class Loader(Protocol):
     def set_epoch(self, epoch: int) -> None: ...
     def __iter__(self) -> Iterator[Batch]: ...
     def __len__(self) -> int: ...
+    def rank_part(self, rank: int, world_size: int) -> Loader:
+        """An evaluation loader over rank `rank`'s contiguous part of the split."""
+        ...
 
 
 @dataclass
@@ -41,7 +44,6 @@ class Evaluation:
     targets: np.ndarray
     probabilities: np.ndarray
     seconds: float  # forward passes only, after one warm-up batch
-    extra: dict[str, float] = field(default_factory=dict)
     logits: np.ndarray | None = None
 
 

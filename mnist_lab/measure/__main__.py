@@ -1,11 +1,13 @@
-"""`python -m mnist_lab.measure training|tuning|real-digits|serving …`: see `mnist_lab.measure`."""
+"""`python -m mnist_lab.measure training|time-to-accuracy|tuning|real-digits|serving …`: see
+`mnist_lab.measure`."""
 
 import sys
 
-from mnist_lab.measure import real_digits, serving, training, tuning
+from mnist_lab.measure import real_digits, serving, time_to_accuracy, training, tuning
 
 SCRIPTS = {
     "training": training.main,
+    "time-to-accuracy": time_to_accuracy.main,
     "tuning": tuning.main,
     "real-digits": real_digits.main,
     "serving": serving.main,
@@ -15,8 +17,8 @@ SCRIPTS = {
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in SCRIPTS:
         print(
-            "usage: python -m mnist_lab.measure {training,tuning,real-digits,serving} [options]  "
-            "(add --help after either for its options)",
+            f"usage: python -m mnist_lab.measure {{{','.join(SCRIPTS)}}} [options]  "
+            "(add --help after any of them for its options)",
             file=sys.stderr,
         )
         return 2
