@@ -60,7 +60,14 @@ def test_names_and_options() -> None:
     for name in ("cnn", "vgg16", "alexnet", "vit", "timm_vit"):
         assert name in names and name in MODELS
     assert "timm:<name>" in names
-    assert list(model_options("cnn")) == ["depth", "width", "dropout", "input_norm", "pool"]
+    assert list(model_options("cnn")) == [
+        "depth",
+        "width",
+        "dropout",
+        "input_norm",
+        "pool",
+        "convs",
+    ]
     assert all("input_norm" in model_options(name) for name in MODELS if name != "faster_rcnn")
     assert set(model_options("vgg16")) == {
         *("weights", "input_size", "freeze_features", "dropout", "input_norm")
@@ -155,6 +162,19 @@ def test_cnn_bad_option_values_name_valid_ones(option: str, value: str) -> None:
 def test_cnn_bad_depth() -> None:
     with pytest.raises(ConfigError, match="depth"):
         build_model("cnn", depth=5)
+    with pytest.raises(ConfigError, match="convs"):
+        build_model("cnn", convs=0)
+
+
+def test_cnn_convs_adds_full_resolution_layers_and_convs_1_is_the_old_model() -> None:
+    old_keys = list(build_model("cnn").state_dict())
+    assert old_keys[0] == "features.0.0.weight" and "features.0.2.running_mean" in old_keys
+    model = build_model("cnn", convs=2, width=8)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        *((1, 8), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32))
+    ]
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
 
 
 @pytest.mark.parametrize("name", ["vit", "timm_vit"])

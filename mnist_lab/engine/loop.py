@@ -8,6 +8,7 @@ evaluate. The classifiers use `ClassificationTask`; the detector brings its own 
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -27,6 +28,8 @@ from mnist_lab.engine.distributed import all_reduce_sum, shard
 from mnist_lab.engine.interrupt import StopRequest, deferred_interrupts
 from mnist_lab.engine.tasks import Loader, Task
 from mnist_lab.errors import ConfigError, LabError
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(LabError):
@@ -314,6 +317,15 @@ def _train_epoch(
             check = validate(task, model, val_loader, config.amp, device)
             model.train()
             check_seconds += time.perf_counter() - check_start
+            if shard()[0] == 0:  # the console is rank 0's, as ConsoleReporter's lines are
+                log.info(
+                    "epoch %d, step %d/%d: val_acc %.4f (target %.4f)",
+                    epoch,
+                    step,
+                    len(loader),
+                    check[1],
+                    config.target_val_accuracy,
+                )
             if check[1] >= config.target_val_accuracy:
                 val = check
                 break

@@ -3,6 +3,10 @@ written from its description (two convs 24/32, fc 800-256-10, Adam β 0.7/0.9, O
 batch 256, one epoch, no augmentation, no validation), on the data held in memory as normalised
 float tensors before the clock starts. It trains on the same 55 000-image train split as every
 mnist-lab run and is tested on the same test split.
+
+As published it keeps PyTorch's default NCHW layout; `channels_last=True` stores it NHWC as
+mnist-lab's models are (engine/device.py `place_model`), the layout oneDNN convolves fastest, so
+the bench can say how much of a difference is layout and how much is the rest.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ class PeerResult:
     test_accuracy: float
 
 
-def train_peer(splits: Splits, seed: int = 0) -> PeerResult:
+def train_peer(splits: Splits, seed: int = 0, channels_last: bool = False) -> PeerResult:
     torch.manual_seed(seed)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     x = (splits.train_x.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD  # [N, 1, 28, 28]
+    x = x.contiguous(memory_format=layout)
     y = splits.train_y
-    model = peer_net()
+    model = peer_net().to(memory_format=layout)
     steps = SETTINGS["epochs"] * -(-len(y) // SETTINGS["batch_size"])
     optimizer = torch.optim.Adam(model.parameters(), lr=SETTINGS["lr"], betas=SETTINGS["betas"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, SETTINGS["lr"], total_steps=steps)
@@ -61,5 +67,6 @@ def train_peer(splits: Splits, seed: int = 0) -> PeerResult:
     seconds = time.perf_counter() - start
     with torch.inference_mode():
         test_x = (splits.test_x.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD
+        test_x = test_x.contiguous(memory_format=layout)
         predictions = torch.cat([model.eval()(b).argmax(1) for b in test_x.split(1000)])
     return PeerResult(seconds, float((predictions == splits.test_y).float().mean()))

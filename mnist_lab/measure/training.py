@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
 
     device = resolve_device(args.device or "auto")
-    print(f"hardware: {hardware(device)}", flush=True)
+    # The machine's limit, timed before any run starts (see peak_tflops).
+    peak = peak_tflops(device, amp_dtype(device, True) or torch.float32)
+    print(f"hardware: {hardware(device)}; dense matmul peak {peak:.2f} TFLOP/s", flush=True)
     rows = []
     for name in args.scenarios:
         row = run_scenario(name, args.device)
