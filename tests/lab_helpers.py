@@ -31,6 +31,9 @@ def mlflow_at(uri: str, folder: Path, mp: pytest.MonkeyPatch) -> Iterator[str]:
     mp.chdir(folder)
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    # An experiment an earlier test selected (set_experiment) lives in another store; MLflow
+    # would still prefer it over MLFLOW_EXPERIMENT_NAME.
+    mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     try:
         yield uri
     finally:

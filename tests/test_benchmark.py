@@ -157,6 +157,7 @@ def test_time_to_accuracy_runs_the_peer_beside_cnn_fast_and_times_each_model_to_
     target mid-epoch and one that cannot (a target of 100 %)."""
     from mnist_lab.measure import time_to_accuracy as tta
 
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")  # main's default, unleaked
     small = {"max_train_samples": 1000, "max_test_samples": 200, "val_size": 200}
     monkeypatch.setattr(tta, "COMMON", {**tta.COMMON, **small})
     monkeypatch.setitem(
