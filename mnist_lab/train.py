@@ -145,13 +145,7 @@ def _train(
     run_name: str | None,
 ) -> TrainResult:
     torch.manual_seed(config.seed)
-    splits = make_splits(
-        load_mnist(config.data_dir),
-        val_size=config.val_size,
-        seed=config.seed,
-        max_train_samples=config.max_train_samples,
-        max_test_samples=config.max_test_samples,
-    ).to(device)
+    splits = load_splits(config).to(device)
     if rank is not None:
         distributed.check_world_size(rank.world_size, len(splits.train_y))
     model = build_model(config.model, **config.model_options)
@@ -246,6 +240,17 @@ def _train(
             tracking.active_run_id(),
         )
         return TrainResult(tracking.active_run_id(), metrics, state.best_val_accuracy, state.epoch)
+
+
+def load_splits(config: TrainConfig) -> Splits:
+    """The train / val / test images a run with `config` sees, on the CPU."""
+    return make_splits(
+        load_mnist(config.data_dir),
+        val_size=config.val_size,
+        seed=config.seed,
+        max_train_samples=config.max_train_samples,
+        max_test_samples=config.max_test_samples,
+    )
 
 
 def make_task(config: TrainConfig) -> Task:

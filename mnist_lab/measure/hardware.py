@@ -4,12 +4,15 @@ machine's own limit, the dense-matmul TFLOP/s a run's utilisation is a fraction 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import platform
+import sys
 import time
 
 import torch
 
-from mnist_lab.engine.device import amp_dtype, synchronize, usable_cpus
+from mnist_lab.engine.device import amp_dtype, resolve_device, synchronize, usable_cpus
 
 
 def cpu_name() -> str:
@@ -50,3 +53,17 @@ def peak_tflops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> f
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e12
+
+
+def start_bench(device_name: str | None) -> str:
+    """What every bench script does first: log progress to stderr, put its runs in the
+    experiment `mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise, time the
+    machine's matmul peak before any run starts (in the dtype the configs' amp gives), and
+    print the hardware line. Returns that line's hardware description."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
+    device = resolve_device(device_name or "auto")
+    machine = hardware(device)
+    peak = peak_tflops(device, amp_dtype(device, enabled=True) or torch.float32)
+    print(f"hardware: {machine}; dense matmul peak {peak:.2f} TFLOP/s", flush=True)
+    return machine

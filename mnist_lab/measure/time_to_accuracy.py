@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +24,7 @@ import torch
 
 from mnist_lab import names, tracking
 from mnist_lab.engine.device import amp_dtype, resolve_device
-from mnist_lab.measure.hardware import hardware, peak_tflops
+from mnist_lab.measure.hardware import peak_tflops, start_bench
 from mnist_lab.measure.peer import SETTINGS as PEER_SETTINGS
 from mnist_lab.measure.peer import train_peer
 
@@ -95,17 +92,11 @@ def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     The peer first trains once on a slice, untimed, so neither side pays oneDNN's first-call
     setup alone (cnn_fast's first run pays its own)."""
     from mnist_lab.config import load_config
-    from mnist_lab.data.mnist import load_mnist, make_splits
-    from mnist_lab.train import train
+    from mnist_lab.train import load_splits, train
 
     config = load_config(None, {**COMMON, "device": device}, "experiments/cnn_fast.yaml")
-    splits = make_splits(
-        load_mnist(config.data_dir),
-        val_size=config.val_size,
-        seed=config.seed,
-        max_train_samples=config.max_train_samples,
-        max_test_samples=config.max_test_samples,
-    ).to(resolve_device(config.device))  # the images cnn_fast trains and is tested on
+    # The images cnn_fast trains and is tested on.
+    splits = load_splits(config).to(resolve_device(config.device))
     train_peer(replace(splits, train_x=splits.train_x[:2560], train_y=splits.train_y[:2560]))
     runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name in PAIR}
     for _ in range(repeats):
@@ -167,15 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.models if m not in TARGETS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(TARGETS)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
-
-    device = resolve_device(args.device or "auto")
-    machine = hardware(device)
-    # The machine's limit, timed before any run starts (see peak_tflops), in each dtype a
-    # model here trains in: the configs' amp is on, so amp_dtype says which.
-    peak = peak_tflops(device, amp_dtype(device, True) or torch.float32)
-    print(f"hardware: {machine}; dense matmul peak {peak:.2f} TFLOP/s", flush=True)
+    machine = start_bench(args.device)
     figures: dict[str, Any] = {"hardware": machine, "models": []}
     if not args.no_peer:
         pair = figures["peer"] = measure_peer(args.device, max(args.repeats, 1))

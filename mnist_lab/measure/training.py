@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import sys
 from typing import Any
 
 import torch
 
 from mnist_lab import names
 from mnist_lab.engine.device import amp_dtype, resolve_device
-from mnist_lab.measure.hardware import hardware, peak_tflops
+from mnist_lab.measure.hardware import peak_tflops, start_bench
 
 PROG = "python -m mnist_lab.measure training"
 
@@ -98,13 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
-
-    device = resolve_device(args.device or "auto")
-    # The machine's limit, timed before any run starts (see peak_tflops).
-    peak = peak_tflops(device, amp_dtype(device, True) or torch.float32)
-    print(f"hardware: {hardware(device)}; dense matmul peak {peak:.2f} TFLOP/s", flush=True)
+    machine = start_bench(args.device)
     rows = []
     for name in args.scenarios:
         row = run_scenario(name, args.device)
@@ -112,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_row(row), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"hardware": hardware(device), "rows": rows}, f, indent=2)
+            json.dump({"hardware": machine, "rows": rows}, f, indent=2)
     return 0
 
 
