@@ -130,11 +130,22 @@ def test_the_ranks_scene_parts_are_the_one_process_scenes() -> None:
     assert torch.equal(torch.cat([s.images for s in scenes]), torch.cat([s.images for s in whole]))
 
 
+def _validated_model() -> torch.nn.Module:
+    """A model with BatchNorm statistics, in eval mode as validation runs it."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(784, 10), torch.nn.BatchNorm1d(10)
+    ).eval()
+
+
 def _validate_on_two_ranks(rank: int, port: int, results: dict) -> None:
     import torch.distributed as dist
 
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    model = _validated_model()
+    with (
+        torch.no_grad()
+    ):  # each rank's own statistics, as after DDP steps; rank 0's are the model's
+        model[2].running_mean += torch.arange(10.0) * rank  # moves the argmax
     images = torch.randint(0, 255, (101, 28, 28), generator=torch.Generator().manual_seed(1))
     loader = BatchLoader(images.to(torch.uint8), torch.arange(101) % 10, batch_size=16)
     task = ClassificationTask(load_config("cnn"))
@@ -146,8 +157,8 @@ def _validate_on_two_ranks(rank: int, port: int, results: dict) -> None:
 
 
 def test_sharded_validation_gives_every_rank_the_whole_splits_figures() -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    """Of rank 0's model (its BatchNorm statistics are broadcast first), on the whole split."""
+    model = _validated_model()
     images = torch.randint(0, 255, (101, 28, 28), generator=torch.Generator().manual_seed(1))
     loader = BatchLoader(images.to(torch.uint8), torch.arange(101) % 10, batch_size=16)
     whole = ClassificationTask(load_config("cnn")).evaluate(model, loader, False)

@@ -149,6 +149,7 @@ def test_check_steps_spread_mid_epoch_validations_evenly():
     assert check_steps(100, 4) == {25, 50, 75}
     assert check_steps(100, 1) == set()
     assert check_steps(3, 8) == {1, 2}  # more checks than steps: one after each step but the last
+    assert check_steps(10, 4) == {3, 5, 8}  # 2.5 and 7.5 round up alike, not to the even one
 
 
 def test_training_stops_at_the_mid_epoch_check_that_reaches_the_target():
@@ -161,6 +162,17 @@ def test_training_stops_at_the_mid_epoch_check_that_reaches_the_target():
     assert state.best_val_accuracy >= 0.9 and state.best_epoch == state.epoch
     assert 0 < state.time_to_target_s <= state.train_seconds
     assert state.samples_trained < state.epoch * 256  # the last epoch was cut short
+
+
+def test_a_run_resumed_after_reaching_its_target_trains_no_further():
+    state, train, val = make_state(epochs=5, target_val_accuracy=0.9, val_checks_per_epoch=4)
+    run_fit(state, train, val)
+    snapshot = state.state_dict()
+    resumed, train, val = make_state(epochs=5, target_val_accuracy=0.9, val_checks_per_epoch=4)
+    resumed.load_state_dict(snapshot)
+    run_fit(resumed, train, val)
+    assert resumed.epoch == state.epoch < 5
+    assert resumed.time_to_target_s == state.time_to_target_s
 
 
 def test_a_target_never_reached_trains_every_epoch_and_records_no_time():

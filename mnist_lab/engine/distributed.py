@@ -164,6 +164,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) copied to every rank, in place."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def launch(nproc_per_node: int, entrypoint: Callable[..., Any], *args: Any) -> Any:
     """Run `entrypoint(*args)` in `nproc_per_node` processes on this machine, as
     `torchrun --standalone --nproc-per-node N` would: through torch's own elastic launcher

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from mnist_lab import names
 from mnist_lab.config import TrainConfig
 from mnist_lab.engine.device import autocast
-from mnist_lab.engine.distributed import all_reduce_sum, shard
+from mnist_lab.engine.distributed import all_reduce_sum, broadcast_buffers, shard
 from mnist_lab.engine.interrupt import StopRequest, deferred_interrupts
 from mnist_lab.engine.tasks import Loader, Task
 from mnist_lab.errors import ConfigError, LabError
@@ -163,6 +163,8 @@ def fit(
     step_model = torch.compile(step_model) if config.compile else step_model
     listeners = list(listeners)
     target = config.target_val_accuracy
+    if target is not None and state.time_to_target_s is not None:
+        return state  # resumed after reaching its target: training is over
     with deferred_interrupts() as stop:  # Ctrl-C lands between steps, see interrupt.py
         for epoch in range(state.epoch + 1, config.epochs + 1):
             start = time.perf_counter()
@@ -226,6 +228,9 @@ def validate(
     if world_size == 1:
         val = task.evaluate(model, loader, amp)
         return val.loss, val.accuracy
+    # DDP hands rank 0's buffers (BatchNorm statistics) to the others before each forward,
+    # and each rank then moves its own: evaluate every part with rank 0's, the model it saves.
+    broadcast_buffers(model)
     part = loader.rank_part(rank, world_size)
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     if len(part):  # a split smaller than the world leaves some ranks without images
@@ -240,7 +245,8 @@ def validate(
 def check_steps(steps: int, checks_per_epoch: int) -> set[int]:
     """The steps of a `steps`-step epoch after which it validates early: `checks_per_epoch` - 1
     evenly spaced ones (the epoch's end always validates)."""
-    return {round(steps * i / checks_per_epoch) for i in range(1, checks_per_epoch)} - {0, steps}
+    n = checks_per_epoch
+    return {(steps * i + n // 2) // n for i in range(1, n)} - {0, steps}  # rounded half up
 
 
 @dataclass
@@ -329,5 +335,11 @@ def _train_epoch(
             if check[1] >= config.target_val_accuracy:
                 val = check
                 break
+    bar.close()
     totals = tuple(all_reduce_sum(totals).tolist())
+    if not math.isfinite(totals[0]):  # steps since the last NaN check, on any rank
+        raise NonFiniteLossError(
+            f"training loss became {totals[0]} in epoch {epoch}; try a lower lr "
+            f"(now {config.lr}) or a grad_clip > 0 (now {config.grad_clip})"
+        )
     return EpochRun(totals, val, step / max(len(loader), 1), check_seconds)

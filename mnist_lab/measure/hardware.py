@@ -59,11 +59,13 @@ def start_bench(device_name: str | None) -> str:
     """What every bench script does first: log progress to stderr, put its runs in the
     experiment `mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise, time the
     machine's matmul peak before any run starts (in the dtype the configs' amp gives), and
-    print the hardware line. Returns that line's hardware description."""
+    print the hardware line (fp32's peak is timed too, for configs with amp off). Returns
+    that line's hardware description."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "mnist-lab-bench")
     device = resolve_device(device_name or "auto")
     machine = hardware(device)
     peak = peak_tflops(device, amp_dtype(device, enabled=True) or torch.float32)
+    peak_tflops(device, torch.float32)  # what amp: false configs (faster_rcnn) train in
     print(f"hardware: {machine}; dense matmul peak {peak:.2f} TFLOP/s", flush=True)
     return machine

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.data.mnist import Splits
+from mnist_lab.engine.device import synchronize
 from mnist_lab.models.common import MNIST_MEAN, MNIST_STD
 
 SETTINGS = {"epochs": 1, "batch_size": 256, "lr": 1e-2, "betas": (0.7, 0.9)}
@@ -64,6 +65,7 @@ def train_peer(splits: Splits, seed: int = 0, channels_last: bool = False) -> Pe
             loss.backward()
             optimizer.step()
             schedule.step()
+    synchronize(x.device)
     seconds = time.perf_counter() - start
     with torch.inference_mode():
         test_x = (splits.test_x.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD
