@@ -311,12 +311,7 @@ def _train_epoch(
         )
         if step % nan_check_every == 0 or step == len(loader):
             loss_sum, hits, seen = totals.tolist()
-            if not math.isfinite(loss_sum):
-                raise NonFiniteLossError(
-                    f"training loss became {loss_sum} at epoch {epoch}, step {step}; "
-                    f"try a lower lr (now {config.lr}) or a grad_clip > 0 "
-                    f"(now {config.grad_clip})"
-                )
+            _check_finite(loss_sum, config, f"at epoch {epoch}, step {step}")
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.4f}")
         if step in checks:
             check_start = time.perf_counter()
@@ -337,9 +332,14 @@ def _train_epoch(
                 break
     bar.close()
     totals = tuple(all_reduce_sum(totals).tolist())
-    if not math.isfinite(totals[0]):  # steps since the last NaN check, on any rank
-        raise NonFiniteLossError(
-            f"training loss became {totals[0]} in epoch {epoch}; try a lower lr "
-            f"(now {config.lr}) or a grad_clip > 0 (now {config.grad_clip})"
-        )
+    _check_finite(totals[0], config, f"in epoch {epoch}")  # steps since the last check, any rank
     return EpochRun(totals, val, step / max(len(loader), 1), check_seconds)
+
+
+def _check_finite(loss_sum: float, config: TrainConfig, where: str) -> None:
+    """NonFiniteLossError naming `where` and the settings to change if `loss_sum` is NaN/inf."""
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLossError(
+            f"training loss became {loss_sum} {where}; try a lower lr (now {config.lr}) "
+            f"or a grad_clip > 0 (now {config.grad_clip})"
+        )
