@@ -27,6 +27,8 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
+# torch.compile modes; the two with CUDA graphs need a step boundary marked (engine/loop.py).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
@@ -74,6 +76,9 @@ class TrainConfig:
     # Runtime.
     device: str = "auto"
     compile: bool = False
+    # torch.compile's mode when `compile` is on. "reduce-overhead" replays the step as CUDA
+    # graphs: on a GPU the small models are launch-bound (README "GPU"); on a CPU it is "default".
+    compile_mode: str = "default"
     amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
     eval_batch_size: int = 1000
     checkpoint: bool = True
@@ -253,6 +258,12 @@ def validate(config: TrainConfig) -> None:
         "must be >= 1 (1: validate at the end of each epoch only)",
     )
     _check(c.optimizer in OPTIMIZERS, "optimizer", c.optimizer, f"must be one of {OPTIMIZERS}")
+    _check(
+        c.compile_mode in COMPILE_MODES,
+        "compile_mode",
+        c.compile_mode,
+        f"must be one of {COMPILE_MODES}",
+    )
     _check(c.scheduler in SCHEDULERS, "scheduler", c.scheduler, f"must be one of {SCHEDULERS}")
     _check(
         c.dist_backend in DIST_BACKENDS,

@@ -181,6 +181,18 @@ def test_a_target_never_reached_trains_every_epoch_and_records_no_time():
     assert state.epoch == 2 and state.time_to_target_s is None and state.epochs_to_target is None
 
 
+@pytest.mark.parametrize(("mode", "marks"), [("default", 0), ("reduce-overhead", 16)])
+def test_compile_uses_its_mode_and_marks_each_step_for_cuda_graphs(monkeypatch, mode, marks):
+    compiled, marked = [], []
+    monkeypatch.setattr(torch, "compile", lambda module, mode: compiled.append(mode) or module)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(1))
+    state, train, val = make_state(epochs=2, compile=True, compile_mode=mode)
+    run_fit(state, train, val)
+    assert compiled == [mode]
+    assert len(marked) == marks  # 2 epochs of 256 / 32 = 8 steps
+    assert state.history[-1][names.VAL_ACCURACY] > 0.5
+
+
 @pytest.mark.parametrize(
     ("optimizer", "scheduler"), [("sgd", "cosine"), ("adamw", "none"), ("sgd", "onecycle")]
 )

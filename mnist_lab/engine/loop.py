@@ -31,6 +31,8 @@ from mnist_lab.errors import ConfigError, LabError
 
 log = logging.getLogger(__name__)
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that graph
+
 
 class NonFiniteLossError(LabError):
     """The training loss became NaN or infinite."""
@@ -160,7 +162,8 @@ def fit(
         step_model = DistributedDataParallel(
             step_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    step_model = torch.compile(step_model) if config.compile else step_model
+    if config.compile:
+        step_model = torch.compile(step_model, mode=config.compile_mode)
     listeners = list(listeners)
     target = config.target_val_accuracy
     if target is not None and state.time_to_target_s is not None:
@@ -295,7 +298,10 @@ def _train_epoch(
         disable=not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
+    graphed = config.compile and config.compile_mode in CUDA_GRAPH_MODES
     for step, batch in enumerate(bar, start=1):
+        if graphed:  # a new step: the graphs may overwrite the last step's outputs
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, config.amp):
             loss, correct, count = task.train_step(step_model, batch)
         optimizer.zero_grad(set_to_none=True)
