@@ -198,3 +198,23 @@ def test_the_peer_net_is_the_recipes_two_convs_and_800_256_10_head():
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(800, 256), (256, 10)]
+
+
+def test_the_profile_lists_a_training_steps_operators_by_self_time(mnist_dir, capsys):
+    from mnist_lab.measure import profile
+
+    argv = ["--config", "experiments/cnn_fast.yaml", "--steps", "2", "--warmup", "1"]
+    assert profile.main([*argv, "--rows", "5", "--batch-size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "cnn (experiments/cnn_fast.yaml), batch 32" in printed
+    assert "ms a step under the profiler" in printed and "TFLOP/s achieved" in printed
+    assert "aten::convolution_backward" in printed and "Self CPU %" in printed
+
+
+def test_a_profile_longer_than_the_split_is_a_clear_error(mnist_dir, capsys):
+    from mnist_lab.measure import profile
+
+    with pytest.raises(SystemExit) as exit_info:
+        profile.main(["--model", "cnn", "--steps", "100000"])
+    assert exit_info.value.code == 2
+    assert "need 100003: ask for fewer steps" in capsys.readouterr().err

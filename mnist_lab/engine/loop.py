@@ -157,13 +157,7 @@ def fit(
     KeyboardInterrupt at the next step boundary, never inside a listener.
     """
     config, model = state.config, state.model
-    step_model = task.step_module(model)
-    if shard()[1] > 1:  # a torchrun job: gradients averaged across the ranks after backward
-        step_model = DistributedDataParallel(
-            step_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if config.compile:
-        step_model = torch.compile(step_model, mode=config.compile_mode)
+    step_model = training_module(task, model, config, device)
     listeners = list(listeners)
     target = config.target_val_accuracy
     if target is not None and state.time_to_target_s is not None:
@@ -219,6 +213,21 @@ def fit(
             if reached or (patience and epoch - state.best_epoch >= patience):
                 break
     return state
+
+
+def training_module(
+    task: Task, model: nn.Module, config: TrainConfig, device: torch.device
+) -> nn.Module:
+    """What a training step calls: the task's module, under DistributedDataParallel in a
+    torchrun job (gradients averaged across the ranks after backward), compiled if asked."""
+    module = task.step_module(model)
+    if shard()[1] > 1:
+        module = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        module = torch.compile(module, mode=config.compile_mode)
+    return module
 
 
 def validate(
@@ -278,12 +287,7 @@ def _train_epoch(
 ) -> EpochRun:
     """One pass over `loader`, validating at `config.val_checks_per_epoch` points when a
     `target_val_accuracy` is set, and ending the epoch at the first check that reaches it."""
-    config, model, optimizer, scheduler = (
-        state.config,
-        state.model,
-        state.optimizer,
-        state.scheduler,
-    )
+    config, model = state.config, state.model
     loader.set_epoch(epoch)
     model.train()
     checks = check_steps(len(loader), config.val_checks_per_epoch)
@@ -298,19 +302,8 @@ def _train_epoch(
         disable=not sys.stderr.isatty(),
         dynamic_ncols=True,
     )
-    graphed = config.compile and config.compile_mode in CUDA_GRAPH_MODES
     for step, batch in enumerate(bar, start=1):
-        if graphed:  # a new step: the graphs may overwrite the last step's outputs
-            torch.compiler.cudagraph_mark_step_begin()
-        with autocast(device, config.amp):
-            loss, correct, count = task.train_step(step_model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        loss, correct, count = optimisation_step(state, task, step_model, batch, device)
         stop.check()
         totals += torch.stack(
             [loss.detach().float() * count, correct.float(), totals.new_tensor(count)]
@@ -340,6 +333,26 @@ def _train_epoch(
     totals = tuple(all_reduce_sum(totals).tolist())
     _check_finite(totals[0], config, f"in epoch {epoch}")  # steps since the last check, any rank
     return EpochRun(totals, val, step / max(len(loader), 1), check_seconds)
+
+
+def optimisation_step(
+    state: TrainState, task: Task, step_model: nn.Module, batch: Any, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One step on `batch`: the task's loss under autocast, backward, gradient clipping, the
+    optimizer and the schedule. Returns the task's (loss, correct predictions, images)."""
+    config = state.config
+    if config.compile and config.compile_mode in CUDA_GRAPH_MODES:
+        torch.compiler.cudagraph_mark_step_begin()  # the graphs may reuse the last step's outputs
+    with autocast(device, config.amp):
+        loss, correct, count = task.train_step(step_model, batch)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+    state.optimizer.step()
+    if state.scheduler is not None:
+        state.scheduler.step()
+    return loss, correct, count
 
 
 def _check_finite(loss_sum: float, config: TrainConfig, where: str) -> None:

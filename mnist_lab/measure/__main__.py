@@ -1,13 +1,14 @@
-"""`python -m mnist_lab.measure training|time-to-accuracy|tuning|real-digits|serving …`: see
-`mnist_lab.measure`."""
+"""`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving …`:
+see `mnist_lab.measure`."""
 
 import sys
 
-from mnist_lab.measure import real_digits, serving, time_to_accuracy, training, tuning
+from mnist_lab.measure import profile, real_digits, serving, time_to_accuracy, training, tuning
 
 SCRIPTS = {
     "training": training.main,
     "time-to-accuracy": time_to_accuracy.main,
+    "profile": profile.main,
     "tuning": tuning.main,
     "real-digits": real_digits.main,
     "serving": serving.main,
