@@ -27,8 +27,9 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
-# torch.compile modes; the two with CUDA graphs need a step boundary marked (engine/loop.py).
+# torch.compile modes; those that replay CUDA graphs need each step's start marked (engine/loop.py).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 
@@ -76,8 +77,8 @@ class TrainConfig:
     # Runtime.
     device: str = "auto"
     compile: bool = False
-    # torch.compile's mode when `compile` is on. "reduce-overhead" replays the step as CUDA
-    # graphs: on a GPU the small models are launch-bound (README "GPU"); on a CPU it is "default".
+    # torch.compile's mode (needs `compile`). "reduce-overhead" replays the step as CUDA graphs:
+    # on a GPU the small models are launch-bound (README); on a CPU it acts as "default".
     compile_mode: str = "default"
     amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
     eval_batch_size: int = 1000
@@ -263,6 +264,12 @@ def validate(config: TrainConfig) -> None:
         "compile_mode",
         c.compile_mode,
         f"must be one of {COMPILE_MODES}",
+    )
+    _check(
+        c.compile or c.compile_mode == "default",
+        "compile_mode",
+        c.compile_mode,
+        "needs compile: true (add --compile)",
     )
     _check(c.scheduler in SCHEDULERS, "scheduler", c.scheduler, f"must be one of {SCHEDULERS}")
     _check(

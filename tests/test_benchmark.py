@@ -207,14 +207,22 @@ def test_the_profile_lists_a_training_steps_operators_by_self_time(mnist_dir, ca
     assert profile.main([*argv, "--rows", "5", "--batch-size", "32"]) == 0
     printed = capsys.readouterr().out
     assert "cnn (experiments/cnn_fast.yaml), batch 32" in printed
-    assert "ms a step under the profiler" in printed and "TFLOP/s achieved" in printed
+    assert "ms a step, " in printed and "TFLOP/s achieved" in printed
     assert "aten::convolution_backward" in printed and "Self CPU %" in printed
 
 
-def test_a_profile_longer_than_the_split_is_a_clear_error(mnist_dir, capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "cnn", "--steps", "100000"], "need 100003: ask for fewer steps"),
+        (["--model", "cnn", "--trace", "/no/such/dir/t.json"], "its folder does not exist"),
+        (["--steps", "3"], "give --config FILE or --model NAME"),
+    ],
+)
+def test_a_bad_profile_request_is_a_clear_error(mnist_dir, capsys, argv, message):
     from mnist_lab.measure import profile
 
     with pytest.raises(SystemExit) as exit_info:
-        profile.main(["--model", "cnn", "--steps", "100000"])
+        profile.main(argv)
     assert exit_info.value.code == 2
-    assert "need 100003: ask for fewer steps" in capsys.readouterr().err
+    assert message in capsys.readouterr().err

@@ -52,7 +52,12 @@ def test_unknown_model_lists_the_valid_names():
         ("cnn", {"augment": 2.5}, "augment"),
         ("cnn", {"target_val_accuracy": 99.2}, r"target_val_accuracy=99.2 must be a fraction"),
         ("cnn", {"val_checks_per_epoch": 0}, "val_checks_per_epoch"),
-        ("cnn", {"compile_mode": "fast"}, r"compile_mode='fast' must be one of .*reduce-overhead"),
+        (
+            "cnn",
+            {"compile": True, "compile_mode": "fast"},
+            r"compile_mode='fast' must be one of .*reduce-overhead",
+        ),
+        ("cnn", {"compile_mode": "reduce-overhead"}, r"needs compile: true \(add --compile\)"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_parameter(model, overrides, named):

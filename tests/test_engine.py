@@ -181,15 +181,34 @@ def test_a_target_never_reached_trains_every_epoch_and_records_no_time():
     assert state.epoch == 2 and state.time_to_target_s is None and state.epochs_to_target is None
 
 
-@pytest.mark.parametrize(("mode", "marks"), [("default", 0), ("reduce-overhead", 16)])
-def test_compile_uses_its_mode_and_marks_each_step_for_cuda_graphs(monkeypatch, mode, marks):
-    compiled, marked = [], []
-    monkeypatch.setattr(torch, "compile", lambda module, mode: compiled.append(mode) or module)
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marked.append(1))
+@pytest.mark.parametrize(
+    ("mode", "graphed"),
+    [
+        ("default", False),
+        ("reduce-overhead", True),
+        ("max-autotune", True),
+        ("max-autotune-no-cudagraphs", False),
+    ],
+)
+def test_compile_uses_its_mode_and_marks_each_step_before_its_forward(monkeypatch, mode, graphed):
+    events, modes = [], []
+
+    def fake_compile(module, mode):
+        modes.append(mode)
+
+        def forward(*args):
+            events.append("forward")
+            return module(*args)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: events.append("mark"))
     state, train, val = make_state(epochs=2, compile=True, compile_mode=mode)
     run_fit(state, train, val)
-    assert compiled == [mode]
-    assert len(marked) == marks  # 2 epochs of 256 / 32 = 8 steps
+    assert modes == [mode]
+    step = ["mark", "forward"] if graphed else ["forward"]
+    assert events == step * 16  # 2 epochs x 8 steps (256 / 32): validation is not compiled
     assert state.history[-1][names.VAL_ACCURACY] > 0.5
 
 

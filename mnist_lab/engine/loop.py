@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mnist_lab import names
-from mnist_lab.config import TrainConfig
+from mnist_lab.config import CUDA_GRAPH_MODES, TrainConfig
 from mnist_lab.engine.device import autocast
 from mnist_lab.engine.distributed import all_reduce_sum, broadcast_buffers, shard
 from mnist_lab.engine.interrupt import StopRequest, deferred_interrupts
@@ -30,8 +30,6 @@ from mnist_lab.engine.tasks import Loader, Task
 from mnist_lab.errors import ConfigError, LabError
 
 log = logging.getLogger(__name__)
-
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that graph
 
 
 class NonFiniteLossError(LabError):
@@ -339,7 +337,9 @@ def optimisation_step(
     state: TrainState, task: Task, step_model: nn.Module, batch: Any, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One step on `batch`: the task's loss under autocast, backward, gradient clipping, the
-    optimizer and the schedule. Returns the task's (loss, correct predictions, images)."""
+    optimizer and the schedule. Returns the task's (loss, correct predictions, images or
+    scenes). Under a CUDA-graph compile mode the next call overwrites the returned tensors:
+    read them before it."""
     config = state.config
     if config.compile and config.compile_mode in CUDA_GRAPH_MODES:
         torch.compiler.cudagraph_mark_step_begin()  # the graphs may reuse the last step's outputs

@@ -1,9 +1,11 @@
 """Where a training step's time goes: `python -m mnist_lab.measure profile --config FILE`.
 
-Runs `--steps` optimisation steps of the run the config describes, through the loop's own step
-(`engine.loop.optimisation_step`: autocast, backward, clipping, the optimizer), under
-`torch.profiler` after `--warmup` unprofiled ones, and prints the seconds a step, the images a
-second, the achieved TFLOP/s, and the operators by self time. No MLflow run: a diagnostic.
+After `--warmup` steps, times `--steps` optimisation steps of the run the config describes,
+through the loop's own step (`engine.loop.optimisation_step`: autocast, backward, clipping, the
+optimizer), then runs them again under `torch.profiler`; prints the milliseconds a step, the
+images a second and the achieved TFLOP/s (from the unprofiled pass), and the operators by self
+time. Under a CUDA-graph compile mode the table shows graph replays, not the kernels inside
+them. No MLflow run: a diagnostic.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mnist_lab import names
@@ -26,6 +31,7 @@ from mnist_lab.engine.loop import (
     optimisation_step,
     training_module,
 )
+from mnist_lab.engine.tasks import Task
 from mnist_lab.errors import LabError
 from mnist_lab.measure.hardware import hardware
 from mnist_lab.models import build_model
@@ -39,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="a run config, e.g. experiments/vit.yaml")
     parser.add_argument("--model", default=None, help="else experiments/<model>.yaml")
     parser.add_argument("--steps", type=int, default=12, help="profiled steps (default 12)")
-    parser.add_argument("--warmup", type=int, default=3, help="steps run first (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="steps run first (default 3; compiling takes 3)"
+    )
     parser.add_argument("--rows", type=int, default=20, help="operators listed (default 20)")
     parser.add_argument("--batch-size", type=int, default=None, help="override the config's")
     parser.add_argument("--device", default=None, help="override the config's device")
@@ -49,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps and --rows must be >= 1, --warmup >= 0")
     if args.config is None and args.model is None:
         parser.error("give --config FILE or --model NAME")
+    if args.trace and not Path(args.trace).resolve().parent.is_dir():
+        parser.error(f"--trace {args.trace}: its folder does not exist; create it first")
     try:
         overrides = {"batch_size": args.batch_size, "device": args.device}
         config = load_config(args.model, overrides, args.config)
@@ -61,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 def profile_steps(
     config: TrainConfig, steps: int, warmup: int, rows: int, trace: str | None = None
 ) -> str:
-    """The report: a header of figures, then torch.profiler's table of the top `rows`
-    operators by self time over `steps` steps that follow `warmup` unprofiled ones."""
+    """The report: a header of figures from `steps` timed steps after `warmup` ones, then
+    torch.profiler's table of the top `rows` operators by self time over those steps rerun."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     splits = load_splits(config).to(device)
@@ -83,24 +93,30 @@ def profile_steps(
     model.train()
     for batch in batches[:warmup]:
         optimisation_step(state, task, step_module, batch, device)
+    timed = _time_steps(state, task, step_module, batches[warmup:], device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    synchronize(device)
-    start = time.perf_counter()
-    with profile(activities=activities) as prof:
-        counts = [
-            optimisation_step(state, task, step_module, b, device)[2] for b in batches[warmup:]
-        ]
-        synchronize(device)
-    seconds = (time.perf_counter() - start) / steps  # profiled: a little above the real step
+    with profile(activities=activities) as prof:  # the same batches again, now recorded
+        _time_steps(state, task, step_module, batches[warmup:], device)
     if trace:
         prof.export_chrome_trace(trace)
-    images = sum(counts) / steps  # a step's images (scenes for the detector)
+    seconds, images = timed
     unit = "scene" if config.model == names.DETECTOR_MODEL else "image"
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     header = (
         f"{config.model} ({config.config_file}), batch {images:.0f}, {hardware(device)}\n"
-        f"{seconds * 1000:.1f} ms a step under the profiler, {images / seconds:.0f} {unit}s/s, "
+        f"{seconds * 1000:.1f} ms a step, {images / seconds:.0f} {unit}s/s, "
         f"{flops / 1e6:.1f} MFLOP per {unit} trained, "
         f"{flops * images / seconds / 1e12:.3f} TFLOP/s achieved"
     )
     return header + "\n" + prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
+def _time_steps(
+    state: TrainState, task: Task, module: nn.Module, batches: list[Any], device: torch.device
+) -> tuple[float, float]:
+    """(seconds, images or scenes) a step, on average over `batches`."""
+    synchronize(device)
+    start = time.perf_counter()
+    counts = [optimisation_step(state, task, module, batch, device)[2] for batch in batches]
+    synchronize(device)
+    return (time.perf_counter() - start) / len(batches), sum(counts) / len(batches)
