@@ -114,9 +114,11 @@ def server_process(
 
 
 def _answers(url: str) -> bool:
+    # A server still starting may accept the connection and answer late (a loaded CI core):
+    # a read timeout means "not ready yet", like a refused connection.
     try:
-        return requests.get(url, timeout=2).ok
-    except requests.ConnectionError:
+        return requests.get(url, timeout=5).ok
+    except (requests.ConnectionError, requests.Timeout):
         return False
 
 

@@ -146,10 +146,10 @@ def serve(model_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, st
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
         try:
-            if requests.get(f"{url}/ping", timeout=2).ok:
+            if requests.get(f"{url}/ping", timeout=5).ok:
                 return process, url
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not up yet: a starting server may also answer late
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise SystemExit(f"mlflow models serve did not start:\n{log.read_text()[-3000:]}")
