@@ -113,11 +113,11 @@ def server_process(
                 process.kill()
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, timeout: float = 5.0) -> bool:
     # A server still starting may accept the connection and answer late (a loaded CI core):
     # a read timeout means "not ready yet", like a refused connection.
     try:
-        return requests.get(url, timeout=5).ok
+        return requests.get(url, timeout=timeout).ok
     except (requests.ConnectionError, requests.Timeout):
         return False
 
