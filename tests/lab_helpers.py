@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
+from mnist_lab.measure.serving import answers, free_port
 
 # What `mlflow run` or a user's shell may have set; a test's store must not inherit any of it.
 MLFLOW_ENV = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
@@ -72,12 +71,6 @@ def fake_run(
     return run.info.run_id
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def venv_env(**extra: str) -> dict[str, str]:
     """The environment for `mlflow` subprocesses: this venv's bin first on PATH (what
     `--env-manager local` runs `python` from), no inherited run/experiment."""
@@ -99,7 +92,7 @@ def server_process(
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen)
         try:
             deadline = time.monotonic() + timeout
-            while not _answers(ready_url):
+            while not answers(ready_url):
                 if process.poll() is not None or time.monotonic() > deadline:
                     state = "exited" if process.poll() is not None else f"not up in {timeout} s"
                     pytest.fail(f"{' '.join(command[:3])} {state}: {log_path.read_text()[-3000:]}")
@@ -111,15 +104,6 @@ def server_process(
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _answers(url: str, timeout: float = 5.0) -> bool:
-    # A server still starting may accept the connection and answer late (a loaded CI core):
-    # a read timeout means "not ready yet", like a refused connection.
-    try:
-        return requests.get(url, timeout=timeout).ok
-    except (requests.ConnectionError, requests.Timeout):
-        return False
 
 
 @contextlib.contextmanager

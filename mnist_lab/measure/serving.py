@@ -129,9 +129,22 @@ def fuzz(url: str) -> list[tuple[str, int, str, bool]]:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def answers(url: str, timeout: float = 5.0) -> bool:
+    """Whether a server polled while it starts is ready: `url` answers 2xx within `timeout` s.
+
+    A starting server may accept the connection and answer late (a loaded core): a read
+    timeout means "not ready yet", like a refused connection.
+    """
+    try:
+        return requests.get(url, timeout=timeout).ok
+    except (requests.ConnectionError, requests.Timeout):
+        return False
 
 
 def serve(model_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, str]:
@@ -145,11 +158,8 @@ def serve(model_uri: str, workers: int, log: Path) -> tuple[subprocess.Popen, st
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while True:
-        try:
-            if requests.get(f"{url}/ping", timeout=5).ok:
-                return process, url
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # not up yet: a starting server may also answer late
+        if answers(f"{url}/ping"):
+            return process, url
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise SystemExit(f"mlflow models serve did not start:\n{log.read_text()[-3000:]}")
