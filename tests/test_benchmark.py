@@ -189,6 +189,23 @@ def test_time_to_accuracy_runs_the_peer_beside_cnn_fast_and_times_each_model_to_
     assert "x the published peer's time" in printed and "NOT REACHED" in printed
 
 
+def test_the_peer_trains_on_the_whole_train_split_not_cnn_fasts_subset(mnist_dir):
+    """The peer's recipe is one full epoch: cnn_fast's `max_train_samples` must not shrink it,
+    and both are tested on the same test split."""
+    import torch
+
+    from mnist_lab.config import load_config
+    from mnist_lab.measure import time_to_accuracy as tta
+    from mnist_lab.train import load_splits
+
+    fast = load_config(None, {**tta.COMMON, "device": "cpu"}, "experiments/cnn_fast.yaml")
+    assert fast.max_train_samples is not None  # the preset trains on a subset
+    peer = tta.peer_splits("cpu")
+    ours = load_splits(fast)
+    assert len(peer.train_y) == 60_000 - fast.val_size > len(ours.train_y) == fast.max_train_samples
+    assert torch.equal(peer.test_y, ours.test_y)
+
+
 def test_the_peer_net_is_the_recipes_two_convs_and_800_256_10_head():
     import torch
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from mnist_lab import names, tracking
+from mnist_lab.data.mnist import Splits
 from mnist_lab.engine.device import amp_dtype, resolve_device
 from mnist_lab.measure.hardware import peak_tflops, start_bench
 from mnist_lab.measure.peer import SETTINGS as PEER_SETTINGS
@@ -88,15 +89,14 @@ def measure_model(model: str, device: str | None) -> dict[str, Any]:
 
 def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     """The peer recipe as published (NCHW) and channels-last, and `cnn_fast` at its own settings
-    (one full epoch, no target), alternating `repeats` times: medians, and every run's figures.
+    (its preset's schedule, no target), alternating `repeats` times: medians, and every run's figures.
     The peer first trains once on a slice, untimed, so neither side pays oneDNN's first-call
     setup alone (cnn_fast's first run pays its own)."""
     from mnist_lab.config import load_config
-    from mnist_lab.train import load_splits, train
+    from mnist_lab.train import train
 
     config = load_config(None, {**COMMON, "device": device}, "experiments/cnn_fast.yaml")
-    # The images cnn_fast trains and is tested on.
-    splits = load_splits(config).to(resolve_device(config.device))
+    splits = peer_splits(device)
     train_peer(replace(splits, train_x=splits.train_x[:2560], train_y=splits.train_y[:2560]))
     runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name in PAIR}
     for _ in range(repeats):
@@ -121,6 +121,17 @@ def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
         pair["cnn_fast"]["seconds"] / pair["peer_channels_last"]["seconds"]
     )
     return pair
+
+
+def peer_splits(device: str | None) -> Splits:
+    """The peer's images: the whole train split every mnist-lab run splits off (its recipe is
+    one full epoch, so not cnn_fast's `max_train_samples` subset) and the same test split,
+    under the bench's common settings; in memory on the device before its clock starts."""
+    from mnist_lab.config import load_config
+    from mnist_lab.train import load_splits
+
+    config = load_config("cnn", {**COMMON, "device": device})
+    return load_splits(config).to(resolve_device(config.device))
 
 
 # What the peer comparison trains, in the order it prints them.
