@@ -88,10 +88,10 @@ def measure_model(model: str, device: str | None) -> dict[str, Any]:
 
 
 def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
-    """The peer recipe as published (NCHW) and channels-last, and `cnn_fast` at its own settings
-    (its preset's schedule, no target), alternating `repeats` times: medians, and every run's figures.
-    The peer first trains once on a slice, untimed, so neither side pays oneDNN's first-call
-    setup alone (cnn_fast's first run pays its own)."""
+    """The peer recipe as published (NCHW) and channels-last, and `cnn_fast` at its own
+    settings (its preset's schedule, no target), alternating `repeats` times: medians, and
+    every run's figures. The peer first trains once on a slice, untimed, so neither side pays
+    oneDNN's first-call setup alone (cnn_fast's first run pays its own)."""
     from mnist_lab.config import load_config
     from mnist_lab.train import train
 
