@@ -200,7 +200,7 @@ def test_the_peer_trains_on_the_whole_train_split_not_cnn_fasts_subset(mnist_dir
 
     fast = load_config(None, {**tta.COMMON, "device": "cpu"}, "experiments/cnn_fast.yaml")
     assert fast.max_train_samples is not None  # the preset trains on a subset
-    peer = tta.peer_splits("cpu")
+    peer = tta.peer_splits(fast)
     ours = load_splits(fast)
     assert len(peer.train_y) == 60_000 - fast.val_size > len(ours.train_y) == fast.max_train_samples
     assert torch.equal(peer.test_y, ours.test_y)

@@ -18,16 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mnist_lab import names, tracking
-from mnist_lab.data.mnist import Splits
 from mnist_lab.engine.device import amp_dtype, resolve_device
 from mnist_lab.measure.hardware import peak_tflops, start_bench
 from mnist_lab.measure.peer import SETTINGS as PEER_SETTINGS
 from mnist_lab.measure.peer import train_peer
+
+if TYPE_CHECKING:
+    from mnist_lab.config import TrainConfig
+    from mnist_lab.data.mnist import Splits
 
 PROG = "python -m mnist_lab.measure time-to-accuracy"
 
@@ -96,7 +99,7 @@ def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     from mnist_lab.train import train
 
     config = load_config(None, {**COMMON, "device": device}, "experiments/cnn_fast.yaml")
-    splits = peer_splits(device)
+    splits = peer_splits(config)
     train_peer(replace(splits, train_x=splits.train_x[:2560], train_y=splits.train_y[:2560]))
     runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name in PAIR}
     for _ in range(repeats):
@@ -123,15 +126,14 @@ def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     return pair
 
 
-def peer_splits(device: str | None) -> Splits:
-    """The peer's images: the whole train split every mnist-lab run splits off (its recipe is
-    one full epoch, so not cnn_fast's `max_train_samples` subset) and the same test split,
-    under the bench's common settings; in memory on the device before its clock starts."""
-    from mnist_lab.config import load_config
+def peer_splits(cnn_fast: TrainConfig) -> Splits:
+    """The peer's images, on the device before its clock starts: `cnn_fast`'s validation and
+    test splits, but the whole train split rather than the preset's `max_train_samples` subset
+    (the peer's recipe is one full epoch); the bench's common settings still apply."""
     from mnist_lab.train import load_splits
 
-    config = load_config("cnn", {**COMMON, "device": device})
-    return load_splits(config).to(resolve_device(config.device))
+    whole = replace(cnn_fast, max_train_samples=COMMON.get("max_train_samples"))
+    return load_splits(whole).to(resolve_device(cnn_fast.device))
 
 
 # What the peer comparison trains, in the order it prints them.
