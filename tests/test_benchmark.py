@@ -186,7 +186,7 @@ def test_time_to_accuracy_runs_the_peer_beside_cnn_fast_and_times_each_model_to_
     for name in ("peer", "peer_channels_last"):
         assert client.get_run(pair[name]["run_id"]).data.tags["bench_scenario"] == name
     printed = capsys.readouterr().out
-    assert "x the published peer's time" in printed and "NOT REACHED" in printed
+    assert "cnn_fast / the published peer: " in printed and "NOT REACHED" in printed
 
 
 def test_the_peer_trains_on_the_whole_train_split_not_cnn_fasts_subset(mnist_dir):
@@ -204,6 +204,46 @@ def test_the_peer_trains_on_the_whole_train_split_not_cnn_fasts_subset(mnist_dir
     ours = load_splits(fast)
     assert len(peer.train_y) == 60_000 - fast.val_size > len(ours.train_y) == fast.max_train_samples
     assert torch.equal(peer.test_y, ours.test_y)
+
+
+def test_the_bf16_peer_runs_only_where_amp_means_bf16(monkeypatch):
+    """On an fp32-only CPU the bf16 variant would be the channels-last one again."""
+    import torch
+
+    from mnist_lab.measure import time_to_accuracy as tta
+
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: False)
+    assert tta.peer_variants(torch.device("cpu")) == ["peer", "peer_channels_last"]
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: True)
+    assert tta.peer_variants(torch.device("cpu")) == ["peer", "peer_channels_last", "peer_bf16"]
+
+
+def test_the_amp_peer_computes_in_bf16_and_the_published_one_in_fp32(mnist_dir, monkeypatch):
+    """`amp=True` puts the peer's convolutions under bf16 autocast, as mnist-lab's runs are;
+    as published they stay fp32."""
+    import torch
+
+    from mnist_lab.config import TrainConfig
+    from mnist_lab.measure import peer
+    from mnist_lab.train import load_splits
+
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: True)
+    splits = load_splits(
+        TrainConfig(max_train_samples=512, max_test_samples=100, val_size=100, device="cpu")
+    )
+    dtypes: list[torch.dtype] = []
+    original = peer.peer_net
+
+    def watched_net() -> torch.nn.Sequential:
+        net = original()
+        net[0].register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+        return net
+
+    monkeypatch.setattr(peer, "peer_net", watched_net)
+    for amp, expected in ((False, torch.float32), (True, torch.bfloat16)):
+        dtypes.clear()
+        result = peer.train_peer(splits, channels_last=True, amp=amp)
+        assert set(dtypes) == {expected} and 0.0 <= result.test_accuracy <= 1.0
 
 
 def test_the_peer_net_is_the_recipes_two_convs_and_800_256_10_head():

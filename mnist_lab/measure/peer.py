@@ -6,7 +6,9 @@ mnist-lab run and is tested on the same test split.
 
 As published it keeps PyTorch's default NCHW layout; `channels_last=True` stores it NHWC as
 mnist-lab's models are (engine/device.py `place_model`), the layout oneDNN convolves fastest, so
-the bench can say how much of a difference is layout and how much is the rest.
+the bench can say how much of a difference is layout and how much is the rest. `amp=True` adds
+the bf16 autocast mnist-lab's runs get where the hardware multiplies in bf16 (engine/device.py
+`amp_dtype`: CUDA, AMX CPUs), so that on such hardware the peer is not handicapped by fp32.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.data.mnist import Splits
-from mnist_lab.engine.device import synchronize
+from mnist_lab.engine.device import autocast, synchronize
 from mnist_lab.models.common import MNIST_MEAN, MNIST_STD
 
 SETTINGS = {"epochs": 1, "batch_size": 256, "lr": 1e-2, "betas": (0.7, 0.9)}
@@ -47,7 +49,10 @@ class PeerResult:
     test_accuracy: float
 
 
-def train_peer(splits: Splits, seed: int = 0, channels_last: bool = False) -> PeerResult:
+def train_peer(
+    splits: Splits, seed: int = 0, channels_last: bool = False, amp: bool = False
+) -> PeerResult:
+    """Train the recipe on `splits` (on their device) and test it; `amp` as mnist-lab's `amp`."""
     torch.manual_seed(seed)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = (splits.train_x.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD  # [N, 1, 28, 28]
@@ -60,14 +65,15 @@ def train_peer(splits: Splits, seed: int = 0, channels_last: bool = False) -> Pe
     start = time.perf_counter()
     for _ in range(SETTINGS["epochs"]):
         for batch in torch.randperm(len(y)).split(SETTINGS["batch_size"]):
-            loss = F.cross_entropy(model(x[batch]), y[batch])
+            with autocast(x.device, amp):
+                loss = F.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
     synchronize(x.device)
     seconds = time.perf_counter() - start
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(x.device, amp):
         test_x = (splits.test_x.unsqueeze(1).float() / 255 - MNIST_MEAN) / MNIST_STD
         test_x = test_x.contiguous(memory_format=layout)
         predictions = torch.cat([model.eval()(b).argmax(1) for b in test_x.split(1000)])
