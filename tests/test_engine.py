@@ -10,6 +10,7 @@ from mnist_lab import names
 from mnist_lab.config import build_config
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.engine import device as engine_device
+from mnist_lab.engine import loop as engine_loop
 from mnist_lab.engine.classification import ClassificationTask
 from mnist_lab.engine.device import amp_dtype, autocast, place_model
 from mnist_lab.engine.flops import train_flops_per_sample
@@ -143,6 +144,27 @@ def test_early_stopping_halts_after_patience():
     run_fit(state, train, val)
     assert state.epoch < 20
     assert state.epoch - state.best_epoch == 1
+
+
+class BestEpochRecorder:
+    def __init__(self, into: list[int]):
+        self.into = into
+
+    def on_epoch_end(self, state, metrics):
+        self.into.append(state.best_epoch)
+
+
+def test_a_validation_tie_goes_to_the_epoch_with_the_lower_loss(monkeypatch):
+    scripted = iter([(0.30, 0.95), (0.20, 0.95), (0.25, 0.95), (0.22, 0.95), (0.40, 0.96)])
+    monkeypatch.setattr(engine_loop, "validate", lambda *args: next(scripted))  # (loss, acc)
+    state, train, val = make_state(epochs=3, scheduler="none")
+    run_fit(state, train, val)
+    assert (state.best_epoch, state.best_val_loss) == (2, 0.20)  # not the first, nor the last
+    resumed, _, _ = make_state(epochs=5, scheduler="none")
+    resumed.load_state_dict(state.state_dict())  # the best loss survives a checkpoint
+    best_after = []
+    run_fit(resumed, train, val, [BestEpochRecorder(best_after)])
+    assert best_after == [2, 5]  # epoch 4's 0.22 loses to epoch 2's; then accuracy comes first
 
 
 def test_check_steps_spread_mid_epoch_validations_evenly():

@@ -47,6 +47,7 @@ class TrainState:
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf  # the best epoch's; breaks ties of validation accuracy
     best_epoch: int = 0
     best_model: dict[str, torch.Tensor] | None = None
     train_seconds: float = 0.0  # wall time of the training loop, summed over resumed sessions
@@ -69,6 +70,7 @@ class TrainState:
             "epoch": self.epoch,
             "history": self.history,
             "best_val_accuracy": self.best_val_accuracy,
+            "best_val_loss": self.best_val_loss,
             "best_epoch": self.best_epoch,
             "best_model": self.best_model,
             "train_seconds": self.train_seconds,
@@ -87,6 +89,7 @@ class TrainState:
         self.epoch = state["epoch"]
         self.history = list(state["history"])
         self.best_val_accuracy = state["best_val_accuracy"]
+        self.best_val_loss = state.get("best_val_loss", math.inf)  # absent in older checkpoints
         self.best_epoch = state["best_epoch"]
         self.best_model = state["best_model"]
         self.train_seconds = state["train_seconds"]
@@ -150,9 +153,9 @@ def fit(
     epoch; the epoch ends at the check that reaches it).
 
     After each epoch: evaluate on validation, keep the best weights (selection by validation
-    only), and call every listener. A NaN/inf loss raises `NonFiniteLossError` before the
-    epoch's listeners run, so the last checkpoint stays the last good one. Ctrl-C raises
-    KeyboardInterrupt at the next step boundary, never inside a listener.
+    only: accuracy, ties broken by loss), and call every listener. A NaN/inf loss raises
+    `NonFiniteLossError` before the epoch's listeners run, so the last checkpoint stays the last
+    good one. Ctrl-C raises KeyboardInterrupt at the next step boundary, never inside a listener.
     """
     config, model = state.config, state.model
     step_model = training_module(task, model, config, device)
@@ -191,9 +194,9 @@ def fit(
             }
             state.epoch = epoch
             state.history.append({"epoch": epoch, **metrics})
-            improved = val_accuracy > state.best_val_accuracy
-            if improved:
-                state.best_val_accuracy, state.best_epoch = val_accuracy, epoch
+            if improves(val_accuracy, val_loss, state):
+                state.best_val_accuracy, state.best_val_loss = val_accuracy, val_loss
+                state.best_epoch = epoch
                 state.best_model = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                 }
@@ -211,6 +214,14 @@ def fit(
             if reached or (patience and epoch - state.best_epoch >= patience):
                 break
     return state
+
+
+def improves(val_accuracy: float, val_loss: float, state: TrainState) -> bool:
+    """Whether an epoch's validation beats the best so far: higher accuracy, or the same
+    accuracy at a lower loss. Ties are common (5 000 digits move in steps of 0.02 %), and of
+    two epochs that classify as many digits right the one more confident where it is right is
+    the better-trained, usually the later, annealed one."""
+    return (val_accuracy, -val_loss) > (state.best_val_accuracy, -state.best_val_loss)
 
 
 def training_module(
