@@ -19,6 +19,7 @@ from mnist_lab.engine.loop import (
     NonFiniteLossError,
     TrainState,
     check_steps,
+    epochs_without_gain,
     fit,
     make_optimizer,
     make_scheduler,
@@ -143,7 +144,7 @@ def test_early_stopping_halts_after_patience():
     state, train, val = make_state(epochs=20, early_stopping_patience=1, lr=1e-9)
     run_fit(state, train, val)
     assert state.epoch < 20
-    assert state.epoch - state.best_epoch == 1
+    assert epochs_without_gain(state.history) == 1
 
 
 class BestEpochRecorder:
@@ -158,13 +159,46 @@ def test_a_validation_tie_goes_to_the_epoch_with_the_lower_loss(monkeypatch):
     scripted = iter([(0.30, 0.95), (0.20, 0.95), (0.25, 0.95), (0.22, 0.95), (0.40, 0.96)])
     monkeypatch.setattr(engine_loop, "validate", lambda *args: next(scripted))  # (loss, acc)
     state, train, val = make_state(epochs=3, scheduler="none")
+    kept = []
+    run_fit(state, train, val, [BestEpochRecorder(kept)])
+    assert kept == [1, 2, 2] and state.best_val_loss == 0.20  # not the first, nor the last
+    for older in (state.state_dict(), {**state.state_dict(), "best_val_loss": None}):
+        if older["best_val_loss"] is None:  # a checkpoint from before best_val_loss
+            del older["best_val_loss"]
+        resumed, _, _ = make_state(epochs=5, scheduler="none")
+        resumed.load_state_dict(older)
+        assert resumed.best_val_loss == 0.20  # kept, or read back from the history
+        kept = []
+        scripted = iter([(0.22, 0.95), (0.40, 0.96)])
+        run_fit(resumed, train, val, [BestEpochRecorder(kept)])
+        assert kept == [2, 5]  # epoch 4's 0.22 loses to epoch 2's; then accuracy comes first
+
+
+def test_the_kept_weights_are_the_tie_winners(monkeypatch):
+    scripted = iter([(0.30, 0.95), (0.20, 0.95), (0.25, 0.95)])
+    monkeypatch.setattr(engine_loop, "validate", lambda *args: next(scripted))
+    state, train, val = make_state(epochs=3, scheduler="none")
+    weights = []
+
+    class Snapshot:
+        def on_epoch_end(self, state, metrics):
+            weights.append({k: v.clone() for k, v in state.model.state_dict().items()})
+
+    run_fit(state, train, val, [Snapshot()])
+    for key, value in state.best_model.items():
+        assert torch.equal(value, weights[1][key]), key  # epoch 2's, not 1's or 3's
+    moved = [k for k, v in weights[1].items() if v.is_floating_point()]
+    assert any(not torch.equal(weights[1][k], weights[2][k]) for k in moved)  # epochs differ
+
+
+def test_early_stopping_counts_accuracy_gains_not_loss_ties(monkeypatch):
+    losses = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.05])  # accuracy flat, the loss falls every epoch
+    monkeypatch.setattr(engine_loop, "validate", lambda *args: (next(losses), 0.9))
+    state, train, val = make_state(epochs=6, scheduler="none", early_stopping_patience=2)
     run_fit(state, train, val)
-    assert (state.best_epoch, state.best_val_loss) == (2, 0.20)  # not the first, nor the last
-    resumed, _, _ = make_state(epochs=5, scheduler="none")
-    resumed.load_state_dict(state.state_dict())  # the best loss survives a checkpoint
-    best_after = []
-    run_fit(resumed, train, val, [BestEpochRecorder(best_after)])
-    assert best_after == [2, 5]  # epoch 4's 0.22 loses to epoch 2's; then accuracy comes first
+    assert state.epoch == 3 and state.best_epoch == 3  # stopped, keeping the lowest-loss epoch
+    assert epochs_without_gain([{"val_accuracy": a} for a in (0.9, 0.95, 0.95, 0.94)]) == 2
+    assert epochs_without_gain([]) == 0
 
 
 def test_check_steps_spread_mid_epoch_validations_evenly():

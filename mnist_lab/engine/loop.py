@@ -81,6 +81,11 @@ class TrainState:
             "rng": rng,
         }
 
+    def _history_loss(self, epoch: int) -> float:
+        """`epoch`'s validation loss from the history (checkpoints older than best_val_loss)."""
+        losses = [h[names.VAL_LOSS] for h in self.history if h["epoch"] == epoch]
+        return _finite_or_inf(losses[-1]) if losses else math.inf
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -89,8 +94,8 @@ class TrainState:
         self.epoch = state["epoch"]
         self.history = list(state["history"])
         self.best_val_accuracy = state["best_val_accuracy"]
-        self.best_val_loss = state.get("best_val_loss", math.inf)  # absent in older checkpoints
         self.best_epoch = state["best_epoch"]
+        self.best_val_loss = state.get("best_val_loss", self._history_loss(self.best_epoch))
         self.best_model = state["best_model"]
         self.train_seconds = state["train_seconds"]
         self.step_seconds = state.get("step_seconds", 0.0)  # absent in older checkpoints
@@ -195,7 +200,8 @@ def fit(
             state.epoch = epoch
             state.history.append({"epoch": epoch, **metrics})
             if improves(val_accuracy, val_loss, state):
-                state.best_val_accuracy, state.best_val_loss = val_accuracy, val_loss
+                state.best_val_accuracy = val_accuracy
+                state.best_val_loss = _finite_or_inf(val_loss)
                 state.best_epoch = epoch
                 state.best_model = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
@@ -211,17 +217,30 @@ def fit(
             state.train_seconds += time.perf_counter() - listeners_start
             stop.check()
             patience = config.early_stopping_patience
-            if reached or (patience and epoch - state.best_epoch >= patience):
+            if reached or (patience and epochs_without_gain(state.history) >= patience):
                 break
     return state
 
 
 def improves(val_accuracy: float, val_loss: float, state: TrainState) -> bool:
     """Whether an epoch's validation beats the best so far: higher accuracy, or the same
-    accuracy at a lower loss. Ties are common (5 000 digits move in steps of 0.02 %), and of
-    two epochs that classify as many digits right the one more confident where it is right is
-    the better-trained, usually the later, annealed one."""
-    return (val_accuracy, -val_loss) > (state.best_val_accuracy, -state.best_val_loss)
+    accuracy at a lower loss (a NaN loss counts as infinite). Accuracy on a few thousand images
+    moves in coarse steps, so ties are common; the loss tells the tied epochs apart."""
+    loss = _finite_or_inf(val_loss)
+    return (val_accuracy, -loss) > (state.best_val_accuracy, -state.best_val_loss)
+
+
+def epochs_without_gain(history: list[dict[str, float]]) -> int:
+    """Epochs since validation accuracy last rose: early stopping's count. A tie won on the
+    loss moves the best epoch but does not reset it, so a plateau still stops."""
+    accuracies = [h[names.VAL_ACCURACY] for h in history]
+    if not accuracies:
+        return 0
+    return len(accuracies) - 1 - accuracies.index(max(accuracies))
+
+
+def _finite_or_inf(loss: float) -> float:
+    return math.inf if math.isnan(loss) else loss
 
 
 def training_module(
