@@ -84,7 +84,7 @@ class TrainState:
     def _history_loss(self, epoch: int) -> float:
         """`epoch`'s validation loss from the history (checkpoints older than best_val_loss)."""
         losses = [h[names.VAL_LOSS] for h in self.history if h["epoch"] == epoch]
-        return _finite_or_inf(losses[-1]) if losses else math.inf
+        return losses[-1] if losses else math.inf
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -201,7 +201,7 @@ def fit(
             state.history.append({"epoch": epoch, **metrics})
             if improves(val_accuracy, val_loss, state):
                 state.best_val_accuracy = val_accuracy
-                state.best_val_loss = _finite_or_inf(val_loss)
+                state.best_val_loss = val_loss
                 state.best_epoch = epoch
                 state.best_model = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
@@ -226,8 +226,8 @@ def improves(val_accuracy: float, val_loss: float, state: TrainState) -> bool:
     """Whether an epoch's validation beats the best so far: higher accuracy, or the same
     accuracy at a lower loss (a NaN loss counts as infinite). Accuracy on a few thousand images
     moves in coarse steps, so ties are common; the loss tells the tied epochs apart."""
-    loss = _finite_or_inf(val_loss)
-    return (val_accuracy, -loss) > (state.best_val_accuracy, -state.best_val_loss)
+    best = (state.best_val_accuracy, -_nan_as_inf(state.best_val_loss))
+    return (val_accuracy, -_nan_as_inf(val_loss)) > best
 
 
 def epochs_without_gain(history: list[dict[str, float]]) -> int:
@@ -239,7 +239,7 @@ def epochs_without_gain(history: list[dict[str, float]]) -> int:
     return len(accuracies) - 1 - accuracies.index(max(accuracies))
 
 
-def _finite_or_inf(loss: float) -> float:
+def _nan_as_inf(loss: float) -> float:
     return math.inf if math.isnan(loss) else loss
 
 
