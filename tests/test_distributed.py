@@ -49,6 +49,7 @@ def flags(settings: dict) -> list[str]:
 
 
 def runs() -> list:
+    tracking.open_store()  # as the job does: whichever comes first makes the tables
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     return client.search_runs(experiments) if experiments else []

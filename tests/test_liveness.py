@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -74,17 +75,24 @@ def test_the_heartbeat_moves(mlflow_store):
     assert float(beat) > time.time() - 60
 
 
+TRAIN_LOG = "train.log"  # in the test's folder: what the child said, for a failure's message
+
+
 def _start_training(extra: list[str]) -> subprocess.Popen:
     flags = ["--max-train-samples", "2000", "--val-size", "100", "--max-test-samples", "100"]
     command = [sys.executable, "-m", "mnist_lab", "train", "--epochs", "50", *flags, *extra]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    with open(TRAIN_LOG, "w") as log:
+        return subprocess.Popen(command, env=env, stderr=log)
 
 
 def _running_run_with_a_checkpoint(process: subprocess.Popen) -> str:
+    tracking.open_store()  # as the child does: whichever comes first makes the tables
     client, deadline = MlflowClient(), time.monotonic() + 120
     while True:
-        assert process.poll() is None and time.monotonic() < deadline, "no epoch finished"
+        if process.poll() is not None or time.monotonic() > deadline:
+            said = Path(TRAIN_LOG).read_text()[-3000:]
+            raise AssertionError(f"no epoch finished (exit code {process.poll()}):\n{said}")
         experiment = client.get_experiment_by_name(names.DEFAULT_EXPERIMENT)
         for run in client.search_runs([experiment.experiment_id]) if experiment else []:
             if client.list_artifacts(run.info.run_id, names.CHECKPOINT_DIR):

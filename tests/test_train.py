@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from mnist_lab import names
+from mnist_lab import names, tracking
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.engine.checkpoint import load_checkpoint
@@ -161,6 +161,7 @@ def test_a_signal_mid_training_kills_the_run_cleanly(mnist_dir, mlflow_store, si
     command = [sys.executable, "-m", "mnist_lab", "train", "--epochs", "50", *flags]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    tracking.open_store()  # as the child does: whichever comes first makes the tables
     client = MlflowClient()
     deadline = time.monotonic() + 120
     while not _runs_with_a_checkpoint(client):  # inside training, past epoch 1
@@ -188,6 +189,7 @@ def test_an_ignored_sigint_stays_ignored_and_sigterm_still_ends_the_run(mnist_di
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, preexec_fn=ignore_sigint)
+    tracking.open_store()  # as the child does: whichever comes first makes the tables
     client = MlflowClient()
     deadline = time.monotonic() + 120
     while not _runs_with_a_checkpoint(client):

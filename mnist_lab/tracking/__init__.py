@@ -4,10 +4,11 @@ Use it as one module, `from mnist_lab import tracking`, then `tracking.run(...)`
 `tracking.log_metrics(...)`, `tracking.search_runs(...)`. Inside: `runs` (a run's lifecycle,
 params, metrics, tags, artifacts, tuning trials' runs), `epoch_logger` (the engine listener that
 logs epochs and checkpoints), `pyfunc` (the logged model's flavor: digits in, probabilities out),
-`query` (reading runs back), `registry` (registered models and the `champion` alias) and
+`query` (reading runs back), `registry` (registered models and the `champion` alias),
 `liveness` (the process behind a RUNNING run, its heartbeat, and ending runs whose process is
-gone). It may
-import everything below it (engine, analysis, models, data, config); nothing below imports it.
+gone) and `store` (opening the store: a fresh SQLite store's tables made one process at a
+time). It may import everything below it (engine, analysis, models, data, config); nothing
+below imports it.
 """
 
 from mnist_lab.tracking.epoch_logger import (
@@ -64,6 +65,7 @@ from mnist_lab.tracking.runs import (
     set_tags,
     use_default_experiment,
 )
+from mnist_lab.tracking.store import open_store
 
 __all__ = [
     "CHAMPION",
@@ -100,6 +102,7 @@ __all__ = [
     "mark_trial_run",
     "metric_history",
     "model_source",
+    "open_store",
     "read_json_artifact",
     "register",
     "registered_model_name",

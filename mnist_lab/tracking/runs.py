@@ -31,6 +31,7 @@ from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
 from mnist_lab.names import IMAGE_SIZE
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
+from mnist_lab.tracking.store import open_store
 
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -90,6 +91,7 @@ def run(
     Either way the exception propagates. While open, the run names its process and beats
     (liveness.py); a top-level run first ends the store's stale runs KILLED.
     """
+    open_store()
     use_default_experiment()
     joined = run_id or os.environ.get("MLFLOW_RUN_ID")
     if not nested:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT
+from mnist_lab.dbschema import open_retrying_collisions
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.tuning.space import SearchSpace
 
@@ -36,7 +36,6 @@ ATTR_FINGERPRINT = "space_fingerprint"
 ATTR_FAILURE = "failure_reason"  # user attr of a trial that failed by itself (not interrupted)
 ATTR_OVERRIDES = "overrides"  # user attr: the config settings the trial suggested
 MAX_RETRY = 3
-SCHEMA_ATTEMPTS = 3
 
 
 def redact(url: str) -> str:
@@ -62,27 +61,19 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
         if url.startswith("sqlite"):
             # Several workers write to one file: wait for the lock rather than fail at once.
             engine_kwargs["connect_args"] = {"timeout": 60}
-        for attempt in range(SCHEMA_ATTEMPTS):
-            try:
-                return RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=2 * heartbeat_interval,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRY
-                    ),
-                )
-            except sqlalchemy.exc.DBAPIError as err:
-                # Two machines creating Optuna's tables in one fresh database at once: one
-                # wins, the other's CREATE collides (a unique violation, or "already exists");
-                # by the next attempt the tables exist.
-                collided = isinstance(err, sqlalchemy.exc.IntegrityError) or (
-                    "already exists" in str(err)
-                )
-                if not collided or attempt == SCHEMA_ATTEMPTS - 1:
-                    raise
-                time.sleep(1.0 + attempt)
+        # Two machines creating Optuna's tables in one fresh database at once: by the next
+        # attempt the winner's tables exist.
+        return open_retrying_collisions(
+            lambda: RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=2 * heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY
+                ),
+            )
+        )
     except Exception as err:
         reason = " ".join(str(err).split())[:500] or type(err).__name__
         raise LabError(
