@@ -473,7 +473,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         with sigterm_as_interrupt():  # `kill` ends a run KILLED, as Ctrl-C does
-            tracking.open_store()  # before any command reads it: a fresh store is made once
             return args.handler(args)
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)

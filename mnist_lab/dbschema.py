@@ -1,13 +1,16 @@
-"""Opening a database whose tables another process may be creating at the same moment.
+"""Databases MLflow and Optuna share between processes: a URL safe to show, and opening one
+whose tables another process may be creating at the same moment.
 
 MLflow and Optuna create their tables the first time a process opens a fresh database. Two
 processes doing that together (two machines starting `tune` on one new PostgreSQL database)
 collide: one's CREATE wins, the other's fails with a unique violation or "already exists".
-PostgreSQL rolls the loser's DDL back, so opening again finds the tables made.
+PostgreSQL rolls the loser's DDL back, so opening again finds the tables made. (SQLite has no
+such rollback for MLflow's migrations; tracking/store.py locks instead.)
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,6 +19,11 @@ import sqlalchemy
 
 ATTEMPTS = 3
 T = TypeVar("T")
+
+
+def redact(url: str) -> str:
+    """`url` without user name and password: safe for tags, logs and error messages."""
+    return re.sub(r"(://)[^/@]*@", r"\1", url)
 
 
 def open_retrying_collisions(open_database: Callable[[], T]) -> T:

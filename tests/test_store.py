@@ -17,13 +17,15 @@ from mnist_lab.errors import LabError
 from mnist_lab.tracking import store
 from mnist_lab.tracking.store import sqlite_file
 
-OPEN = "from mnist_lab import tracking; tracking.open_store()"
+OPEN = [sys.executable, "-m", "mnist_lab", "runs", "--stale"]  # a command that reads the store
 
 
 def test_sqlite_file_is_the_database_of_a_sqlite_uri_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert sqlite_file("sqlite:///mlflow.db") == tmp_path / "mlflow.db"
     assert sqlite_file(f"sqlite:///{tmp_path}/a/b.db") == tmp_path / "a" / "b.db"
+    assert sqlite_file("sqlite+pysqlite:///x.db") == sqlite_file("SQLITE:///x.db")
+    assert sqlite_file("sqlite+pysqlite:///x.db") == tmp_path / "x.db"
     for other in ("sqlite://", "sqlite:///:memory:", "postgresql://u@h/db", "http://h:5000"):
         assert sqlite_file(other) is None, other
 
@@ -33,7 +35,7 @@ def open_together(uri: str, processes: int, folder: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(PROJECT_ROOT)}
     logs = [folder / f"open-{i}.log" for i in range(processes)]
     started = [
-        subprocess.Popen([sys.executable, "-c", OPEN], env=env, stderr=log.open("w"))
+        subprocess.Popen(OPEN, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
         for log in logs
     ]
     codes = [p.wait(timeout=300) for p in started]
@@ -98,3 +100,35 @@ def test_a_store_in_a_new_folder_is_made_there_under_its_lock(tmp_path, monkeypa
     monkeypatch.setattr(store.mlflow, "get_tracking_uri", lambda: f"sqlite:///{database}")
     tracking.open_store()
     assert database.is_file() and database.with_name("mlflow.db-lock").is_file()
+
+
+def test_an_unlockable_folder_opens_the_store_unlocked_and_says_so(
+    mlflow_store, monkeypatch, caplog
+):
+    def refused(*args, **kwargs):
+        raise PermissionError("read-only folder")
+
+    monkeypatch.setattr(store.FileLock, "acquire", refused)
+    tracking.open_store()
+    assert sqlite_file(mlflow_store).is_file()
+    assert "without its lock" in caplog.text
+
+
+def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path, monkeypatch):
+    database = tmp_path / "broken.db"
+    database.write_bytes(b"not a SQLite database, e.g. one a crash cut short" * 100)
+    monkeypatch.setattr(store.mlflow, "get_tracking_uri", lambda: f"sqlite:///{database}")
+    with pytest.raises(LabError, match="cannot open the MLflow tracking store") as err:
+        tracking.open_store()
+    assert str(database) in str(err.value) and "delete it" in str(err.value)
+
+
+def test_loading_a_model_folder_opens_no_store(tmp_path, monkeypatch):
+    database = tmp_path / "untouched.db"
+    monkeypatch.setattr(store.mlflow, "get_tracking_uri", lambda: f"sqlite:///{database}")
+    with pytest.raises(LabError):
+        tracking.load_model(str(tmp_path / "no-such-model"))
+    assert not database.exists()
+    with pytest.raises(LabError):
+        tracking.load_model("runs:/0123456789abcdef/model")  # a run's model: the store opens
+    assert database.is_file()

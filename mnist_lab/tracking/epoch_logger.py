@@ -10,7 +10,6 @@ from typing import Any
 
 import mlflow
 import torch
-from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.engine.checkpoint import save_checkpoint
@@ -18,6 +17,7 @@ from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import LabError
 from mnist_lab.tracking.liveness import process_tags
 from mnist_lab.tracking.runs import active_run_id, log_metrics
+from mnist_lab.tracking.store import store_client
 
 
 class EpochLogger:
@@ -50,7 +50,7 @@ class EpochLogger:
     def _write_and_upload(self, snapshot: dict[str, Any]) -> None:
         path = self._dir / Path(names.CHECKPOINT_LAST).name
         save_checkpoint(snapshot, path)
-        MlflowClient().log_artifact(self._run_id, str(path), names.CHECKPOINT_DIR)
+        store_client().log_artifact(self._run_id, str(path), names.CHECKPOINT_DIR)
 
     def wait(self) -> None:
         """Block until the last checkpoint is uploaded; re-raise its error, if any."""
@@ -76,13 +76,13 @@ def has_checkpoint(run_id: str) -> bool:
     """Whether run `run_id` has a `checkpoints/last.pt` to resume from (listed, not fetched)."""
     folder = names.CHECKPOINT_LAST.rpartition("/")[0]
     return any(
-        f.path == names.CHECKPOINT_LAST for f in MlflowClient().list_artifacts(run_id, folder)
+        f.path == names.CHECKPOINT_LAST for f in store_client().list_artifacts(run_id, folder)
     )
 
 
 def download_checkpoint(run_id: str) -> Path:
     """Fetch `checkpoints/last.pt` of `run_id`; a clear error if the run or file is missing."""
-    client = MlflowClient()
+    client = store_client()
     try:
         run_info = client.get_run(run_id).info
     except mlflow.exceptions.MlflowException:
@@ -104,7 +104,7 @@ def download_checkpoint(run_id: str) -> Path:
 def reopen_for_resume(run_id: str) -> None:
     """A finished/failed/killed run goes back to RUNNING before training continues in it,
     naming this process first, so no other process's stale-run sweep takes it for dead."""
-    client = MlflowClient()
+    client = store_client()
     for key, value in process_tags().items():
         client.set_tag(run_id, key, value)
     client.update_run(run_id, status="RUNNING")

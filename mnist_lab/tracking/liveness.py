@@ -31,6 +31,7 @@ from mlflow.entities import RunStatus, ViewType
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
+from mnist_lab.tracking.store import store_client
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class StaleRun:
 
 def stale_runs(client: MlflowClient | None = None) -> list[StaleRun]:
     """Every RUNNING run of the store, in any active experiment, whose process is gone."""
-    client = client or MlflowClient()
+    client = client or store_client()
     experiments = [e.experiment_id for e in client.search_experiments(ViewType.ACTIVE_ONLY)]
     here, now, found, token = this_machine(), time.time(), [], None
     while experiments:
@@ -153,7 +154,7 @@ def stale_runs(client: MlflowClient | None = None) -> list[StaleRun]:
 
 def end_stale(runs: list[StaleRun], client: MlflowClient | None = None) -> None:
     """End each run KILLED with a `failure_reason`, at its last heartbeat where known."""
-    client = client or MlflowClient()
+    client = client or store_client()
     machine = this_machine()
     for run in runs:
         now = client.get_run(run.run_id)
@@ -200,7 +201,7 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
     def _beat(self) -> None:
-        client = MlflowClient()
+        client = store_client()
         while not self._stop.wait(self.interval):
             try:
                 client.set_tag(self.run_id, names.TAG_PROCESS_HEARTBEAT, f"{time.time():.0f}")

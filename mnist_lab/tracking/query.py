@@ -9,10 +9,10 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.errors import LabError
+from mnist_lab.tracking.store import open_store, store_client
 
 
 class NoRunsError(LabError):
@@ -41,14 +41,14 @@ def experiment_name() -> str:
     if name := os.environ.get("MLFLOW_EXPERIMENT_NAME"):
         return name
     if experiment_id := os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        experiment = MlflowClient().get_experiment(experiment_id)
+        experiment = store_client().get_experiment(experiment_id)
         return experiment.name
     return names.DEFAULT_EXPERIMENT
 
 
 def search_runs(experiment: str, filter_string: str = "") -> list[RunRecord]:
     """Every run of `experiment` matching `filter_string`, newest first; [] if it does not exist."""
-    found = MlflowClient().get_experiment_by_name(experiment)
+    found = store_client().get_experiment_by_name(experiment)
     if found is None:
         return []
     frame = mlflow.search_runs(
@@ -81,7 +81,7 @@ def _record(run: Any) -> RunRecord:
 
 def get_run(run_id: str) -> RunRecord:
     try:
-        return _record(MlflowClient().get_run(run_id))
+        return _record(store_client().get_run(run_id))
     except MlflowException:
         raise LabError(
             f"run {run_id!r} is not in the tracking store {mlflow.get_tracking_uri()}"
@@ -90,12 +90,13 @@ def get_run(run_id: str) -> RunRecord:
 
 def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     """(step, value) of `key` in `run_id`, by step; [] when the run never logged it."""
-    history = MlflowClient().get_metric_history(run_id, key)
+    history = store_client().get_metric_history(run_id, key)
     return sorted((m.step, m.value) for m in history)
 
 
 def read_json_artifact(run_id: str, path: str) -> dict[str, Any] | None:
     """The run's JSON artifact at `path` (e.g. `reports/calibration.json`), or None without it."""
+    open_store()
     try:
         local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
     except Exception:  # missing artifact: MLflow raises different types per store

@@ -8,12 +8,12 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.errors import LabError
 from mnist_lab.tracking.pyfunc import verify_folder
 from mnist_lab.tracking.query import get_run, tracking_uri
+from mnist_lab.tracking.store import open_store, store_client
 
 CHAMPION = "champion"
 
@@ -35,7 +35,7 @@ class Version:
 
 def champion(name: str) -> Version | None:
     """The version the alias `champion` of registered model `name` points to, if any."""
-    client = MlflowClient()
+    client = store_client()
     try:
         found = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -45,7 +45,7 @@ def champion(name: str) -> Version | None:
 
 def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
     """Register the run's `model` as a new version of `name` (created if new), with `tags`."""
-    client = MlflowClient()
+    client = store_client()
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -57,7 +57,7 @@ def register(run_id: str, name: str, tags: dict[str, str]) -> Version:
 def model_source(run_id: str) -> str:
     """`models:/<id>` of the run's logged `model` (MLflow 3 keeps it outside the run's
     artifacts); `runs:/<run>/model` for runs logged before LoggedModels existed."""
-    client = MlflowClient()
+    client = store_client()
     outputs = client.get_run(run_id).outputs
     for output in outputs.model_outputs if outputs else ():
         try:
@@ -70,13 +70,14 @@ def model_source(run_id: str) -> str:
 
 
 def set_champion(name: str, version: str) -> None:
-    MlflowClient().set_registered_model_alias(name, CHAMPION, version)
+    store_client().set_registered_model_alias(name, CHAMPION, version)
 
 
 def load_model(uri: str, allow_pickle: bool = False) -> Any:
     """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path), checked
     before MLflow loads it: an MLmodel this mnist-lab wrote (pyfunc.verify_folder), weights
     whose sha256 is the one the logging run recorded. A pickled model needs `allow_pickle`."""
+    _open_store_of(uri)
     try:
         folder = mlflow.artifacts.download_artifacts(uri)
     except Exception as err:  # MlflowException, OSError, ...: all mean "cannot load that"
@@ -99,7 +100,7 @@ def _check_recorded_digest(uri: str, digest: str) -> None:
     try:
         info = mlflow.models.get_model_info(uri)
         artifact = info.name or names.MODEL_ARTIFACT
-        recorded = MlflowClient().get_run(run_id).data.tags.get(names.model_sha256_tag(artifact))
+        recorded = store_client().get_run(run_id).data.tags.get(names.model_sha256_tag(artifact))
     except MlflowException:
         return
     if recorded and recorded != digest:
@@ -117,7 +118,7 @@ def run_model_uri(run_id: str) -> str:
     if uri.startswith("models:/"):
         return uri
     try:  # a run from before LoggedModels keeps the model among its artifacts
-        MlflowClient().list_artifacts(run_id, names.MODEL_ARTIFACT)[0]
+        store_client().list_artifacts(run_id, names.MODEL_ARTIFACT)[0]
     except (IndexError, MlflowException, OSError):
         kind = run.tags.get(names.TAG_KIND, "?")
         raise LabError(
@@ -130,7 +131,14 @@ def run_model_uri(run_id: str) -> str:
 
 def source_run_id(uri: str) -> str | None:
     """The run that logged the model at `uri` (runs:/, models:/<id>, models:/<name>@alias)."""
+    _open_store_of(uri)
     try:
         return mlflow.models.get_model_info(uri).run_id
     except Exception:  # a local path, or a URI load_model will reject with its own message
         return None
+
+
+def _open_store_of(uri: str) -> None:
+    """Open the tracking store where `uri` names a model in it; a folder needs none."""
+    if uri.split(":", 1)[0] in ("models", "runs"):
+        open_store()

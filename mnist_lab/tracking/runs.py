@@ -22,7 +22,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.entities import RunStatus
-from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
@@ -31,7 +30,7 @@ from mnist_lab.engine.device import amp_dtype
 from mnist_lab.errors import LabError
 from mnist_lab.names import IMAGE_SIZE
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
-from mnist_lab.tracking.store import open_store
+from mnist_lab.tracking.store import open_store, store_client
 
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -96,7 +95,7 @@ def run(
     joined = run_id or os.environ.get("MLFLOW_RUN_ID")
     if not nested:
         sweep_stale_runs(keep=joined)
-    if joined and run_name and not _generated_name(MlflowClient().get_run(joined).info.run_name):
+    if joined and run_name and not _generated_name(store_client().get_run(joined).info.run_name):
         run_name = None  # a run resumed or started by `mlflow run --run-name` keeps its name
     active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
     mark_model_development(active.info.experiment_id)
@@ -131,7 +130,7 @@ def _generated_name(name: str | None) -> bool:
 def mark_model_development(experiment_id: str) -> None:
     """Tag the experiment as model development (once), so MLflow 3's UI opens it in the
     model-training view rather than the GenAI one."""
-    client = MlflowClient()
+    client = store_client()
     if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
         return
     try:
@@ -148,7 +147,7 @@ def _end(run_id: str, status: int, reason: str) -> None:
     with contextlib.suppress(Exception):
         mlflow.flush_async_logging()
     with contextlib.suppress(Exception):
-        MlflowClient().set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+        store_client().set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
     mlflow.end_run(RunStatus.to_string(status))
 
 
@@ -157,8 +156,8 @@ def fail_launcher_run(reason: str, killed: bool = False) -> None:
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
-    client = MlflowClient()
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):  # the store itself may be what failed
+        client = store_client()
         if client.get_run(run_id).info.status == "RUNNING":
             client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
             status = RunStatus.KILLED if killed else RunStatus.FAILED
@@ -275,14 +274,14 @@ def child_run_tags(parent_run_id: str, run_name: str | None = None) -> dict[str,
 def find_run(experiment_id: str, tags: dict[str, str]) -> str | None:
     """The newest run of `experiment_id` carrying all `tags`, or None."""
     where = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
-    runs = MlflowClient().search_runs(
+    runs = store_client().search_runs(
         [experiment_id], filter_string=where, order_by=["attributes.start_time DESC"], max_results=1
     )
     return runs[0].info.run_id if runs else None
 
 
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
-    client = MlflowClient()
+    client = store_client()
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])
 
@@ -293,7 +292,7 @@ def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
     A pruned trial leaves `train()` by an exception, so `run()` ended its run FAILED with a
     `failure_reason`; pruning is the tuner working as intended, so it becomes FINISHED.
     """
-    client = MlflowClient()
+    client = store_client()
     client.set_tag(run_id, names.TAG_TRIAL_STATE, state)
     if state == "PRUNED":
         with contextlib.suppress(mlflow.exceptions.MlflowException):
@@ -311,7 +310,7 @@ def log_failed_run(
 ) -> str:
     """A FAILED run for a trial that failed before `train()` could start one (a bad combination
     of parameters), so every trial has its run."""
-    client = MlflowClient()
+    client = store_client()
     run = client.create_run(experiment_id, tags={**tags, names.TAG_TRIAL_STATE: "FAIL"})
     run_id = run.info.run_id
     client.log_batch(
@@ -324,7 +323,7 @@ def log_failed_run(
 
 def kill_orphaned_run(run_id: str, reason: str) -> None:
     """End a run whose process died (a killed tuning worker) KILLED, if still RUNNING."""
-    client = MlflowClient()
+    client = store_client()
     if client.get_run(run_id).info.status == "RUNNING":
         client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))

@@ -8,6 +8,10 @@ creating) both run the migrations: each fails, and a half-done migration can lea
 the database (`<file>-lock`, an empty file left in place) makes the first open one at a time;
 a process that waited finds the tables made and only checks them. On PostgreSQL the loser's
 DDL is rolled back and it opens the store again (dbschema.py); an MLflow server makes its own.
+
+Every reader and writer here gets its client from `store_client()`, so the store is opened
+this way by whatever touches it first, and only by what touches it (`predict` on a model
+folder makes no `mlflow.db`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sqlalchemy
 from filelock import FileLock, Timeout
 from mlflow.tracking import MlflowClient
 
-from mnist_lab.dbschema import open_retrying_collisions
+from mnist_lab.dbschema import open_retrying_collisions, redact
 from mnist_lab.errors import LabError
 
 LOCK_WAIT_S = 300  # creating the tables takes seconds; this long means a stuck process
@@ -30,18 +34,39 @@ _opened: set[str] = set()
 log = logging.getLogger(__name__)
 
 
+def store_client() -> MlflowClient:
+    """A client of the tracking store (`mlflow.get_tracking_uri()`), opened first."""
+    open_store()
+    return MlflowClient()
+
+
 def open_store() -> None:
-    """Open this process's tracking store (`mlflow.get_tracking_uri()`), creating a fresh
-    SQLite store's tables under its lock. Cheap after the first call for a store."""
+    """Open this process's tracking store, creating a fresh SQLite store's tables under its
+    lock; a LabError naming the store when it cannot be opened. Cheap after the first call."""
     uri = mlflow.get_tracking_uri()
     database = sqlite_file(uri)
     key = str(database or uri)
     if key in _opened:
         return
-    with _creation_lock(database):
-        # Constructing the client creates and migrates the tables. On a server database
-        # (PostgreSQL) a process that lost the race to create them opens it again.
-        open_retrying_collisions(lambda: MlflowClient(uri))
+    try:
+        with _creation_lock(database):
+            if database:
+                MlflowClient(uri)  # constructing the client creates and migrates the tables
+            else:  # PostgreSQL, MySQL: the loser of a race to create the tables opens again
+                open_retrying_collisions(lambda: MlflowClient(uri))
+    except LabError:
+        raise
+    except Exception as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        fix = (
+            f"a store whose creation or upgrade was interrupted stays broken: if {database} "
+            "holds no runs yet, delete it and run again, else restore it from a backup"
+            if database
+            else "check that its server is reachable and the URL is right"
+        )
+        raise LabError(
+            f"cannot open the MLflow tracking store {redact(uri)}: {reason}; {fix}"
+        ) from None
     _opened.add(key)
 
 
@@ -49,20 +74,24 @@ def open_store() -> None:
 def _creation_lock(database: Path | None) -> Iterator[None]:
     """Held while the block runs, where `database` is a SQLite file in a writable folder."""
     if database is None:
-        yield  # not SQLite: MLflow opens the store as it does
+        yield  # not SQLite: nothing to lock here
         return
     lock = FileLock(database.with_name(f"{database.name}-lock"), timeout=LOCK_WAIT_S)
     try:
         database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for a new store
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for %s: another process is creating the store", lock.lock_file)
+            lock.acquire()
     except Timeout:
         raise LabError(
             f"waited {LOCK_WAIT_S} s for another process to finish creating the MLflow tables "
             f"in {database} (it holds {lock.lock_file}); let it finish or stop it, then run "
             "this again"
         ) from None
-    except OSError as err:  # a read-only folder: MLflow reads the store, or says why not
-        log.debug("no lock beside %s (%s): opening it unlocked", database, err)
+    except OSError as err:  # Timeout is an OSError too, caught above
+        log.warning("opening %s without its lock (%s): keep other processes off it", database, err)
         yield
         return
     try:
@@ -72,11 +101,18 @@ def _creation_lock(database: Path | None) -> Iterator[None]:
 
 
 def sqlite_file(uri: str) -> Path | None:
-    """The database file of a `sqlite:///…` tracking URI (relative to the working directory
-    as SQLite resolves it); None for any other store and for an in-memory database."""
-    if not uri.startswith("sqlite:"):
+    """The database file of a SQLite tracking URI (`sqlite:///…`, `sqlite+pysqlite:///…`;
+    relative to the working directory as SQLite resolves it); None for any other store and
+    for an in-memory database."""
+    if not uri.lower().startswith("sqlite"):
         return None
-    database = sqlalchemy.engine.make_url(uri).database
-    if not database or database == ":memory:" or database.startswith("file:"):
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+    except sqlalchemy.exc.ArgumentError:
         return None
+    database = url.database
+    if url.get_backend_name().lower() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None  # a SQLite URI filename: left to MLflow
     return Path(database).absolute()

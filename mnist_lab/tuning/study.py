@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT
-from mnist_lab.dbschema import open_retrying_collisions
+from mnist_lab.dbschema import open_retrying_collisions, redact
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.tuning.space import SearchSpace
 
@@ -36,11 +36,6 @@ ATTR_FINGERPRINT = "space_fingerprint"
 ATTR_FAILURE = "failure_reason"  # user attr of a trial that failed by itself (not interrupted)
 ATTR_OVERRIDES = "overrides"  # user attr: the config settings the trial suggested
 MAX_RETRY = 3
-
-
-def redact(url: str) -> str:
-    """`url` without user name and password: safe for tags, logs and error messages."""
-    return re.sub(r"(://)[^/@]*@", r"\1", url)
 
 
 def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.BaseStorage:

@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from mnist_lab import names, tracking
 from mnist_lab.config import TrainConfig, load_config
 from mnist_lab.data.mnist import load_mnist
+from mnist_lab.dbschema import redact
 from mnist_lab.engine.device import resolve_device, usable_cpus
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState
@@ -48,7 +49,6 @@ from mnist_lab.tuning.study import (
     make_sampler,
     open_storage,
     open_study,
-    redact,
     release,
     state_counts,
     trials_done,
