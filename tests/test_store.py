@@ -121,14 +121,3 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(LabError, match="cannot open the MLflow tracking store") as err:
         tracking.open_store()
     assert str(database) in str(err.value) and "delete it" in str(err.value)
-
-
-def test_loading_a_model_folder_opens_no_store(tmp_path, monkeypatch):
-    database = tmp_path / "untouched.db"
-    monkeypatch.setattr(store.mlflow, "get_tracking_uri", lambda: f"sqlite:///{database}")
-    with pytest.raises(LabError):
-        tracking.load_model(str(tmp_path / "no-such-model"))
-    assert not database.exists()
-    with pytest.raises(LabError):
-        tracking.load_model("runs:/0123456789abcdef/model")  # a run's model: the store opens
-    assert database.is_file()

@@ -93,7 +93,7 @@ def load_model(uri: str, allow_pickle: bool = False) -> Any:
 
 def _check_recorded_digest(uri: str, digest: str) -> None:
     """The weights' sha256 against the tag its run wrote when logging (runs logged before the
-    tag existed, and plain paths, have none to compare)."""
+    tag existed, and folders whose run is not in this store, have none to compare)."""
     run_id = source_run_id(uri)
     if not digest or not run_id:
         return
@@ -130,15 +130,16 @@ def run_model_uri(run_id: str) -> str:
 
 
 def source_run_id(uri: str) -> str | None:
-    """The run that logged the model at `uri` (runs:/, models:/<id>, models:/<name>@alias)."""
-    _open_store_of(uri)
+    """The run that logged the model at `uri` (runs:/, models:/<id>, models:/<name>@alias, or
+    a folder, whose MLmodel names it)."""
+    open_store()  # MLflow reads the logged model's record from the store, for a folder too
     try:
         return mlflow.models.get_model_info(uri).run_id
-    except Exception:  # a local path, or a URI load_model will reject with its own message
+    except Exception:  # a folder without an MLmodel, or a URI load_model rejects in its words
         return None
 
 
 def _open_store_of(uri: str) -> None:
-    """Open the tracking store where `uri` names a model in it; a folder needs none."""
+    """Open the tracking store where `uri` names a model in it; fetching a folder needs none."""
     if uri.split(":", 1)[0] in ("models", "runs"):
         open_store()

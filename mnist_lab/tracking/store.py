@@ -9,9 +9,9 @@ the database (`<file>-lock`, an empty file left in place) makes the first open o
 a process that waited finds the tables made and only checks them. On PostgreSQL the loser's
 DDL is rolled back and it opens the store again (dbschema.py); an MLflow server makes its own.
 
-Every reader and writer here gets its client from `store_client()`, so the store is opened
-this way by whatever touches it first, and only by what touches it (`predict` on a model
-folder makes no `mlflow.db`).
+Every reader and writer here gets its client from `store_client()` (or calls `open_store()`
+before MLflow's own functions), so the store is opened this way by whatever touches it first,
+and only by what touches it.
 """
 
 from __future__ import annotations
