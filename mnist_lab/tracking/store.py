@@ -52,7 +52,7 @@ def open_store() -> None:
         with _creation_lock(database):
             if database:
                 MlflowClient(uri)  # constructing the client creates and migrates the tables
-            else:  # PostgreSQL, MySQL: the loser of a race to create the tables opens again
+            else:  # PostgreSQL: the loser of a race to create the tables opens again
                 open_retrying_collisions(lambda: MlflowClient(uri))
     except LabError:
         raise
