@@ -8,6 +8,7 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
 
 from mnist_lab import names
 from mnist_lab.errors import LabError
@@ -94,12 +95,11 @@ def load_model(uri: str, allow_pickle: bool = False) -> Any:
 def _check_recorded_digest(uri: str, digest: str) -> None:
     """The weights' sha256 against the tag its run wrote when logging (runs logged before the
     tag existed, and folders whose run is not in this store, have none to compare)."""
-    run_id = source_run_id(uri)
-    if not digest or not run_id:
+    info = _model_info(uri) if digest else None
+    if info is None or not info.run_id:
         return
+    run_id, artifact = info.run_id, info.name or names.MODEL_ARTIFACT
     try:
-        info = mlflow.models.get_model_info(uri)
-        artifact = info.name or names.MODEL_ARTIFACT
         recorded = store_client().get_run(run_id).data.tags.get(names.model_sha256_tag(artifact))
     except MlflowException:
         return
@@ -132,10 +132,17 @@ def run_model_uri(run_id: str) -> str:
 def source_run_id(uri: str) -> str | None:
     """The run that logged the model at `uri` (runs:/, models:/<id>, models:/<name>@alias, or
     a folder, whose MLmodel names it)."""
+    info = _model_info(uri)
+    return info.run_id if info else None
+
+
+def _model_info(uri: str) -> ModelInfo | None:
+    """MLflow's record of the model at `uri`; None for a folder without an MLmodel, or a URI
+    load_model rejects in its own words."""
     open_store()  # MLflow reads the logged model's record from the store, for a folder too
     try:
-        return mlflow.models.get_model_info(uri).run_id
-    except Exception:  # a folder without an MLmodel, or a URI load_model rejects in its words
+        return mlflow.models.get_model_info(uri)
+    except Exception:
         return None
 
 
