@@ -72,9 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mnist_lab.config import load_config
 
     nproc = _nproc_per_node(args.nproc_per_node)
+    seeds = _seeds(args)
     config = None
     if not args.resume:
         config = load_config(args.model, overrides_from(args), config_file=args.config or None)
+    if seeds != 1:
+        return _train_seeds(config, seeds, args, nproc)
     if nproc is not None and config is not None:  # fail here, not in every process
         from mnist_lab.engine.device import resolve_device
         from mnist_lab.engine.distributed import check_settings
@@ -94,6 +97,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise LabError(f"distributed training failed: {failed}; see its log above") from None
     if run_id:  # rank 0 (or the one process); torchrun's other ranks have nothing to say
         print(f"run {run_id}: test_accuracy {accuracy:.4f}")
+    return 0
+
+
+def _train_seeds(config: Any, seeds: int, args: argparse.Namespace, nproc: int | None) -> int:
+    """`train --seeds N`: N runs of one configuration under a parent run (repeats.py)."""
+    from mnist_lab.repeats import check_seeds, train_seeds
+
+    check_seeds(seeds)
+    if args.resume or nproc is not None:
+        flag = "--resume" if args.resume else "--nproc-per-node"
+        raise ConfigError(
+            f"--seeds {seeds} trains one seed after another in this process; it does not combine "
+            f"with {flag}. Drop --seeds, or {flag}"
+        )
+    result = train_seeds(config, seeds, run_name=args.run_name or None)
+    for run in result.runs:
+        print(f"run {run.run_id}: test_accuracy {run.metrics['test_accuracy']:.4f}")
+    m = result.metrics
+    print(
+        f"run {result.run_id} ({seeds} seeds): test_accuracy mean {m['test_accuracy_mean']:.4f}, "
+        f"std {m['test_accuracy_std']:.4f}, 95 % interval [{m['test_accuracy_ci95_low']:.4f}, "
+        f"{m['test_accuracy_ci95_high']:.4f}] (seeds × test digits)"
+    )
     return 0
 
 
@@ -170,7 +196,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         include_tuning=_flag_true(args.include_tuning),
         output_dir=args.output_dir or "comparison",
     )
-    print(markdown(result.table), end="")
+    print(markdown(result.table, result.significance), end="")
     print(f"written to {result.files['comparison.html'].parent}/; logged to run {result.run_id}")
     return 0
 
@@ -183,8 +209,11 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         k: getattr(args, k) or None
         for k in ("epochs", "max_train_samples", "max_test_samples", "val_size", "device")
     }
-    result = benchmark(_csv(args.models), overrides, output_dir=args.output_dir or "comparison")
-    print(markdown(result.table), end="")
+    seeds = _seeds(args)
+    result = benchmark(
+        _csv(args.models), overrides, output_dir=args.output_dir or "comparison", seeds=seeds
+    )
+    print(markdown(result.table, result.significance), end="")
     print(f"written to {result.files['comparison.html'].parent}/; logged to run {result.run_id}")
     return 0
 
@@ -269,11 +298,13 @@ ALLOW_PICKLE = "load a model logged before the pickle-free format (runs its pick
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     """compare, benchmark, register, predict, robustness and runs."""
-    from mnist_lab.comparison.compare import SELECTABLE_METRICS
+    from mnist_lab.comparison.groups import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
     add_flag(
-        compare, "best_by", help=f"per model, the best run by: {', '.join(SELECTABLE_METRICS)}"
+        compare,
+        "best_by",
+        help=f"per model, the configuration with the best mean of: {', '.join(SELECTABLE_METRICS)}",
     )
     compare.add_argument(
         "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
@@ -287,6 +318,11 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     add_flag(bench, "models", action="append", help="comma list (default: every lab model)")
     for name in ("epochs", "max_train_samples", "max_test_samples", "val_size", "device"):
         add_flag(bench, name, help="override for every model (default: its experiments yaml)")
+    add_flag(
+        bench,
+        "seeds",
+        help="train each model at N seeds (default 1); the comparison tests over seeds and digits",
+    )
     add_flag(bench, "output_dir", help="where the files go (default: comparison/)")
     bench.set_defaults(handler=cmd_benchmark)
 
@@ -341,6 +377,8 @@ TUNE_FLAGS = {
     "space": "search space file (default tuning/<model>.yaml)",
     "retrain": "retrain the best config on the full data (full, default), on the trials' subset "
     "(subset), or not (none)",
+    "confirm_seeds": "with a retrain: train the winner and the defaults at K seeds each and "
+    "test whether the tuned configuration beats the defaults beyond noise (default 0: off)",
     "heartbeat_interval": "seconds between trial heartbeats on RDB storages (default 60)",
     "nproc_per_node": "not for tune: trials train in one process each (use --workers for "
     "parallel trials); `train --nproc-per-node` trains one model in several",
@@ -387,6 +425,7 @@ def tune_options(args: argparse.Namespace):
         data=data,
         space_path=given.get("space"),
         retrain=given.get("retrain", "full"),
+        confirm_seeds=_number(given, "confirm_seeds", int, 0),
         heartbeat_interval=_number(given, "heartbeat_interval", int, 60),
     )
 
@@ -405,7 +444,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"retrained as run {result.retrain_run_id}: test_accuracy {accuracy:.4f}")
     elif result.retrain_note:
         print(f"not retrained here: {result.retrain_note}")
+    if result.confirmation:
+        print(result.confirmation)
     return 0
+
+
+def _seeds(args: argparse.Namespace) -> int:
+    """--seeds N (train, benchmark): 1 when not given or given empty (MLproject's unset)."""
+    given = {} if args.seeds in (None, "") else {"seeds": args.seeds}
+    return _number(given, "seeds", int, 1)
 
 
 def _number(given: dict[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -443,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a killed/failed run from its checkpoints/last.pt",
     )
     add_flag(train, "run_name", help="the run's name (default: from the config, e.g. cnn-5ep)")
+    add_flag(
+        train,
+        "seeds",
+        metavar="N",
+        help="train N runs of this configuration, seeds SEED … SEED+N-1 (default 1), as child "
+        "runs of one parent run that logs their mean, std and 95%% interval",
+    )
     add_flag(
         train,
         "nproc_per_node",

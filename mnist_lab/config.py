@@ -73,7 +73,11 @@ class TrainConfig:
     val_size: int = 5000
     max_train_samples: int | None = None
     max_test_samples: int | None = None
+    # `seed` draws the initial weights, the batches and the augmentation; `split_seed` draws the
+    # validation split and the subsets above. Kept apart, runs of different seeds are scored on
+    # the same digits and can be compared digit by digit (analysis/statistics.py).
     seed: int = 0
+    split_seed: int = 0
     # Runtime.
     device: str = "auto"
     compile: bool = False
@@ -299,6 +303,8 @@ def validate(config: TrainConfig) -> None:
                 f"must be {off} for {DETECTOR_MODEL} (its scenes are made, not augmented)",
             )
     _check(10 <= c.val_size <= 50_000, "val_size", c.val_size, "must be in [10, 50000]")
+    for name in ("seed", "split_seed"):
+        _check(getattr(c, name) >= 0, name, getattr(c, name), "must be >= 0")
     _check(
         c.robustness_samples >= 0,
         "robustness_samples",

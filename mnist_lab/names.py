@@ -67,6 +67,26 @@ TEST_ECE_CALIBRATED = "test_ece_calibrated"  # after temperature scaling fitted 
 TEST_BRIER = "test_brier"
 TEMPERATURE = "temperature"  # what the logged model divides its logits by
 
+# Honest numbers (analysis/statistics.py). Every run: the 95 % interval of its test accuracy
+# (Wilson, over its test digits). A `train --seeds N` parent run: over its N seed runs, each
+# metric of REPEATED_METRICS as <metric>_mean, _std, _ci95_low and _ci95_high (test accuracy's
+# interval counts the seeds and the digits; the others' the seeds), and n_seeds.
+TEST_ACCURACY_CI95_LOW = "test_accuracy_ci95_low"
+TEST_ACCURACY_CI95_HIGH = "test_accuracy_ci95_high"
+N_SEEDS = "n_seeds"
+REPEATED_METRICS = (TEST_ACCURACY, ROBUST_ACCURACY_MEAN, TEST_ECE, BEST_VAL_ACCURACY, TRAIN_TIME_S)
+AGGREGATES = ("mean", "std", "ci95_low", "ci95_high")
+
+
+def aggregate(metric: str, statistic: str) -> str:
+    """`test_accuracy` + `mean` → `test_accuracy_mean`: a repeats run's figure over its seeds."""
+    return f"{metric}_{statistic}"
+
+
+def predictions_artifact(split: str) -> str:
+    """`predictions/test.parquet`: a split's per-digit predictions (analysis/predictions.py)."""
+    return f"predictions/{split}.parquet"
+
 
 def robust_accuracy(corruption: str) -> str:
     return ROBUST_ACCURACY_PREFIX + corruption
@@ -100,6 +120,11 @@ TAG_NNODES = "nnodes"
 TAG_ELASTIC_JOB = "torchelastic_run_id"  # the torchrun job: a restarted job resumes this run
 TAG_KIND = "kind"
 TAG_DEVICE = "device"
+# What a run's figures ran on: the CPU's model, vector units (AVX2, AVX-512, AMX) and cores, or
+# the GPU. Timings compare only between runs of one machine.
+TAG_MACHINE = "machine"
+# `train --seeds N`: the parent run of the N seed runs (kind "repeats"), named on each of them.
+TAG_REPEATS_RUN_ID = "repeats_run_id"
 TAG_TORCH_VERSION = "torch_version"
 TAG_PRECISION = "precision"  # bf16 (autocast) or fp32: what `amp` meant on this hardware
 TAG_GIT_COMMIT = "git_commit"
@@ -122,6 +147,15 @@ TAG_STORAGE = "storage"  # the Optuna storage URL, credentials removed
 TAG_BEST_PARAMS = "best_params"
 TAG_TUNE_RUN_ID = "tune_run_id"  # on the retrain: the parent run of its study
 TAG_RETRAIN_RUN_ID = "retrain_run_id"  # on the parent: the retrained best configuration
+# `tune --confirm-seeds K`: the winner and the defaults retrained at K seeds each; on the parent,
+# the tuned minus the defaults' test accuracy, its 95 % interval, the test and the verdict.
+CONFIRM_DIFFERENCE = "confirm_test_accuracy_difference"
+CONFIRM_CI95_LOW = "confirm_ci95_low"
+CONFIRM_CI95_HIGH = "confirm_ci95_high"
+CONFIRM_P_VALUE = "confirm_p_value"
+TAG_CONFIRM_TEST = "confirm_test"
+TAG_CONFIRM_VERDICT = "confirm_verdict"
+TAG_DEFAULTS_RUN_ID = "defaults_run_id"  # on the parent: the defaults' repeats run
 N_COMPLETE_TRIALS = "n_complete_trials"
 N_PRUNED_TRIALS = "n_pruned_trials"
 N_FAILED_TRIALS = "n_failed_trials"

@@ -9,10 +9,11 @@ import logging
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -23,6 +24,8 @@ from mnist_lab.analysis.plots import (
     learning_curves_figure,
     sample_predictions_figure,
 )
+from mnist_lab.analysis.predictions import predictions_frame
+from mnist_lab.analysis.statistics import wilson_interval
 from mnist_lab.config import TrainConfig, build_config
 from mnist_lab.data.mnist import (
     SPLIT_NAMES,
@@ -49,7 +52,7 @@ from mnist_lab.models.common import TemperatureScaled
 log = logging.getLogger(__name__)
 
 # The settings that choose which images a run sees, logged with its datasets.
-SUBSET_SETTINGS = ("seed", "val_size", "max_train_samples", "max_test_samples")
+SUBSET_SETTINGS = ("seed", "split_seed", "val_size", "max_train_samples", "max_test_samples")
 
 
 @dataclass
@@ -58,6 +61,8 @@ class TrainResult:
     metrics: dict[str, float]
     best_val_accuracy: float
     epochs: int  # completed; fewer than config.epochs after early stopping
+    # The per-digit predictions the run logged, by split ("val"; "test" after a test pass).
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 class ConsoleReporter:
@@ -83,7 +88,9 @@ def resume(run_id: str) -> TrainResult:
     data order of the remaining epochs is the one the uninterrupted run would have had.
     """
     checkpoint = load_checkpoint(tracking.download_checkpoint(run_id))
-    config = build_config(checkpoint["config"], source=f"checkpoint of run {run_id}")
+    values = dict(checkpoint["config"])
+    values.setdefault("split_seed", values.get("seed", 0))  # older runs: the seed drew the split
+    config = build_config(values, source=f"checkpoint of run {run_id}")
     return train(config, resume_run_id=run_id, checkpoint=checkpoint)
 
 
@@ -205,13 +212,12 @@ def _train(
         finally:
             epoch_logger.wait()
         raise_if_interrupted()  # a Ctrl-C during the last epoch's logging: KILLED, not tested
-        if not evaluate_test:
-            metrics = _training_metrics(state, model, flops_per_sample)
-            tracking.log_metrics(metrics)
-            run_id = tracking.active_run_id()
-            return TrainResult(run_id, metrics, state.best_val_accuracy, state.epoch)
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
+        if not evaluate_test:
+            metrics = _training_metrics(state, model, flops_per_sample)
+            predictions = {"val": task.evaluate(model, val_loader, amp=False)}
+            return _finish(state, metrics, _predictions(predictions, splits))
         test = task.evaluate(model, test_loader, config.amp)
         summary = classification_summary(test.targets, test.predictions)
         # Before the report, so peak memory and the timings are the training's and the test's.
@@ -220,7 +226,6 @@ def _train(
         start = time.perf_counter()
         report = task.test_report(model, splits, test)
         metrics |= {**report.metrics, names.TEST_REPORT_S: time.perf_counter() - start}
-        tracking.log_metrics(metrics)
         _log_reports(state, test, summary, splits, report)
         served = model if report.served_model is None else report.served_model  # e.g. + T
         options = config.resolved_model_options()
@@ -233,13 +238,38 @@ def _train(
             module = getattr(model, part).cpu()
             tracking.log_torch_model(module, ModelSpec(config.model, options, part=part), name)
         log.info(
-            "test_accuracy %.4f  test_f1_macro %.4f  train_time_s %.1f  run %s",
+            "test_accuracy %.4f [%.4f, %.4f]  test_f1_macro %.4f  train_time_s %.1f  run %s",
             metrics[names.TEST_ACCURACY],
+            metrics[names.TEST_ACCURACY_CI95_LOW],
+            metrics[names.TEST_ACCURACY_CI95_HIGH],
             metrics[names.TEST_F1_MACRO],
             metrics[names.TRAIN_TIME_S],
             tracking.active_run_id(),
         )
-        return TrainResult(tracking.active_run_id(), metrics, state.best_val_accuracy, state.epoch)
+        return _finish(state, metrics, _predictions(report.predictions or {"test": test}, splits))
+
+
+def _finish(
+    state: TrainState, metrics: dict[str, float], predictions: dict[str, pd.DataFrame]
+) -> TrainResult:
+    """Log the run's final metrics and per-digit predictions; what `train()` returns."""
+    tracking.log_metrics(metrics)
+    tracking.log_predictions(predictions)
+    run_id = tracking.active_run_id()
+    return TrainResult(run_id, metrics, state.best_val_accuracy, state.epoch, predictions)
+
+
+def _predictions(evaluations: dict[str, Evaluation], splits: Splits) -> dict[str, pd.DataFrame]:
+    """The per-digit predictions table of each evaluated split ("val", "test")."""
+    return {
+        split: predictions_frame(
+            getattr(splits, f"{split}_index").cpu().numpy(),
+            evaluation.targets,
+            evaluation.predictions,
+            evaluation.probabilities,
+        )
+        for split, evaluation in evaluations.items()
+    }
 
 
 def load_splits(config: TrainConfig) -> Splits:
@@ -247,7 +277,7 @@ def load_splits(config: TrainConfig) -> Splits:
     return make_splits(
         load_mnist(config.data_dir),
         val_size=config.val_size,
-        seed=config.seed,
+        seed=config.split_seed,
         max_train_samples=config.max_train_samples,
         max_test_samples=config.max_test_samples,
     )
@@ -268,8 +298,11 @@ def _final_metrics(
     tracking_s: float,
 ) -> dict[str, float]:
     train_time = state.train_seconds
+    low, high = wilson_interval(int(np.sum(test.predictions == test.targets)), len(test.targets))
     return {
         names.TEST_ACCURACY: summary["accuracy"],
+        names.TEST_ACCURACY_CI95_LOW: low,
+        names.TEST_ACCURACY_CI95_HIGH: high,
         names.TEST_F1_MACRO: summary["f1_macro"],
         names.TEST_LOSS: test.loss,
         names.INFERENCE_MS_PER_IMAGE: 1000 * test.seconds / len(test.targets),

@@ -15,7 +15,8 @@ from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.cli import main
 from mnist_lab.comparison import plots as compare_plots
-from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare, select_runs
+from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare
+from mnist_lab.comparison.groups import select_groups
 
 TINY = {
     "epochs": 1,
@@ -53,7 +54,7 @@ def test_compare_writes_table_files_plots_and_a_comparison_run(trained, tmp_path
     out = tmp_path / "out"
     assert main(["compare", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| model | test_accuracy |" in printed
+    assert "| model | n | test_accuracy | test_accuracy_std |" in printed
     assert trained["cnn"] in printed and trained["vit"] in printed
 
     table = pd.read_csv(out / "comparison.csv")
@@ -63,8 +64,19 @@ def test_compare_writes_table_files_plots_and_a_comparison_run(trained, tmp_path
     run = MlflowClient().get_run(trained["cnn"])
     for column in (names.TEST_ACCURACY, *NEW_COLUMNS):
         assert row[column] == pytest.approx(run.data.metrics[column])
-    assert row["epochs"] == 1 and row["device"] == "cpu" and row["num_params"] > 1000
-    assert (out / "comparison.md").read_text().count("\n") == 4  # header, rule, two rows
+    assert row["epochs"] == 1 and row["num_params"] > 1000 and row["n"] == 1
+    assert row["machine"] == run.data.tags[names.TAG_MACHINE] and "cores" in row["machine"]
+    low, high = row[names.TEST_ACCURACY_CI95_LOW], row[names.TEST_ACCURACY_CI95_HIGH]
+    assert low < row[names.TEST_ACCURACY] < high  # one run: Wilson's interval over its digits
+    assert low == pytest.approx(run.data.metrics[names.TEST_ACCURACY_CI95_LOW])
+    md = (out / "comparison.md").read_text()
+    assert md.split("\n\n")[0].count("\n") == 3  # header, rule, two rows
+    assert "Significance" not in md or "model_a | model_b" in md
+    pairs = pd.read_csv(out / "significance.csv")
+    assert list(pairs.columns) == [
+        "model_a", "model_b", "difference", "ci95_low", "ci95_high", "test", "p_value", "p_holm"
+    ]  # fmt: skip
+    assert len(pairs) == 1 and pairs.loc[0, "test"] == "McNemar exact"
 
     html = (out / "comparison.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
@@ -83,7 +95,9 @@ def test_compare_writes_table_files_plots_and_a_comparison_run(trained, tmp_path
     assert comparison.info.status == "FINISHED"
     assert set(comparison.data.tags["compared_runs"].split(",")) == {trained["cnn"], trained["vit"]}
     logged = artifact_paths(client, comparison.info.run_id)
-    assert logged == {"comparison.md", "comparison.csv", "comparison.html", *PLOTS.values()}
+    assert logged == {
+        "comparison.md", "comparison.csv", "significance.csv", "comparison.html", *PLOTS.values()
+    }  # fmt: skip
 
 
 def test_missing_metrics_show_as_a_dash_and_plots_still_draw(trained, tmp_path, monkeypatch):
@@ -214,7 +228,7 @@ def test_new_plots_without_any_data_say_so():
 
 
 def select_ids(experiment):
-    return [run.run_id for _, run in select_runs(experiment)]
+    return [run_id for group in select_groups(experiment) for run_id in group.run_ids]
 
 
 def test_selection_latest_best_by_tags_and_tuning_winners(tmp_path):
@@ -233,7 +247,7 @@ def test_selection_latest_best_by_tags_and_tuning_winners(tmp_path):
         fake_run(exp, "cnn", {names.BEST_VAL_ACCURACY: 0.5}, trial, start_time=5000)
 
         def picked(**kwargs):
-            return {label: run.run_id for label, run in select_runs(exp, **kwargs)}
+            return {group.label: group.newest.run_id for group in select_groups(exp, **kwargs)}
 
         assert picked() == {"cnn": new, "vit": vit}  # latest finished, trials left out
         assert picked(best_by=names.TEST_ACCURACY) == {"cnn": old, "vit": vit}

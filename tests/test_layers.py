@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"analysis"},
     {"engine"},
     {"tracking"},
-    {"train"},  # one training run: the engine's loop, logged through tracking
+    {"train", "repeats"},  # one training run (and one config at several seeds), logged
     {"tuning", "comparison", "serving"},  # the workflows built on train() and tracking
     {"measure"},
     {"cli", "__main__", "mlflow_model"},  # mlflow_model: the alias old logged models load

@@ -1,7 +1,9 @@
 """Train every model with its experiments/<model>.yaml under one parent run, then compare them.
 
-Each model is a nested child run of a `kind=benchmark` parent. A model that fails (a bad config,
-missing weights, a crash, a NaN loss) becomes a failed row of the table; the others still run.
+Each model is a nested child run of a `kind=benchmark` parent (with `seeds` > 1, a `repeats`
+run whose children are its seeds: the comparison then has n seeds a row, and its significance
+tests count them). A model that fails (a bad config, missing weights, a crash, a NaN loss)
+becomes a failed row of the table; the others still run.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from mnist_lab import names, tracking
-from mnist_lab.comparison.compare import LAB_MODELS, Comparison, Failure, compare
+from mnist_lab.comparison.compare import Comparison, Failure, compare
+from mnist_lab.comparison.groups import LAB_MODELS
 from mnist_lab.config import load_config
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import MODELS
@@ -38,13 +41,16 @@ def benchmark(
     models: Sequence[str] | None = None,
     overrides: dict[str, Any] | None = None,
     output_dir: str = "comparison",
+    seeds: int = 1,
 ) -> Comparison:
-    """Train `models` (default: every lab model) with `overrides` on top of their YAML, compare.
+    """Train `models` (default: every lab model) with `overrides` on top of their YAML, each at
+    `seeds` seeds, and compare them.
 
     Configs are all built before anything trains, so a typo fails fast, not an hour in.
     """
-    from mnist_lab.train import train
+    from mnist_lab.repeats import check_seeds, train_seeds
 
+    check_seeds(seeds)
     models = check_models(models or default_models())
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     configs = {m: load_config(m, overrides) for m in models}
@@ -52,12 +58,14 @@ def benchmark(
     failures: list[Failure] = []
     with tracking.run(run_name="benchmark", tags={names.TAG_KIND: "benchmark"}) as parent:
         tracking.set_tags({names.TAG_KIND: "benchmark", "benchmark_models": ",".join(models)})
-        tracking.log_params({f"benchmark_{k}": v for k, v in overrides.items()})
+        tracking.log_params(
+            {**{f"benchmark_{k}": v for k, v in overrides.items()}, "benchmark_seeds": seeds}
+        )
         for model, config in configs.items():
-            log.info("benchmark: training %s", model)
+            log.info("benchmark: training %s (%d seed(s))", model, seeds)
             try:
-                result = train(config, nested=True, tags={"benchmark_run": parent.info.run_id})
-                run_ids.append(result.run_id)
+                tags = {"benchmark_run": parent.info.run_id}
+                run_ids += train_seeds(config, seeds, nested=True, tags=tags).run_ids
             except Exception as err:  # one broken model must not stop the others
                 log.exception("benchmark: %s failed", model)
                 child = _failed_child(parent.info.run_id, model)

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -23,13 +24,24 @@ def _finite(values: Sequence[float | None]) -> np.ndarray:
 
 
 def accuracy_bars_figure(
-    labels: Sequence[str], accuracy: Sequence[float | None], f1: Sequence[float | None]
+    labels: Sequence[str],
+    accuracy: Sequence[float | None],
+    f1: Sequence[float | None],
+    intervals: Sequence[tuple[float, float]] | None = None,
 ) -> Figure:
-    """Grouped bars of test accuracy and macro F1 (in %) per model; missing values left out."""
+    """Grouped bars of test accuracy and macro F1 (in %) per model; missing values left out.
+    `intervals`: each model's 95 % interval of its accuracy (fractions), drawn as error bars."""
     acc, f1s = _finite(accuracy) * 100, _finite(f1) * 100
     x = np.arange(len(labels))
     fig = Figure(figsize=(max(6, 1.2 * len(labels) + 2), 4.5), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
+    if intervals is not None:
+        low, high = (_finite(bound) * 100 for bound in zip(*intervals, strict=True))
+        errors = np.nan_to_num(np.vstack([acc - low, high - acc]))
+        ax.errorbar(
+            x - 0.2, np.nan_to_num(acc), yerr=errors, fmt="none", ecolor="black", capsize=4,
+            zorder=3, label="95 % interval (seeds × digits)",
+        )  # fmt: skip
     for offset, values, name in ((-0.2, acc, "test accuracy"), (0.2, f1s, "test F1 (macro)")):
         bars = ax.bar(x + offset, np.nan_to_num(values), width=0.4, label=name)
         for bar, value in zip(bars, values, strict=True):
@@ -48,7 +60,38 @@ def accuracy_bars_figure(
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel("%")
     ax.set_title("Test accuracy and macro F1 per model")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3)
+    return fig
+
+
+def significance_figure(pairs: pd.DataFrame, alpha: float) -> Figure:
+    """Each pair's difference in test accuracy (percentage points, model_a minus model_b) with
+    its 95 % interval; pairs whose Holm-adjusted p-value is under `alpha` in colour, the others
+    (ties: inside the noise) in grey. `pairs`: comparison.significance's table."""
+    fig = Figure(figsize=(8, max(3.2, 1.5 + 0.45 * len(pairs))), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title("Differences in test accuracy, 95 % intervals (coloured: beyond noise)")
+    if not len(pairs):
+        ax.text(0.5, 0.5, "fewer than two rows with a test accuracy", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    y = np.arange(len(pairs))[::-1]
+    for k, row in enumerate(pairs.itertuples()):
+        real = row.p_holm < alpha
+        colour = ("C2" if row.difference > 0 else "C3") if real else "0.55"
+        below, above = row.difference - row.ci95_low, row.ci95_high - row.difference
+        ax.errorbar(
+            100 * row.difference, y[k], xerr=[[100 * below], [100 * above]], fmt="o",
+            color=colour, capsize=4,
+        )  # fmt: skip
+        verdict = f"p_holm {row.p_holm:.2g}" + ("" if real else " (tie)")
+        ax.annotate(verdict, (100 * row.ci95_high, y[k]), xytext=(6, -3),
+                    textcoords="offset points", fontsize=8)  # fmt: skip
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"{row.model_a} − {row.model_b}" for row in pairs.itertuples()])
+    ax.set_xlabel("difference in test accuracy (percentage points)")
+    ax.margins(x=0.25)
+    ax.grid(True, axis="x", alpha=0.3)
     return fig
 
 

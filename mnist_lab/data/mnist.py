@@ -171,7 +171,9 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> Mni
 
 @dataclass
 class Splits:
-    """Train / validation / test tensors: images uint8 [N, 28, 28], labels int64 [N].
+    """Train / validation / test tensors: images uint8 [N, 28, 28], labels int64 [N], and each
+    image's position in its MNIST file, int64 [N] (train and val: the training file; test: the
+    test file), which names a digit across runs.
 
     The test split is for final evaluation only; model selection uses val.
     """
@@ -182,6 +184,9 @@ class Splits:
     val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    train_index: torch.Tensor
+    val_index: torch.Tensor
+    test_index: torch.Tensor
 
     def to(self, device: torch.device | str) -> "Splits":
         """A copy with every tensor on `device` (dtypes unchanged: ~55 MB in all)."""
@@ -238,11 +243,14 @@ def make_splits(
     max_train_samples: int | None = None,
     max_test_samples: int | None = None,
 ) -> Splits:
-    """Hold out a stratified, seeded validation split of `val_size` from the training images.
+    """Hold out a stratified validation split of `val_size` from the training images, drawn
+    with `seed` (a run's `split_seed`, not its training seed: runs of different seeds are then
+    scored on the same digits).
 
-    `max_train_samples` / `max_test_samples` keep a stratified seeded subset of the remaining
-    training images / the test set (quick looks and tests); None keeps all. Indices within each
-    split are in file order, so val and test batches are in a fixed order.
+    `max_train_samples` / `max_test_samples` keep a stratified subset of the remaining
+    training images / the test set (quick looks and tests), drawn with the same `seed`; None
+    keeps all. Indices within each split are in file order, so val and test batches are in a
+    fixed order.
     """
     n_train = len(arrays.train_labels)
     _check_count("val_size", val_size, upper=n_train - 10)
@@ -259,8 +267,9 @@ def make_splits(
     if max_test_samples is not None:
         test_idx = _stratified_subset(arrays.test_labels.numpy(), max_test_samples, seed)
 
-    train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
-    test_idx = torch.from_numpy(test_idx)
+    train_idx = torch.from_numpy(np.sort(train_idx)).long()
+    val_idx = torch.from_numpy(np.sort(val_idx)).long()
+    test_idx = torch.from_numpy(test_idx).long()
     return Splits(
         train_x=arrays.train_images[train_idx],
         train_y=arrays.train_labels[train_idx],
@@ -268,4 +277,7 @@ def make_splits(
         val_y=arrays.train_labels[val_idx],
         test_x=arrays.test_images[test_idx],
         test_y=arrays.test_labels[test_idx],
+        train_index=train_idx,
+        val_index=val_idx,
+        test_index=test_idx,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 
 import torch
 from torch import nn
@@ -33,6 +34,42 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_vector_units() -> str:
+    """The widest vector units the CPU has, which set its arithmetic rate: AMX, AVX-512, AVX2.
+    One model name ("AMD EPYC") covers CPUs of each kind."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        flags = []
+    for flag, units in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return units
+    return platform.machine()
+
+
+def machine_name(device: torch.device) -> str:
+    """What a figure ran on: the GPU's name, or the CPU's model, vector units and usable cores
+    ("AMD EPYC, AVX2, 2 cores")."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_name()}, {cpu_vector_units()}, {usable_cpus()} cores"
 
 
 @functools.cache

@@ -4,6 +4,7 @@ evaluated, and what its test report adds. `ClassificationTask` (digits) and `Det
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,6 +61,9 @@ class TestReport:
     # What the run logs as its `model` when not the trained module as it is (e.g. the classifier
     # with its fitted temperature, so served probabilities are calibrated).
     served_model: nn.Module | None = None
+    # The validation and test splits as the served model answers them ("val", "test"): what
+    # the run logs as its per-digit predictions.
+    predictions: dict[str, Evaluation] = field(default_factory=dict)
 
 
 class Task(Protocol):
@@ -109,4 +113,16 @@ def calibration_report(
         figures={names.PLOT_RELIABILITY: calibration.figure()},
         reports={names.REPORT_CALIBRATION: calibration.to_report()},
         served_model=TemperatureScaled(model, calibration.temperature),
+        predictions={
+            "val": with_temperature(val, calibration.temperature),
+            "test": with_temperature(test, calibration.temperature),
+        },
     )
+
+
+def with_temperature(evaluation: Evaluation, temperature: float) -> Evaluation:
+    """`evaluation` as a model dividing its logits by `temperature` answers it: the same
+    predictions, probabilities softmax(logits / temperature)."""
+    assert evaluation.logits is not None
+    logits = torch.from_numpy(evaluation.logits) / temperature
+    return dataclasses.replace(evaluation, probabilities=logits.softmax(1).numpy())

@@ -6,32 +6,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import platform
 import sys
 import time
 
 import torch
 
-from mnist_lab.engine.device import amp_dtype, resolve_device, synchronize, usable_cpus
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from mnist_lab.engine.device import amp_dtype, machine_name, resolve_device, synchronize
 
 
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, bf16, torch {torch.__version__}"
-    precision = "AMX: bf16 where amp is on" if amp_dtype(device, enabled=True) else "fp32"
-    return f"{cpu_name()}, {usable_cpus()} cores, {precision}, torch {torch.__version__}"
+    precision = "bf16 where amp is on" if amp_dtype(device, enabled=True) else "fp32"
+    return f"{machine_name(device)}, {precision}, torch {torch.__version__}"
 
 
 @functools.cache

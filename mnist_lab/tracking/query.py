@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from mnist_lab import names
@@ -30,6 +31,29 @@ class RunRecord:
     metrics: dict[str, float]
     params: dict[str, str]
     tags: dict[str, str] = field(default_factory=dict)
+
+
+# Params that change no result: a run's configuration is its model and its other params.
+NOT_CONFIGURATION = frozenset({"seed", "data_dir", "checkpoint", "eval_batch_size", "config_file"})
+
+
+def configuration(run: RunRecord) -> tuple:
+    """What a run trained, apart from its seed: its model and its params but NOT_CONFIGURATION.
+    A run without a `seed` param (not a train run of this lab) is a configuration of its own."""
+    if "seed" not in run.params:
+        return ("run", run.run_id)
+    params = sorted((k, v) for k, v in run.params.items() if k not in NOT_CONFIGURATION)
+    return run.model, tuple(params)
+
+
+def by_configuration(runs: list[RunRecord]) -> list[list[RunRecord]]:
+    """`runs` (newest first) grouped by configuration, the group of the newest run first; in
+    each group one run per seed, the newest (a run repeated at one seed is not a new sample of
+    the seeds' noise)."""
+    groups: dict[tuple, dict[str | None, RunRecord]] = {}
+    for run in runs:
+        groups.setdefault(configuration(run), {}).setdefault(run.params.get("seed"), run)
+    return [list(seeds.values()) for seeds in groups.values()]
 
 
 def tracking_uri() -> str:
@@ -94,15 +118,36 @@ def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in history)
 
 
+def _download(run_id: str, path: str) -> str | None:
+    """The run's artifact at `path` as a local file, None without it; without MLflow's progress
+    bar, which would draw one per small file a comparison reads."""
+    open_store()
+    quiet = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR" not in os.environ
+    if quiet:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+    except Exception:  # missing artifact: MLflow raises different types per store
+        return None
+    finally:
+        if quiet:
+            del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
+
+
 def read_json_artifact(run_id: str, path: str) -> dict[str, Any] | None:
     """The run's JSON artifact at `path` (e.g. `reports/calibration.json`), or None without it."""
-    open_store()
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
-    except Exception:  # missing artifact: MLflow raises different types per store
+    local = _download(run_id, path)
+    if local is None:
         return None
     with open(local) as f:
         return json.load(f)
+
+
+def read_predictions(run_id: str, split: str) -> pd.DataFrame | None:
+    """The run's `predictions/<split>.parquet` (analysis/predictions.py), or None when it has
+    none (runs logged before per-digit predictions, runs that stopped before evaluating)."""
+    local = _download(run_id, names.predictions_artifact(split))
+    return None if local is None else pd.read_parquet(local)
 
 
 def classification_report(run_id: str) -> dict[str, Any] | None:

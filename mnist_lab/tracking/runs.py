@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ from typing import Any
 import matplotlib.figure
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.entities import RunStatus
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
 from mnist_lab.data.mnist import SplitRecord
-from mnist_lab.engine.device import amp_dtype
+from mnist_lab.engine.device import amp_dtype, machine_name
 from mnist_lab.errors import LabError
 from mnist_lab.names import IMAGE_SIZE
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
@@ -53,6 +56,7 @@ def run_tags(config: TrainConfig, device: torch.device) -> dict[str, str]:
         **config_name,
         names.TAG_KIND: "train",
         names.TAG_DEVICE: device_name,
+        names.TAG_MACHINE: machine_name(device),
         names.TAG_PRECISION: "bf16" if amp_dtype(device, config.amp) else "fp32",
         names.TAG_TORCH_VERSION: torch.__version__,
         names.TAG_GIT_COMMIT: git_commit(),
@@ -243,6 +247,17 @@ def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_dir)
 
 
+def log_predictions(frames: dict[str, pd.DataFrame]) -> None:
+    """Each split's per-digit predictions (analysis/predictions.py) as
+    `predictions/<split>.parquet` of the active run."""
+    with tempfile.TemporaryDirectory() as folder:
+        for split, frame in frames.items():
+            path = Path(folder) / names.predictions_artifact(split)
+            path.parent.mkdir(exist_ok=True)
+            frame.to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), str(Path(names.predictions_artifact(split)).parent))
+
+
 def active_run_id() -> str:
     run = mlflow.active_run()
     if run is None:
@@ -284,6 +299,19 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
     client = store_client()
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Metrics for a run that is not the active one (a study's parent, after its trials)."""
+    store_client().log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()],
+    )
+
+
+def _now_ms() -> int:
+
+    return int(time.time() * 1000)
 
 
 def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:

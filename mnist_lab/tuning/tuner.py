@@ -28,6 +28,8 @@ import torch
 from optuna.trial import TrialState
 
 from mnist_lab import names, tracking
+from mnist_lab.analysis.predictions import correct_matrix
+from mnist_lab.analysis.statistics import ALPHA, compare_groups
 from mnist_lab.config import TrainConfig, load_config
 from mnist_lab.data.mnist import load_mnist
 from mnist_lab.dbschema import redact
@@ -35,6 +37,7 @@ from mnist_lab.engine.device import resolve_device, usable_cpus
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.repeats import RepeatsResult, train_seeds
 from mnist_lab.train import train
 from mnist_lab.tuning.space import SearchSpace, load_space
 from mnist_lab.tuning.study import (
@@ -77,6 +80,9 @@ class TuneOptions:
     data: dict[str, Any] = field(default_factory=dict)  # DATA_OPTIONS for every trial
     space_path: str | None = None  # default tuning/<model>.yaml
     retrain: str = "full"  # the best config on the full data / on the trials' subset / not
+    # With a retrain: train the winner and the defaults at this many seeds each and test whether
+    # the tuned configuration beats the defaults beyond noise (0: retrain the winner once).
+    confirm_seeds: int = 0
     heartbeat_interval: int = 60
 
     @property
@@ -96,6 +102,7 @@ class TuneResult:
     retrain_run_id: str | None = None
     retrain_metrics: dict[str, float] = field(default_factory=dict)
     retrain_note: str = ""  # why this process did not retrain, when another does
+    confirmation: str = ""  # with confirm_seeds: tuned vs defaults, in words
 
 
 class PruningListener:
@@ -309,6 +316,13 @@ def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig]:
         raise ConfigError(f"timeout={options.timeout} must be > 0 seconds (or unset)")
     if options.heartbeat_interval < 1:
         raise ConfigError(f"heartbeat_interval={options.heartbeat_interval} must be >= 1 s")
+    if options.confirm_seeds == 1 or options.confirm_seeds < 0:
+        raise ConfigError(
+            f"confirm_seeds={options.confirm_seeds} must be 0 (off) or >= 2: seeds of the winner "
+            "and of the defaults, to tell them apart beyond noise"
+        )
+    if options.confirm_seeds and options.retrain == "none":
+        raise ConfigError("confirm_seeds needs a retrain: drop --retrain none")
     for name, value, allowed in (
         ("sampler", options.sampler, SAMPLERS),
         ("pruner", options.pruner, PRUNERS),
@@ -511,15 +525,67 @@ def _retrain(options: TuneOptions, space: SearchSpace, result: TuneResult) -> No
         space = SearchSpace(space.model, space.path, fixed, space.params, space.pruner)
     config = trial_config(options, space, result.best_overrides, data)
     config.checkpoint = True
-    log.info("retraining the best configuration (%s data)", options.retrain)
-    retrained = train(
+    seeds = max(1, options.confirm_seeds)
+    log.info("retraining the best configuration (%s data, %d seed(s))", options.retrain, seeds)
+    retrained = train_seeds(
         config,
+        seeds,
         tags={names.TAG_STUDY_NAME: options.name, names.TAG_TUNE_RUN_ID: result.parent_run_id},
         run_name=f"retrain-{options.name}",
     )
-    tracking.set_run_tags(result.parent_run_id, {names.TAG_RETRAIN_RUN_ID: retrained.run_id})
-    result.retrain_run_id = retrained.run_id
-    result.retrain_metrics = retrained.metrics
+    result.retrain_run_id = retrained.run_id or retrained.runs[0].run_id
+    result.retrain_metrics = retrained.metrics or retrained.runs[0].metrics
+    tracking.set_run_tags(result.parent_run_id, {names.TAG_RETRAIN_RUN_ID: result.retrain_run_id})
+    if options.confirm_seeds:
+        defaults = trial_config(options, space, {}, data)
+        defaults.checkpoint = True
+        log.info("training the defaults at %d seeds, to confirm the winner", seeds)
+        baseline = train_seeds(
+            defaults,
+            seeds,
+            tags={names.TAG_TUNE_RUN_ID: result.parent_run_id},
+            run_name=f"defaults-{options.name}",
+        )
+        result.confirmation = _confirm(result.parent_run_id, retrained, baseline)
+
+
+def _confirm(parent_run_id: str, tuned: RepeatsResult, defaults: RepeatsResult) -> str:
+    """Tuned against defaults on the same test digits, over seeds and digits; logged on the
+    study's parent run and said in words."""
+    tuned_correct = correct_matrix([r.predictions["test"] for r in tuned.runs])
+    defaults_correct = correct_matrix([r.predictions["test"] for r in defaults.runs])
+    result = compare_groups(tuned_correct, defaults_correct)
+    if result.p_value >= ALPHA:
+        verdict = "tie: the tuned configuration and the defaults cannot be told apart"
+    elif result.difference > 0:
+        verdict = "the tuned configuration beats the defaults beyond noise"
+    else:
+        verdict = "the defaults beat the tuned configuration beyond noise"
+    tracking.log_run_metrics(
+        parent_run_id,
+        {
+            names.CONFIRM_DIFFERENCE: result.difference,
+            names.CONFIRM_CI95_LOW: result.low,
+            names.CONFIRM_CI95_HIGH: result.high,
+            names.CONFIRM_P_VALUE: result.p_value,
+        },
+    )
+    tracking.set_run_tags(
+        parent_run_id,
+        {
+            names.TAG_CONFIRM_TEST: result.test,
+            names.TAG_CONFIRM_VERDICT: verdict,
+            names.TAG_DEFAULTS_RUN_ID: defaults.run_id,
+        },
+    )
+    n = len(tuned.runs)
+    text = (
+        f"{verdict}: test accuracy tuned minus defaults {result.difference:+.4f}, 95 % interval "
+        f"[{result.low:+.4f}, {result.high:+.4f}], p = {result.p_value:.3g} ({result.test}, "
+        f"{n} seeds each)"
+    )
+    log.info("%s", text)
+    return text
 
 
 def _parent_params(options: TuneOptions) -> dict[str, Any]:

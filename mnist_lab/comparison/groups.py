@@ -1,0 +1,150 @@
+"""Which runs a comparison shows, grouped by configuration (tracking.by_configuration: the
+same model and params apart from the seed): one group, one row, its runs the seeds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from mnist_lab import names, tracking
+from mnist_lab.errors import ConfigError
+from mnist_lab.tracking import RunRecord, by_configuration
+
+# The lab's architectures in table order; any other model follows, alphabetically.
+LAB_MODELS = ("cnn", "vgg16", "alexnet", "vit", "faster_rcnn")
+# Metrics a configuration can be chosen by; for these, lower is better.
+SELECTABLE_METRICS = (*names.EPOCH_METRICS, *names.FINAL_METRICS, names.BEST_VAL_ACCURACY)
+LOWER_IS_BETTER = {
+    names.TRAIN_LOSS,
+    names.VAL_LOSS,
+    names.TEST_LOSS,
+    names.TRAIN_TIME_S,
+    names.EPOCH_TIME_S,
+    names.NUM_PARAMS,
+    names.INFERENCE_MS_PER_IMAGE,
+    names.PEAK_MEMORY_MB,
+}
+
+
+@dataclass
+class Group:
+    """The runs of one configuration, one per seed, newest first; `label` names its row."""
+
+    label: str
+    runs: list[RunRecord]
+
+    @property
+    def model(self) -> str:
+        return self.runs[0].model
+
+    @property
+    def newest(self) -> RunRecord:
+        return self.runs[0]
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [run.run_id for run in self.runs]
+
+    def by_seed(self) -> list[RunRecord]:
+        """The runs in seed order, as `train --seeds` trains them: statistics that resample
+        the runs then give the same interval as that parent run logged."""
+        return sorted(self.runs, key=lambda run: _int(run.params.get("seed")))
+
+    def mean(self, metric: str) -> float:
+        """The mean of `metric` over the runs that have it; NaN when none has."""
+        values = [run.metrics[metric] for run in self.runs if metric in run.metrics]
+        return sum(values) / len(values) if values else math.nan
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return -1
+
+
+def check_metric(metric: str) -> str:
+    if metric not in SELECTABLE_METRICS:
+        raise ConfigError(
+            f"unknown metric {metric!r}; choose one of: {', '.join(SELECTABLE_METRICS)}"
+        )
+    return metric
+
+
+def select_groups(
+    experiment: str,
+    *,
+    best_by: str | None = None,
+    tags: dict[str, str] | None = None,
+    run_ids: Sequence[str] = (),
+    include_tuning: bool = False,
+) -> list[Group]:
+    """The groups to compare: given runs grouped by configuration; else per architecture its
+    newest configuration (or its best by `best_by`), the lab's models in LAB_MODELS order, then
+    each study's winning configuration with `include_tuning`."""
+    if run_ids:
+        return _label(by_configuration([tracking.get_run(run_id) for run_id in run_ids]))
+    query = [f"tags.{names.TAG_KIND} = 'train'", "attributes.status = 'FINISHED'"]
+    query += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    runs = tracking.search_runs(experiment, " and ".join(query))
+    plain = [r for r in runs if names.TAG_STUDY_NAME not in r.tags]
+    chosen = [_pick(by_configuration(same), best_by) for same in _split(plain, _model)]
+    chosen.sort(key=_table_order)
+    groups = _label(chosen)
+    if include_tuning:
+        retrained = [r for r in runs if names.TAG_STUDY_NAME in r.tags]
+        for same in _split(retrained, lambda r: r.tags[names.TAG_STUDY_NAME]):
+            winner = _pick(by_configuration(same), best_by or names.BEST_VAL_ACCURACY)
+            study = winner[0].tags[names.TAG_STUDY_NAME]
+            groups.append(Group(f"{winner[0].model} (tuned: {study})", winner))
+    return groups
+
+
+def _model(run: RunRecord) -> str:
+    return run.model
+
+
+def _split(runs: list[RunRecord], key: Callable[[RunRecord], str]) -> list[list[RunRecord]]:
+    parts: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        parts.setdefault(key(run), []).append(run)
+    return list(parts.values())
+
+
+def _table_order(runs: list[RunRecord]) -> tuple[int, str]:
+    model = runs[0].model
+    in_lab = model in LAB_MODELS
+    return (LAB_MODELS.index(model) if in_lab else len(LAB_MODELS), model)
+
+
+def _pick(configurations: list[list[RunRecord]], metric: str | None) -> list[RunRecord]:
+    """The newest configuration (they come newest first), or the one with the best mean of
+    `metric` among those having it: a configuration is judged by all its seeds, so one lucky
+    seed does not carry it."""
+    if metric is None:
+        return configurations[0]
+    having = [g for g in configurations if any(metric in r.metrics for r in g)] or configurations
+    sign = -1 if metric in LOWER_IS_BETTER else 1
+    return max(having, key=lambda g: sign * Group("", g).mean(metric))
+
+
+def _label(configurations: list[list[RunRecord]]) -> list[Group]:
+    """Label rows by model; a model shown twice is told apart by its config file, else by its
+    newest run id's first 8 characters."""
+    models = pd.Series([g[0].model for g in configurations])
+    counts = models.value_counts()
+    groups = []
+    for runs in configurations:
+        label = runs[0].model
+        if counts[label] > 1:
+            config = runs[0].tags.get(names.TAG_CONFIG)
+            same_config = sum(
+                g[0].model == label and g[0].tags.get(names.TAG_CONFIG) == config
+                for g in configurations
+            )
+            label += f" ({config})" if config and same_config == 1 else f" ({runs[0].run_id[:8]})"
+        groups.append(Group(label, runs))
+    return groups
