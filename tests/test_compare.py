@@ -3,6 +3,8 @@
 import base64
 import io
 
+import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -10,9 +12,11 @@ from lab_helpers import fake_run, sqlite_store
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from mnist_lab import names
+from mnist_lab import names, tracking
 from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import CORRUPTIONS
+from mnist_lab.analysis.predictions import predictions_frame
+from mnist_lab.analysis.statistics import holm
 from mnist_lab.cli import main
 from mnist_lab.comparison import plots as compare_plots
 from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare
@@ -276,3 +280,65 @@ def test_no_runs_names_the_experiment_and_how_to_make_runs(mlflow_store, capsys,
     err = capsys.readouterr().err
     assert "no finished train runs to compare in experiment 'empty-one'" in err
     assert "mlflow run . -e train" in err
+
+
+def scored_run(model: str, right: np.ndarray, seed: int = 0, **params: str) -> str:
+    """A finished train run of `model` at `seed` whose test predictions are right exactly where
+    `right` (bool [digits]) says, logged as a real run logs them."""
+    index = np.arange(len(right)) * 3  # positions in the MNIST test file
+    labels = np.arange(len(right)) % 10
+    guesses = np.where(right, labels, (labels + 1) % 10)
+    frame = predictions_frame(index, labels, guesses, np.eye(10)[guesses])
+    metrics = {names.TEST_ACCURACY: float(right.mean()), names.BEST_VAL_ACCURACY: 0.9}
+    run_id = fake_run("mnist-lab", model, metrics)
+    client = MlflowClient()
+    for key, value in {"seed": str(seed), "lr": "0.003", **params}.items():
+        client.log_param(run_id, key, value)
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_predictions({"test": frame})
+    return run_id
+
+
+def test_a_run_pair_gets_the_mcnemar_p_value_worked_by_hand(mlflow_store, tmp_path, capsys):
+    # On 80 digits: 10 only the cnn gets right, 3 only the vit, 60 both, 7 neither.
+    # Exact McNemar: p = 2 · P(X <= 3), X ~ Bin(13, ½) = 756 / 8192 (0.0923): a tie.
+    cnn = np.array([True] * 10 + [False] * 3 + [True] * 60 + [False] * 7)
+    vit = np.array([False] * 10 + [True] * 3 + [True] * 60 + [False] * 7)
+    ids = [scored_run("cnn", cnn), scored_run("vit", vit)]
+    assert main(["compare", "--run-ids", ",".join(ids), "--output-dir", str(tmp_path)]) == 0
+    (pair,) = pd.read_csv(tmp_path / "significance.csv").itertuples()
+    assert (pair.model_a, pair.model_b, pair.test) == ("cnn", "vit", "McNemar exact")
+    assert pair.p_value == pytest.approx(756 / 8192) and pair.p_holm == pytest.approx(756 / 8192)
+    assert pair.difference == pytest.approx(7 / 80) and pair.ci95_low <= 0 < pair.ci95_high
+    table = pd.read_csv(tmp_path / "comparison.csv").set_index("model")
+    assert list(table["rank"]) == [1, 1]  # inside the noise: one rank
+    assert "McNemar exact" in capsys.readouterr().out
+
+
+def test_seed_groups_get_intervals_over_seeds_and_digits_ranks_and_holm(
+    mlflow_store, tmp_path, drawn
+):
+    rng = np.random.default_rng(0)
+    ids = []
+    for model, accuracy in (("cnn", 0.99), ("alexnet", 0.985), ("vit", 0.90)):
+        for seed in range(3):
+            ids.append(scored_run(model, rng.random(2000) < accuracy + 0.003 * seed, seed))
+    scored_run("vit", rng.random(2000) < 0.5, seed=0, lr="0.1")  # another configuration
+    result = compare(run_ids=ids, output_dir=tmp_path)
+
+    table = result.table.set_index("model")
+    assert list(table.index) == ["cnn", "alexnet", "vit"] and list(table["n"]) == [3, 3, 3]
+    groups = select_groups("mnist-lab", run_ids=ids)
+    for group in groups:
+        row = table.loc[group.label]
+        correct = np.stack([r.metrics[names.TEST_ACCURACY] for r in group.runs])
+        assert row[names.TEST_ACCURACY] == pytest.approx(correct.mean())
+        assert row[names.TEST_ACCURACY_CI95_LOW] < row[names.TEST_ACCURACY]
+        assert row[names.TEST_ACCURACY_CI95_HIGH] > row[names.TEST_ACCURACY]
+        assert len(row["run_ids"].split(",")) == 3
+    pairs = result.significance.set_index(["model_a", "model_b"])
+    assert set(pairs["test"]) == {"bootstrap (seeds × digits)"}
+    assert list(pairs["p_holm"]) == pytest.approx(list(holm(list(pairs["p_value"]))))
+    assert pairs.loc[("cnn", "vit"), "p_holm"] < 0.05 < pairs.loc[("cnn", "alexnet"), "p_holm"]
+    assert list(table["rank"]) == [1, 1, 3]  # cnn and alexnet cannot be told apart; vit can
+    assert Image.open(tmp_path / PLOTS["significance"]).size[1] >= 300

@@ -409,3 +409,13 @@ def test_stroke_width_thickens_and_thins() -> None:
     x[:, :, 10:18, 12:15] = 1  # a 3-px stroke
     out = stroke_width(x, torch.tensor([1.0, -1.0]))
     assert out[0].sum() == (10 * 5) and out[1].sum() == (6 * 1)
+
+
+def test_splits_name_each_image_by_its_place_in_the_mnist_files() -> None:
+    arrays = fake_splits_source()
+    s = data.make_splits(arrays, val_size=300, max_train_samples=1000, max_test_samples=100)
+    assert torch.equal(arrays.train_images[s.train_index], s.train_x)
+    assert torch.equal(arrays.train_labels[s.val_index], s.val_y)
+    assert torch.equal(arrays.test_images[s.test_index], s.test_x)
+    assert not set(s.train_index.tolist()) & set(s.val_index.tolist())
+    assert s.val_index.dtype == s.test_index.dtype == torch.int64

@@ -4,12 +4,15 @@ Runs here are fakes with a tiny logged model (no training); the same scenario ru
 store and against a real `mlflow server` on 127.0.0.1.
 """
 
+import mlflow
+import numpy as np
 import pytest
 import torch
 from lab_helpers import tracking_server
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names, tracking
+from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.cli import main
 from mnist_lab.models import ModelSpec
 
@@ -105,3 +108,74 @@ def test_champion_logic_on_a_tracking_server_backed_by_postgres(
 def test_bad_register_input_exits_2(mlflow_store, capsys, model, message):
     assert main(["register", "--model", model]) == 2
     assert message in capsys.readouterr().err
+
+
+def scored_run(experiment: str, right: np.ndarray, monkeypatch, seed: int = 0, lr: str = "3e-3"):
+    """A logged cnn run whose validation predictions are right exactly where `right` says."""
+    run_id = logged_run(experiment, float(right.mean()), 0.9, monkeypatch)
+    labels = np.arange(len(right)) % 10
+    guesses = np.where(right, labels, (labels + 1) % 10)
+    frame = predictions_frame(np.arange(len(right)), labels, guesses, np.eye(10)[guesses])
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params({"seed": seed, "lr": lr, "val_size": len(right)})
+        tracking.log_predictions({"val": frame})
+    return run_id
+
+
+def version_tags(version: str) -> dict[str, str]:
+    return MlflowClient().get_model_version("mnist-cnn", version).tags
+
+
+def test_champion_moves_only_when_beaten_beyond_noise_on_the_same_digits(
+    mlflow_store, monkeypatch, capsys
+):
+    base = np.array([True] * 900 + [False] * 100)
+    champion = scored_run("exp", base, monkeypatch)
+    register(capsys)
+    assert champion_run() == champion
+
+    # 6 digits better, 3 worse (one-sided McNemar p = P(X >= 6 | 9) = 0.254): a tie.
+    close = base.copy()
+    close[900:906], close[:3] = True, False
+    challenger = scored_run("exp", close, monkeypatch, seed=1, lr="1e-2")
+    out = register(capsys)
+    assert f"registered run {challenger}" in out and "is not @champion" in out
+    assert (
+        "paired on the same 1000 validation digits: 6 right only by the challenger, 3 only" in out
+    )
+    assert "p = 0.254" in out and "cannot be told apart" in out
+    assert champion_run() == champion
+    tags = version_tags("2")
+    assert tags["promotion_decision"] == "kept the champion"
+    assert float(tags["promotion_p_value"]) == pytest.approx(130 / 512, abs=1e-4)
+    assert tags["promotion_test"] == "McNemar exact, one-sided, paired"
+    assert "one-sided exact McNemar" in tags["promotion_rule"]
+
+    # 12 better, 2 worse: P(X >= 12 | 14) = 106 / 16384 = 0.0065: promoted.
+    clear = base.copy()
+    clear[900:912], clear[:2] = True, False
+    winner = scored_run("exp", clear, monkeypatch, seed=2, lr="2e-2")
+    out = register(capsys)
+    assert "is now @champion: it beats version 1" in out and "p = 0.00647" in out
+    assert champion_run() == winner and version_tags("3")["promotion_decision"] == "promoted"
+
+
+def test_best_configuration_is_chosen_by_its_mean_over_seeds(mlflow_store, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    lucky = [scored_run("exp", rng.random(500) < a, monkeypatch, s, "1e-2")
+             for s, a in enumerate((0.97, 0.88, 0.88))]  # fmt: skip
+    steady = [scored_run("exp", rng.random(500) < 0.93, monkeypatch, s, "3e-3") for s in range(3)]
+    out = register(capsys)
+    assert lucky[0] not in out and any(f"registered run {r}" in out for r in steady)
+
+
+def test_runs_on_different_validation_digits_are_compared_unpaired(
+    mlflow_store, monkeypatch, capsys
+):
+    logged_run("exp", 0.90, 0.9, monkeypatch)  # an old run: no predictions, no params
+    register(capsys)
+    scored_run("exp", np.array([True] * 905 + [False] * 95), monkeypatch, seed=1)
+    out = register(capsys)
+    assert "unpaired (the two were not scored on the same validation digits)" in out
+    assert "val_accuracy 0.9050 of 1000 vs 0.9000 of 5000" in out and "is not @champion" in out
+    assert version_tags("2")["promotion_test"] == "two-proportion, one-sided, unpaired"
