@@ -201,6 +201,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mnist_lab.comparison.compare import parse_tags
+    from mnist_lab.comparison.report import report
+
+    result = report(args.output_dir or "results", tags=parse_tags(_csv(args.tag)))
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from mnist_lab.comparison.benchmark import benchmark
     from mnist_lab.comparison.compare import markdown
@@ -325,6 +335,15 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     )
     add_flag(bench, "output_dir", help="where the files go (default: comparison/)")
     bench.set_defaults(handler=cmd_benchmark)
+
+    report = commands.add_parser(
+        "report", help="results tables from MLflow runs: every configuration, the benchmark"
+    )
+    report.add_argument(
+        "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+    )
+    add_flag(report, "output_dir", help="where the tables go (default: results/)")
+    report.set_defaults(handler=cmd_report)
 
     register = commands.add_parser("register", help="best run by val accuracy → registry")
     register.add_argument("--model", required=True, help=f"one of {', '.join(model_names())}")

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mnist_lab import names
+from mnist_lab import names, tracking
+from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.measure.serving import answers, free_port
 
 # What `mlflow run` or a user's shell may have set; a test's store must not inherit any of it.
@@ -69,6 +71,30 @@ def fake_run(
         client.log_metric(run.info.run_id, key, value)
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
+
+
+def scored_run(
+    model: str,
+    right: np.ndarray,
+    seed: int = 0,
+    experiment: str = names.DEFAULT_EXPERIMENT,
+    tags: dict[str, str] | None = None,
+    **params: str,
+) -> str:
+    """A finished train run of `model` at `seed` whose test predictions are right exactly where
+    `right` (bool [digits]) says, logged as a real run logs them."""
+    index = np.arange(len(right)) * 3  # positions in the MNIST test file
+    labels = np.arange(len(right)) % 10
+    guesses = np.where(right, labels, (labels + 1) % 10)
+    frame = predictions_frame(index, labels, guesses, np.eye(10)[guesses])
+    metrics = {names.TEST_ACCURACY: float(right.mean()), names.BEST_VAL_ACCURACY: 0.9}
+    run_id = fake_run(experiment, model, metrics, tags)
+    client = MlflowClient()
+    for key, value in {"seed": str(seed), "lr": "0.003", **params}.items():
+        client.log_param(run_id, key, value)
+    with mlflow.start_run(run_id=run_id):
+        tracking.log_predictions({"test": frame})
+    return run_id
 
 
 def venv_env(**extra: str) -> dict[str, str]:

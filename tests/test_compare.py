@@ -3,19 +3,17 @@
 import base64
 import io
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from lab_helpers import fake_run, sqlite_store
+from lab_helpers import fake_run, scored_run, sqlite_store
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from mnist_lab import names, tracking
+from mnist_lab import names
 from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import CORRUPTIONS
-from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.analysis.statistics import holm
 from mnist_lab.cli import main
 from mnist_lab.comparison import plots as compare_plots
@@ -280,23 +278,6 @@ def test_no_runs_names_the_experiment_and_how_to_make_runs(mlflow_store, capsys,
     err = capsys.readouterr().err
     assert "no finished train runs to compare in experiment 'empty-one'" in err
     assert "mlflow run . -e train" in err
-
-
-def scored_run(model: str, right: np.ndarray, seed: int = 0, **params: str) -> str:
-    """A finished train run of `model` at `seed` whose test predictions are right exactly where
-    `right` (bool [digits]) says, logged as a real run logs them."""
-    index = np.arange(len(right)) * 3  # positions in the MNIST test file
-    labels = np.arange(len(right)) % 10
-    guesses = np.where(right, labels, (labels + 1) % 10)
-    frame = predictions_frame(index, labels, guesses, np.eye(10)[guesses])
-    metrics = {names.TEST_ACCURACY: float(right.mean()), names.BEST_VAL_ACCURACY: 0.9}
-    run_id = fake_run("mnist-lab", model, metrics)
-    client = MlflowClient()
-    for key, value in {"seed": str(seed), "lr": "0.003", **params}.items():
-        client.log_param(run_id, key, value)
-    with mlflow.start_run(run_id=run_id):
-        tracking.log_predictions({"test": frame})
-    return run_id
 
 
 def test_a_run_pair_gets_the_mcnemar_p_value_worked_by_hand(mlflow_store, tmp_path, capsys):

@@ -169,6 +169,19 @@ def build_table(
     return pd.DataFrame(records, columns=[*COLUMNS, "status"])
 
 
+def tables(
+    groups: list[Group], histories: list[list[tuple[int, float]]] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison table of `groups` (ranked) and its significance table, read from their
+    runs' predictions. `histories`: each group's validation curve, for its epoch count."""
+    accuracies = [group_accuracy(group) for group in groups]
+    labels = [group.label for group in groups]
+    significance = pairwise(labels, accuracies)
+    table = build_table(groups, accuracies, histories or [[] for _ in groups])
+    table["rank"] = ranks(labels, accuracies, significance)
+    return table, significance
+
+
 def _float(value: str | None) -> float:
     try:
         return float(value)
@@ -199,18 +212,21 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _markdown_rows(shown: pd.DataFrame) -> list[str]:
+def markdown_table(table: pd.DataFrame, formats: dict[str, str] = FORMATS) -> str:
+    """`table` as a Markdown table, values shown as `display_table` shows them."""
+    shown = display_table(table, formats)
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
-    return lines + ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
+    lines += ["| " + " | ".join(row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(table: pd.DataFrame, significance: pd.DataFrame | None = None) -> str:
     """The table; with `significance`, how to read it and every pair's difference and test."""
-    lines = _markdown_rows(display_table(table))
+    text = markdown_table(table)
     if significance is not None and len(significance):
-        lines += ["", HOW_TO_READ, "", SIGNIFICANCE_TITLE.format(pairs=len(significance)), ""]
-        lines += _markdown_rows(display_table(significance, SIGNIFICANCE_FORMATS))
-    return "\n".join(lines) + "\n"
+        text += f"\n{HOW_TO_READ}\n\n{SIGNIFICANCE_TITLE.format(pairs=len(significance))}\n\n"
+        text += markdown_table(significance, SIGNIFICANCE_FORMATS)
+    return text
 
 
 @dataclass
@@ -338,11 +354,7 @@ def compare(
             "MLFLOW_EXPERIMENT_NAME at the store and experiment that hold them"
         )
     data = [plot_data(group.newest) for group in groups]
-    accuracies = [group_accuracy(group) for group in groups]
-    labels = [group.label for group in groups]
-    significance = pairwise(labels, accuracies)
-    table = build_table(groups, accuracies, [d.history for d in data])
-    table["rank"] = ranks(labels, accuracies, significance)
+    table, significance = tables(groups, [d.history for d in data])
     table = add_failures(table, failures)
 
     out = Path(output_dir)

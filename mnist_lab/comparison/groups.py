@@ -7,11 +7,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import pandas as pd
-
 from mnist_lab import names, tracking
 from mnist_lab.errors import ConfigError
-from mnist_lab.tracking import RunRecord, by_configuration
+from mnist_lab.tracking import NOT_CONFIGURATION, RunRecord, by_configuration
 
 # The lab's architectures in table order; any other model follows, alphabetically.
 LAB_MODELS = ("cnn", "vgg16", "alexnet", "vit", "faster_rcnn")
@@ -132,19 +130,30 @@ def _pick(configurations: list[list[RunRecord]], metric: str | None) -> list[Run
 
 
 def _label(configurations: list[list[RunRecord]]) -> list[Group]:
-    """Label rows by model; a model shown twice is told apart by its config file, else by its
-    newest run id's first 8 characters."""
-    models = pd.Series([g[0].model for g in configurations])
-    counts = models.value_counts()
-    groups = []
-    for runs in configurations:
-        label = runs[0].model
-        if counts[label] > 1:
-            config = runs[0].tags.get(names.TAG_CONFIG)
-            same_config = sum(
-                g[0].model == label and g[0].tags.get(names.TAG_CONFIG) == config
-                for g in configurations
-            )
-            label += f" ({config})" if config and same_config == 1 else f" ({runs[0].run_id[:8]})"
-        groups.append(Group(label, runs))
-    return groups
+    return [Group(group_label(runs, configurations), runs) for runs in configurations]
+
+
+def group_label(
+    runs: list[RunRecord], configurations: list[list[RunRecord]], always_config: bool = False
+) -> str:
+    """A row's name: its model; where the model has several rows (or `always_config`), its
+    config file too (`cnn (cnn_fast.yaml)`), and where that still leaves two alike, its newest
+    run id's first 8 characters."""
+    model, config = runs[0].model, runs[0].tags.get(names.TAG_CONFIG)
+    same_model = [g for g in configurations if g[0].model == model]
+    if len(same_model) == 1 and not (always_config and config):
+        return model
+    same_config = [g for g in same_model if g[0].tags.get(names.TAG_CONFIG) == config]
+    if config and len(same_config) == 1:
+        return f"{model} ({config})"
+    differing = _differing_params(runs[0], [g[0] for g in same_config])
+    if differing:
+        shown = ", ".join(f"{k}={runs[0].params.get(k, '–')}" for k in differing[:3])
+        return f"{model} ({config + ': ' if config else ''}{shown})"
+    return f"{model} ({runs[0].run_id[:8]})"
+
+
+def _differing_params(run: RunRecord, others: list[RunRecord]) -> list[str]:
+    """The params (configuration only) on which `others` do not all agree with `run`."""
+    keys = sorted({k for other in others for k in other.params} - NOT_CONFIGURATION)
+    return [k for k in keys if any(o.params.get(k) != run.params.get(k) for o in others)]

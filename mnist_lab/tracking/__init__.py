@@ -20,6 +20,7 @@ from mnist_lab.tracking.epoch_logger import (
 from mnist_lab.tracking.liveness import StaleRun, end_stale, stale_runs, sweep_stale_runs
 from mnist_lab.tracking.pyfunc import log_model, log_torch_model
 from mnist_lab.tracking.query import (
+    NOT_CONFIGURATION,
     NoRunsError,
     RunRecord,
     by_configuration,
@@ -74,6 +75,7 @@ from mnist_lab.tracking.store import open_store
 
 __all__ = [
     "CHAMPION",
+    "NOT_CONFIGURATION",
     "EpochLogger",
     "NoRunsError",
     "RunRecord",

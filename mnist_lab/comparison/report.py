@@ -1,0 +1,192 @@
+"""`report`: the results tables the docs quote, written from MLflow runs, never typed.
+
+- `configurations.md` / `.csv`: every configuration of finished train runs in the experiment
+  (tuning trials left out), with n, the mean test accuracy, its std over the seeds and a 95 %
+  interval over the seeds and the test digits, the cost (training and report seconds), the
+  machine and the run ids.
+- `benchmark.md`, `benchmark.csv`, `benchmark_significance.csv`: the newest `benchmark` run's
+  models, ranked, with every pair's difference and test (as `compare` shows them).
+
+Each file says which store, experiment and runs it came from; every row names its machine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from mnist_lab import names, tracking
+from mnist_lab.comparison.compare import SIGNIFICANCE_FORMATS, markdown_table, tables
+from mnist_lab.comparison.groups import LAB_MODELS, Group, group_label
+from mnist_lab.dbschema import redact
+from mnist_lab.tracking import RunRecord
+
+TRAIN_TIME_STD = names.aggregate(names.TRAIN_TIME_S, "std")
+COLUMNS = [
+    "model",
+    "n",
+    names.TEST_ACCURACY,
+    names.aggregate(names.TEST_ACCURACY, "std"),
+    names.TEST_ACCURACY_CI95_LOW,
+    names.TEST_ACCURACY_CI95_HIGH,
+    names.ROBUST_ACCURACY_MEAN,
+    names.TEST_ECE,
+    names.TRAIN_TIME_S,
+    TRAIN_TIME_STD,
+    names.TEST_REPORT_S,
+    "machine",
+    "run_ids",
+]
+FORMATS = {
+    "n": "{:.0f}",
+    names.TEST_ACCURACY: "{:.4f}",
+    names.aggregate(names.TEST_ACCURACY, "std"): "{:.4f}",
+    names.TEST_ACCURACY_CI95_LOW: "{:.4f}",
+    names.TEST_ACCURACY_CI95_HIGH: "{:.4f}",
+    names.ROBUST_ACCURACY_MEAN: "{:.4f}",
+    names.TEST_ECE: "{:.4f}",
+    names.TRAIN_TIME_S: "{:.1f}",
+    TRAIN_TIME_STD: "{:.1f}",
+    names.TEST_REPORT_S: "{:.1f}",
+}
+BENCHMARK_COLUMNS = ["model", "n", *COLUMNS[2:6], "rank", *COLUMNS[6:]]
+
+
+@dataclass
+class Report:
+    files: list[Path]
+    configurations: pd.DataFrame
+    benchmark: pd.DataFrame | None
+
+
+def report(output_dir: str | Path = "results", tags: dict[str, str] | None = None) -> Report:
+    """Write the results tables of the experiment's finished train runs to `output_dir`."""
+    experiment = tracking.experiment_name()
+    query = [f"tags.{names.TAG_KIND} = 'train'", "attributes.status = 'FINISHED'"]
+    query += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
+    runs = [
+        r
+        for r in tracking.search_runs(experiment, " and ".join(query))
+        if names.TAG_STUDY_NAME not in r.tags
+    ]
+    if not runs:
+        raise tracking.NoRunsError(
+            f"no finished train runs to report in experiment {experiment!r} (tracking store "
+            f"{tracking.tracking_uri()}); train some first, e.g. `python -m mnist_lab train "
+            "--config experiments/cnn_fast.yaml --seeds 5`"
+        )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source = _source(experiment)
+    groups = sorted(_labelled(tracking.by_configuration(runs)), key=_model_order)
+    configurations = _with_costs(tables(groups)[0], groups)[COLUMNS]
+    files = [_write(out / "configurations", configurations, FORMATS, CONFIGURATIONS_TITLE, source)]
+    benchmark = _newest_benchmark(experiment)
+    table = None
+    if benchmark is not None:
+        parent, members = benchmark
+        groups = sorted(_labelled(tracking.by_configuration(members)), key=_model_order)
+        table, significance = tables(groups)
+        table = _with_costs(table, groups)[BENCHMARK_COLUMNS]
+        title = BENCHMARK_TITLE.format(run=parent.run_id, params=_benchmark_params(parent))
+        page = _write(out / "benchmark", table, FORMATS | {"rank": "{:.0f}"}, title, source)
+        with page.open("a") as f:
+            f.write("\n" + markdown_table(significance, SIGNIFICANCE_FORMATS))
+        significance.to_csv(out / "benchmark_significance.csv", index=False)
+        files += [page, out / "benchmark_significance.csv"]
+    return Report(files, configurations, table)
+
+
+CONFIGURATIONS_TITLE = (
+    "# Configurations\n\nEvery configuration of finished train runs (the same settings apart "
+    "from the seed), with n seeds: test accuracy's mean, std over the seeds and 95 % interval "
+    "(a bootstrap over seeds and test digits; one run: Wilson's over its digits), the mean "
+    "training and report seconds, the machine and the runs."
+)
+BENCHMARK_TITLE = (
+    "# Benchmark\n\nThe newest `benchmark` run ({run}; {params}): its models ranked (1 + the "
+    "models that beat one beyond noise, Holm-adjusted p < 0.05), then every pair's difference "
+    "in test accuracy, its 95 % interval and test."
+)
+
+
+def _labelled(configurations: list[list[RunRecord]]) -> list[Group]:
+    """Rows named by model and config file (`cnn (cnn_fast.yaml)`), told apart by run id where
+    two configurations share both."""
+    return [Group(group_label(runs, configurations, always_config=True), runs)
+            for runs in configurations]  # fmt: skip
+
+
+def _model_order(group: Group) -> tuple[int, str]:
+    known = group.model in LAB_MODELS
+    return (LAB_MODELS.index(group.model) if known else len(LAB_MODELS), group.label)
+
+
+def _with_costs(table: pd.DataFrame, groups: Sequence[Group]) -> pd.DataFrame:
+    table = table.copy()
+    table[TRAIN_TIME_STD] = [_std(g, names.TRAIN_TIME_S) for g in groups]
+    table[names.TEST_REPORT_S] = [g.mean(names.TEST_REPORT_S) for g in groups]
+    table["machine"] = ["; ".join(_machines(g)) for g in groups]
+    return table
+
+
+def _std(group: Group, metric: str) -> float:
+    values = [r.metrics[metric] for r in group.runs if metric in r.metrics]
+    if len(values) < 2:
+        return math.nan
+    return float(pd.Series(values).std(ddof=1))
+
+
+def _machines(group: Group) -> list[str]:
+    found = [r.tags.get(names.TAG_MACHINE) or r.tags.get(names.TAG_DEVICE, "?") for r in group.runs]
+    return list(dict.fromkeys(found))
+
+
+def _newest_benchmark(experiment: str) -> tuple[RunRecord, list[RunRecord]] | None:
+    """The newest finished benchmark run and the train runs it made."""
+    parents = tracking.search_runs(
+        experiment, f"tags.{names.TAG_KIND} = 'benchmark' and attributes.status = 'FINISHED'"
+    )
+    for parent in parents:
+        members = tracking.search_runs(
+            experiment,
+            f"tags.{names.TAG_KIND} = 'train' and tags.benchmark_run = '{parent.run_id}' "
+            "and attributes.status = 'FINISHED'",
+        )
+        if members:
+            return parent, members
+    return None
+
+
+def _benchmark_params(parent: RunRecord) -> str:
+    given = {k.removeprefix("benchmark_"): v for k, v in sorted(parent.params.items())}
+    return ", ".join(f"{k} {v}" for k, v in given.items() if v not in ("", "None")) or "defaults"
+
+
+def _source(experiment: str) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    store = redact(tracking.tracking_uri())
+    return (
+        f"Written by `python -m mnist_lab report` on {now} from experiment `{experiment}` of "
+        f"the tracking store `{store}`."
+    )
+
+
+def _write(
+    stem: Path, table: pd.DataFrame, formats: dict[str, str], title: str, source: str
+) -> Path:
+    table.to_csv(stem.with_suffix(".csv"), index=False)
+    shown = table.copy()
+    shown["run_ids"] = [_short(ids) for ids in table["run_ids"]]
+    path = stem.with_suffix(".md")
+    path.write_text(f"{title}\n\n{source}\n\n{markdown_table(shown, formats)}")
+    return path
+
+
+def _short(run_ids: str) -> str:
+    return " ".join(run_id[:8] for run_id in str(run_ids).split(","))
