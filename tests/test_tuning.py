@@ -22,7 +22,7 @@ from lab_helpers import free_port, server_process, tracking_server
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from mnist_lab import names
+from mnist_lab import names, tracking
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError
@@ -222,6 +222,8 @@ def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
         (["--space", "nowhere.yaml"], "nowhere.yaml: no search space file for model 'cnn'"),
         (["--model", "timm_vit"], "no search space file for model 'timm_vit'"),
         (["--study-name", "a'b"], 'study_name="a\'b": use letters'),
+        (["--confirm-seeds", "1"], "confirm_seeds=1 must be 0 (off) or >= 2"),
+        (["--confirm-seeds", "3", "--retrain", "none"], "confirm_seeds needs a retrain"),
     ],
 )
 def test_bad_input_exits_2_before_any_trial(mlflow_store, tmp_path, capsys, argv, message):
@@ -285,6 +287,10 @@ def test_small_study_lands_in_optuna_and_mlflow_then_resumes(
         assert [m.step for m in history] == [1, 2]
         trial = study.trials[int(run.data.tags[names.TAG_TRIAL_NUMBER])]
         assert run.data.metrics[names.BEST_VAL_ACCURACY] == pytest.approx(trial.value)
+        val = tracking.read_predictions(run.info.run_id, "val")  # validation only, no test
+        assert len(val) == 100 and tracking.read_predictions(run.info.run_id, "test") is None
+        best = (val["prediction"] == val["label"]).mean()
+        assert best == pytest.approx(trial.value, abs=0.011)  # the kept weights, in fp32
 
     retrain = client.get_run(result.retrain_run_id)
     assert retrain.data.tags[names.TAG_STUDY_NAME] == "cnn"
@@ -303,6 +309,33 @@ def test_small_study_lands_in_optuna_and_mlflow_then_resumes(
     # The same name continues the study: n_trials is its size, so one more trial runs.
     again = tune(options(tmp_path, space, n_trials=3))
     assert again.trials_run == 1 and len(load(opts).trials) == 3
+
+
+@pytest.mark.slow
+def test_confirm_seeds_retrains_winner_and_defaults_and_tests_them(
+    mnist_dir, mlflow_store, tmp_path, space
+):
+    result = tune(options(tmp_path, space, n_trials=1, retrain="subset", confirm_seeds=2))
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    tuned = client.get_run(result.retrain_run_id)  # the winner's repeats run
+    defaults = client.get_run(parent.data.tags[names.TAG_DEFAULTS_RUN_ID])
+    for repeats in (tuned, defaults):
+        assert repeats.data.tags[names.TAG_KIND] == "repeats"
+        assert repeats.data.metrics[names.N_SEEDS] == 2
+    assert "lr" not in {
+        k for k, v in defaults.data.params.items() if v != tuned.data.params[k]
+    } or (defaults.data.params["lr"] != tuned.data.params["lr"])
+    metrics = parent.data.metrics
+    difference = (
+        tuned.data.metrics["test_accuracy_mean"] - defaults.data.metrics["test_accuracy_mean"]
+    )
+    assert metrics[names.CONFIRM_DIFFERENCE] == pytest.approx(difference)
+    assert metrics[names.CONFIRM_CI95_LOW] <= difference <= metrics[names.CONFIRM_CI95_HIGH]
+    assert 0 <= metrics[names.CONFIRM_P_VALUE] <= 1
+    assert parent.data.tags[names.TAG_CONFIRM_TEST] == "bootstrap (seeds × digits)"
+    verdict = parent.data.tags[names.TAG_CONFIRM_VERDICT]
+    assert verdict in result.confirmation and ("tie" in verdict or "beyond noise" in verdict)
 
 
 @pytest.mark.slow
