@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from mnist_lab import names, tracking
 from mnist_lab.cli import main
-from mnist_lab.config import PROJECT_ROOT
+from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.errors import ConfigError
 from mnist_lab.tuning.space import TUNING_DIR, load_space
 from mnist_lab.tuning.study import claim, open_storage, open_study, release
@@ -315,7 +315,8 @@ def test_small_study_lands_in_optuna_and_mlflow_then_resumes(
 def test_confirm_seeds_retrains_winner_and_defaults_and_tests_them(
     mnist_dir, mlflow_store, tmp_path, space
 ):
-    result = tune(options(tmp_path, space, n_trials=1, retrain="subset", confirm_seeds=2))
+    opts = options(tmp_path, space, n_trials=1, retrain="subset", confirm_seeds=2)
+    result = tune(opts)
     client = MlflowClient()
     parent = client.get_run(result.parent_run_id)
     tuned = client.get_run(result.retrain_run_id)  # the winner's repeats run
@@ -323,9 +324,8 @@ def test_confirm_seeds_retrains_winner_and_defaults_and_tests_them(
     for repeats in (tuned, defaults):
         assert repeats.data.tags[names.TAG_KIND] == "repeats"
         assert repeats.data.metrics[names.N_SEEDS] == 2
-    assert "lr" not in {
-        k for k, v in defaults.data.params.items() if v != tuned.data.params[k]
-    } or (defaults.data.params["lr"] != tuned.data.params["lr"])
+    assert float(defaults.data.params["lr"]) == pytest.approx(load_config("cnn").lr)
+    assert float(tuned.data.params["lr"]) == pytest.approx(load(opts).best_params["lr"])
     metrics = parent.data.metrics
     difference = (
         tuned.data.metrics["test_accuracy_mean"] - defaults.data.metrics["test_accuracy_mean"]
