@@ -46,7 +46,7 @@ def test_a_failing_model_is_recorded_and_the_others_still_run(
     assert list(table.index) == ["cnn", "vit"]  # trained ones first, then the failures
     assert table.loc["cnn", "status"] == "finished"
     assert table.loc["vit", "status"] == "failed: RuntimeError: boom in vit"
-    assert table.loc["vit", "run_id"] == by_kind["train", "vit"].info.run_id
+    assert table.loc["vit", "run_ids"] == by_kind["train", "vit"].info.run_id
     assert pd.isna(table.loc["vit", names.TEST_ACCURACY])
     assert "failed: RuntimeError: boom in vit" in capsys.readouterr().out
     assert "| vit | – |" in (out / "comparison.md").read_text()
