@@ -138,3 +138,8 @@ DEFAULT_EXPERIMENT = "mnist-lab"
 def model_sha256_tag(artifact: str) -> str:
     """The run tag holding the sha256 of its logged model `artifact`'s weights."""
     return f"{artifact}.weights_sha256"
+
+
+def model_code_sha256_tag(artifact: str) -> str:
+    """The run tag holding the sha256 of the code folder its logged model `artifact` carries."""
+    return f"{artifact}.code_sha256"
