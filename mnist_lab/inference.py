@@ -17,7 +17,8 @@ tags before MLflow imports anything). No pickle is read: safetensors holds no co
 
 - `mlflow.pyfunc.load_model(uri).predict(images)` takes any number of 28×28 digits, uint8 0–255
   or float 0–1, runs them CHUNK at a time (bounded memory), and answers `digit` and `prob_0` …
-  `prob_9`. Served (`mlflow models serve`), a request holds at most `request_limit()` digits.
+  `prob_9` (`model_config={"output": "digit"}`: the digits alone, as mlflow.models.evaluate
+  wants them). Served (`mlflow models serve`), a request holds at most `request_limit()` digits.
 - `mlflow.pyfunc.load_model(uri).get_raw_model()` is the `nn.Module`: [B, 1, 28, 28] float in
   [0, 1] → [B, 10] logits.
 """
@@ -124,23 +125,40 @@ def _bad_request(err: ValueError) -> Exception:
     return MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE)
 
 
-class DigitClassifier:
-    """The pyfunc: digits in, a DataFrame of `digit` and `prob_0` … `prob_9` out."""
+# `mlflow.pyfunc.load_model(uri, model_config={...})` (and `mlflow.models.evaluate(...,
+# model_config=...)`): "output": "frame" (the default: `digit` and `prob_0` … `prob_9`) or "digit"
+# (an int64 array of digits, the one column mlflow.models.evaluate's classifier metrics take);
+# "chunk": digits a forward pass takes.
+OUTPUTS = ("frame", "digit")
+MODEL_CONFIG = {"output": "frame", "chunk": CHUNK}  # logged with the model: the keys it takes
 
-    def __init__(self, model: nn.Module, device: str = "cpu", chunk: int = CHUNK) -> None:
+
+class DigitClassifier:
+    """The pyfunc: digits in, a DataFrame of `digit` and `prob_0` … `prob_9` out (or only the
+    digits, `output="digit"`)."""
+
+    def __init__(
+        self, model: nn.Module, device: str = "cpu", chunk: int = CHUNK, output: str = "frame"
+    ) -> None:
+        if output not in OUTPUTS or not (isinstance(chunk, int) and chunk > 0):
+            raise ValueError(
+                f"model_config: output {output!r} (one of {', '.join(OUTPUTS)}), chunk {chunk!r} "
+                "(a positive whole number of digits)"
+            )
         self.model = model.eval()
         self.device = device
         self.chunk = chunk
+        self.output = output
 
-    def predict(self, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> pd.DataFrame | np.ndarray:
         try:
             digits, divisor = digit_array(data)
             limit = request_limit()
             if limit is not None and len(digits) > limit:
                 raise ValueError(
-                    f"a batch of {len(digits)} digits is over this server's limit of {limit} "
-                    f"per request; send at most {limit} per request (the server's "
-                    f"{MAX_DIGITS_ENV} sets it)"
+                    f"a batch of {len(digits)} digits is over the limit of {limit} per request "
+                    f"of this server; send at most {limit} per request (its environment's "
+                    f"{MAX_DIGITS_ENV} sets it), or predict in-process, where any size goes"
                 )
         except ValueError as err:
             raise _bad_request(err) from None
@@ -153,8 +171,11 @@ class DigitClassifier:
                     raise _bad_request(err) from None
                 logits = self.model(x.to(self.device))
                 probs[start : start + len(x)] = logits.float().softmax(dim=1).cpu().numpy()
+        digits_out = probs.argmax(axis=1).astype(np.int64)
+        if self.output == "digit":
+            return digits_out
         frame = pd.DataFrame(probs, columns=PROB_COLUMNS)
-        frame.insert(0, DIGIT, probs.argmax(axis=1).astype(np.int64))
+        frame.insert(0, DIGIT, digits_out)
         return frame
 
     def get_raw_model(self) -> nn.Module:
@@ -187,7 +208,15 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
     )
     check_code(data_path)
     spec, module = load_module(data_path, device)
-    return DigitClassifier(module, device) if not spec.part else RawModule(module, spec)
+    if spec.part:
+        return RawModule(module, spec)
+    config = dict(model_config or {})
+    unknown = sorted(set(config) - set(MODEL_CONFIG))
+    if unknown:
+        raise ValueError(
+            f"model_config: unknown key(s) {unknown}; known: {', '.join(MODEL_CONFIG)}"
+        )
+    return DigitClassifier(module, device, **config)
 
 
 def save_weights(

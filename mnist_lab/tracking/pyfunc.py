@@ -187,7 +187,14 @@ def log_model(model: nn.Module, example: np.ndarray, spec: ModelSpec) -> str:
     with warnings.catch_warnings():  # "integer column cannot hold missing values": `digit` never
         warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
         signature = infer_signature(example, output)
-    return _log(model, spec, names.MODEL_ARTIFACT, signature=signature, input_example=example)
+    return _log(
+        model,
+        spec,
+        names.MODEL_ARTIFACT,
+        signature=signature,
+        input_example=example,
+        model_config=inference.MODEL_CONFIG,
+    )
 
 
 def log_torch_model(module: nn.Module, spec: ModelSpec, name: str) -> str:
