@@ -66,17 +66,23 @@ MAX_DIGITS_ENV = "MNIST_LAB_MAX_DIGITS_PER_REQUEST"
 SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
 
-def request_limit() -> int | None:
-    """Digits one call may hold: MAX_BATCH (or $MNIST_LAB_MAX_DIGITS_PER_REQUEST, 0 for no
-    limit) inside MLflow's scoring server; None (no limit) in any other process."""
-    if os.environ.get(SERVING_ENV, "").lower() not in ("true", "1"):
-        return None
+def configured_limit() -> int | None:
+    """What the environment sets: $MNIST_LAB_MAX_DIGITS_PER_REQUEST (0: no limit), or MAX_BATCH.
+    A value that is not a whole number is a ValueError (raised when the model loads)."""
     raw = os.environ.get(MAX_DIGITS_ENV, "").strip()
     try:
         limit = int(raw) if raw else MAX_BATCH
     except ValueError:
-        raise RuntimeError(f"{MAX_DIGITS_ENV}={raw!r}: give a whole number (0: no limit)") from None
+        raise ValueError(f"{MAX_DIGITS_ENV}={raw!r}: give a whole number (0: no limit)") from None
     return limit if limit > 0 else None
+
+
+def request_limit() -> int | None:
+    """Digits one call may hold: `configured_limit()` inside MLflow's scoring server; None (no
+    limit) in any other process."""
+    if os.environ.get(SERVING_ENV, "").lower() not in ("true", "1"):
+        return None
+    return configured_limit()
 
 
 def digit_array(images: Any) -> tuple[np.ndarray, float]:
@@ -207,6 +213,7 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
         "cuda" if torch.cuda.is_available() else "cpu"
     )
     check_code(data_path)
+    configured_limit()  # a server started with a malformed limit stops here, not at requests
     spec, module = load_module(data_path, device)
     if spec.part:
         return RawModule(module, spec)

@@ -366,6 +366,9 @@ def test_any_batch_in_process_in_chunks_and_a_limit_only_when_served(monkeypatch
         classifier.predict(digits[:11])
     monkeypatch.setenv(MAX_DIGITS_ENV, "0")  # no limit
     assert len(classifier.predict(digits)) == 2_345
+    monkeypatch.setenv(MAX_DIGITS_ENV, "many")  # refused when the model loads, not per request
+    with pytest.raises(ValueError, match=f"{MAX_DIGITS_ENV}='many'"):
+        inference.configured_limit()
 
 
 def test_the_requirements_name_every_package_the_carried_code_imports(mlflow_store):
