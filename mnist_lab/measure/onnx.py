@@ -25,7 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 
@@ -58,50 +57,29 @@ def test_digits(n: int) -> np.ndarray:
         return np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
 
 
-def fresh_models(model: str, digits: np.ndarray) -> tuple[str, str]:
-    """`model` untrained, behind a temperature, logged as `model` and `onnx`; their URIs."""
+def fresh_models(model: str, digits: np.ndarray) -> str:
+    """`model` untrained, behind a temperature, logged as `model` and `onnx`; the run's id."""
     torch.manual_seed(0)
     served = TemperatureScaled(build_model(model), 1.5).eval()
     spec = ModelSpec(model, {}, temperature_scaled=True)
     with tracking.run(run_name=f"onnx-benchmark-{model}"):
-        uri = tracking.log_model(served, digits[:8].astype(np.float32) / 255, spec)
-        onnx_uri = tracking.log_onnx_model(served, digits[:256], spec)
-    if onnx_uri is None:
-        raise SystemExit(f"{model}: no ONNX model was logged (see the warning above)")
-    return uri, onnx_uri
+        tracking.log_model(served, digits[:8].astype(np.float32) / 255, spec)
+        tracking.log_onnx_model(served, digits[:256], spec)
+        return tracking.active_run_id()
 
 
-def run_models(run_id: str) -> tuple[str, str]:
-    """A finished run's `model` and `onnx` URIs."""
-    found = {
-        m.name: m.model_uri
-        for m in mlflow.search_logged_models(
-            filter_string=f"source_run_id = '{run_id}'", output_format="list"
-        )
-    }
-    if names.ONNX_ARTIFACT not in found:
-        raise SystemExit(f"run {run_id} logged no {names.ONNX_ARTIFACT!r} model")
-    return tracking.run_model_uri(run_id), found[names.ONNX_ARTIFACT]
-
-
-def size_of(uri: str, suffix: str) -> int:
-    folder = Path(mlflow.artifacts.download_artifacts(uri))
-    return sum(p.stat().st_size for p in folder.rglob(f"*{suffix}"))
-
-
-def compare(label: str, uri: str, onnx_uri: str, digits: np.ndarray, batches, repeats) -> None:
-    import onnxruntime
-
-    pyfunc = mlflow.pyfunc.load_model(uri)
-    onnx_pyfunc = mlflow.pyfunc.load_model(onnx_uri)
-    onnx_file = next(Path(mlflow.artifacts.download_artifacts(onnx_uri)).rglob("*.onnx"))
-    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    onnx_bytes, weights = size_of(onnx_uri, ".onnx"), size_of(uri, ".safetensors")
+def compare(label: str, run_id: str, digits: np.ndarray, batches, repeats) -> None:
+    pyfunc = tracking.load_model(tracking.run_model_uri(run_id))
+    onnx_pyfunc = tracking.load_onnx_model(tracking.onnx_model_uri(run_id))
+    session = onnx_pyfunc.get_raw_model()  # the onnxruntime.InferenceSession
+    onnx_bytes = tracking.get_run(run_id).metrics[names.ONNX_SIZE_BYTES]
+    state = pyfunc.get_raw_model().state_dict().values()
+    weights = sum(t.numel() * t.element_size() for t in state)
     x = digits.astype(np.float32) / 255
     ours = pyfunc.predict(x).filter(like="prob_").to_numpy()
     theirs = onnx_pyfunc.predict(x)["probabilities"]
     print(
-        f"{label}: onnx {onnx_bytes / 1e6:.2f} MB (weights.safetensors {weights / 1e6:.2f} MB); "
+        f"{label}: onnx {onnx_bytes / 1e6:.2f} MB (weights {weights / 1e6:.2f} MB); "
         f"max |Δp| pyfunc vs onnxruntime over {len(x)} digits: {np.abs(ours - theirs).max():.2e}"
     )
     print(f"  {'batch':>6} {'pyfunc':>12} {'onnx pyfunc':>12} {'onnxruntime':>12}  digits/s")
@@ -141,12 +119,11 @@ def main(argv: list[str]) -> int:
         f"{__import__('onnxruntime').__version__}; {len(digits)} digits"
     )
     if args.run_id:
-        compare(f"run {args.run_id}", *run_models(args.run_id), digits, batches, args.repeats)
+        compare(f"run {args.run_id}", args.run_id, digits, batches, args.repeats)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         os.chdir(tmp)
         for model in args.models.split(","):
-            uri, onnx_uri = fresh_models(model, digits)
-            compare(model, uri, onnx_uri, digits, batches, args.repeats)
+            compare(model, fresh_models(model, digits), digits, batches, args.repeats)
     return 0

@@ -19,7 +19,7 @@ from mnist_lab.tracking.epoch_logger import (
     reopen_for_resume,
 )
 from mnist_lab.tracking.liveness import StaleRun, end_stale, stale_runs, sweep_stale_runs
-from mnist_lab.tracking.onnx import log_onnx_model
+from mnist_lab.tracking.onnx import load_onnx_model, log_onnx_model, onnx_model_uri
 from mnist_lab.tracking.pyfunc import log_model, log_torch_model
 from mnist_lab.tracking.query import (
     NoRunsError,
@@ -92,6 +92,7 @@ __all__ = [
     "job_run",
     "kill_orphaned_run",
     "load_model",
+    "load_onnx_model",
     "log_artifact",
     "log_datasets",
     "log_dict",
@@ -105,6 +106,7 @@ __all__ = [
     "mark_trial_run",
     "metric_history",
     "model_source",
+    "onnx_model_uri",
     "open_store",
     "read_json_artifact",
     "register",

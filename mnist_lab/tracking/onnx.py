@@ -198,6 +198,31 @@ def _log(onnx_bytes: bytes, example: np.ndarray, name: str) -> str:
     return info.model_uri
 
 
+def onnx_model_uri(run_id: str, name: str = names.ONNX_ARTIFACT) -> str:
+    """`models:/<id>` of run `run_id`'s logged ONNX model, or a LabError saying it has none."""
+    from mlflow.exceptions import MlflowException
+
+    from mnist_lab.errors import LabError
+    from mnist_lab.tracking.store import store_client
+
+    client = store_client()
+    outputs = client.get_run(run_id).outputs
+    for output in outputs.model_outputs if outputs else ():
+        try:
+            if client.get_logged_model(output.model_id).name == name:
+                return f"models:/{output.model_id}"
+        except MlflowException:  # deleted since
+            continue
+    reason = client.get_run(run_id).data.tags.get(names.TAG_ONNX_ERROR, "")
+    raise LabError(f"run {run_id} logged no {name!r} model" + (f": {reason}" if reason else ""))
+
+
+def load_onnx_model(uri: str):
+    """The onnx flavor's pyfunc at `uri` (`.get_raw_model()`: its onnxruntime session). It runs
+    no code from the model: the flavor is MLflow's, the graph onnxruntime's."""
+    return mlflow.pyfunc.load_model(uri)
+
+
 def onnx_requirements() -> list[str]:
     """The onnx model's requirements.txt: what MLflow's onnx flavor imports, pinned; no torch."""
     return [f"{name}=={version(name)}" for name in ("mlflow", "onnx", "onnxruntime", "numpy")]
