@@ -168,7 +168,20 @@ PLOT_INTERMEDIATE_VALUES = "plots/intermediate_values.png"
 
 DEFAULT_EXPERIMENT = "mnist-lab"
 
+# The run's model as ONNX (tracking/onnx.py): digits → probabilities, temperature included; for
+# faster_rcnn, its detector (one scene → boxes, labels, scores). Checked against torch at logging.
+ONNX_ARTIFACT = "onnx"
+ONNX_DETECTOR_ARTIFACT = "onnx_detector"
+ONNX_MAX_PROB_DIFF = "onnx_max_abs_prob_diff"  # max |onnxruntime - torch| over test digits
+ONNX_SIZE_BYTES = "onnx_size_bytes"
+TAG_ONNX_ERROR = "onnx.error"  # why a run logged no ONNX model
+
 
 def model_sha256_tag(artifact: str) -> str:
     """The run tag holding the sha256 of its logged model `artifact`'s weights."""
     return f"{artifact}.weights_sha256"
+
+
+def model_code_sha256_tag(artifact: str) -> str:
+    """The run tag holding the sha256 of the code folder its logged model `artifact` carries."""
+    return f"{artifact}.code_sha256"

@@ -234,6 +234,7 @@ def _train(
         )
         example = splits.test_x[:8].float().div(255).cpu().numpy()
         tracking.log_model(served.cpu(), example, spec)
+        tracking.log_onnx_model(served, splits.test_x[:256].cpu().numpy(), spec)  # `onnx`
         for name, part in report.modules.items():
             module = getattr(model, part).cpu()
             tracking.log_torch_model(module, ModelSpec(config.model, options, part=part), name)

@@ -260,6 +260,21 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     detections = detector.eval()([torch.rand(1, 64, 64)])
     assert set(detections[0]) == {"boxes", "labels", "scores"}
 
+    # The detector as ONNX (the classifier loops over a list of images: no batch-dynamic graph),
+    # checked at logging on test digits' scenes; onnxruntime answers a scene as torch does.
+    assert run.data.metrics[names.ONNX_MAX_PROB_DIFF] <= 1e-4
+    assert names.TAG_ONNX_ERROR not in run.data.tags
+    onnx_model = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{result.run_id}' AND name = 'onnx_detector'",
+        output_format="list",
+    )[0]
+    scene = torch.rand(1, 64, 64)
+    answer = mlflow.pyfunc.load_model(onnx_model.model_uri).predict(scene.numpy())
+    with torch.no_grad():
+        expected = detector([scene])[0]
+    np.testing.assert_allclose(answer["scores"], expected["scores"].numpy(), atol=1e-4)
+    assert (answer["labels"] == expected["labels"].numpy()).all()
+
     # The detector's own runs skip the corruption suite; `robustness` evaluates its logged
     # model through the classifier wrapper, with the metric names every model has.
     from mnist_lab.serving.robustness import robustness

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors", "names", "dbschema"},  # __init__ holds only __version__
     {"data"},
     {"models"},
+    {"inference"},  # a logged model's loader: travels with the model (models/ and below only)
     {"config"},
     {"analysis"},
     {"engine"},
@@ -27,8 +28,9 @@ LAYERS: list[set[str]] = [
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
-# Third-party packages one subpackage owns. The CLI imports neither (see cli.main).
-OWNED = {"mlflow": "tracking", "optuna": "tuning"}
+# Third-party packages only some units may import. The CLI imports neither (see cli.main).
+# inference is the loader MLflow calls; it imports mlflow for the exception of a 400, nothing else.
+OWNED = {"mlflow": {"tracking", "inference"}, "optuna": {"tuning"}}
 # Subpackages of a layer that must not import each other (siblings, not a stack).
 SIBLINGS = {"tuning", "comparison", "serving"}
 
@@ -66,8 +68,8 @@ def violations(path: Path) -> list[str]:
     unit, out = unit_of(path), []
     for line, module in imports(path):
         top = module.split(".")[0]
-        if top in OWNED and unit != OWNED[top]:
-            out.append(f"{path.name}:{line} imports {module}: only {OWNED[top]}/ may")
+        if top in OWNED and unit not in OWNED[top]:
+            out.append(f"{path.name}:{line} imports {module}: only {sorted(OWNED[top])} may")
         if top != "mnist_lab" or module == "mnist_lab":
             continue
         target = module.split(".")[1]

@@ -1,5 +1,5 @@
-"""Logged models hold weights (safetensors) and a spec, no pickle: loading rebuilds the module
-with the installed mnist_lab and runs no code from the model's files."""
+"""Logged models hold weights (safetensors), a spec and the loader's code, no pickle: loading
+rebuilds the module and runs no code but the code logged with it, checked by its sha256."""
 
 import zipfile
 from pathlib import Path
@@ -13,7 +13,13 @@ from mnist_lab import tracking
 from mnist_lab.errors import LabError, ModelFileError
 from mnist_lab.models import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
-from mnist_lab.tracking.pyfunc import SPEC_FILE, WEIGHTS_FILE, load_module, save_weights
+from mnist_lab.tracking.pyfunc import (
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    code_files,
+    load_module,
+    save_weights,
+)
 
 DIGITS = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
 
@@ -41,11 +47,14 @@ def test_a_logged_model_holds_no_pickle_and_serves_the_same_probabilities(mlflow
     model = TemperatureScaled(build_model("cnn", depth=2, width=4), 1.7).eval()
     with tracking.run():
         uri = tracking.log_model(model, DIGITS[:, 0].numpy(), spec)
-    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl")))
     assert pickles_in(local) == []
     mlmodel = (local / "MLmodel").read_text()
     assert "pytorch" not in mlmodel and "cloudpickle" not in mlmodel
-    assert not (local / "code").exists()  # no copy of the package travels with it
+    # The loader and what it imports travel with it; nothing of training, tracking or tuning.
+    carried = sorted(p.relative_to(local / "code").as_posix() for p in local.rglob("code/**/*.py"))
+    assert carried == code_files()
+    assert not {"engine", "tracking", "tuning", "analysis"} & {Path(p).parts[1] for p in carried}
 
     pyfunc = mlflow.pyfunc.load_model(uri)
     answer = pyfunc.predict(DIGITS[:, 0].numpy())
@@ -180,9 +189,42 @@ def test_a_model_whose_mlmodel_names_other_code_is_refused(mlflow_store, tmp_pat
     with pytest.raises(ModelFileError, match=r"loader .evil_module.*refused"):
         tracking.load_model(uri)
     conf["flavors"]["python_function"]["loader_module"] = "mnist_lab.tracking.pyfunc"
-    conf["flavors"]["python_function"]["code"] = "code"  # a folder MLflow puts on sys.path
-    mlmodel.write_text(yaml.safe_dump(conf))
+    mlmodel.write_text(yaml.safe_dump(conf))  # an old loader, with a code folder on sys.path
     with pytest.raises(ModelFileError, match="code 'code'"):
+        tracking.load_model(uri)
+
+
+def test_changed_code_is_refused_before_and_when_it_loads(mlflow_store, tmp_path):
+    """The code folder MLflow puts on sys.path is checked against spec.json before MLflow loads
+    the model (tracking.load_model), and by the loader itself wherever it loads; a file added
+    beside the package (which would shadow a module on sys.path) counts as a change."""
+    uri, folder = _logged(tmp_path)
+    extra = folder / "code" / "numpy.py"
+    extra.write_text("raise SystemExit('not numpy')\n")
+    with pytest.raises(ModelFileError, match=r"model's code is not the code logged"):
+        tracking.load_model(uri)
+    extra.unlink()
+    names_py = folder / "code" / "mnist_lab" / "names.py"
+    names_py.write_text(names_py.read_text() + "\nINJECTED = True\n")
+    with pytest.raises(ModelFileError, match=r"model's code is not the code logged"):
+        tracking.load_model(uri)
+    with pytest.raises(ModelFileError, match=r"model's code is not the code logged"):
+        mlflow.pyfunc.load_model(uri)  # MLflow alone: the loader checks it too
+
+
+def test_code_swapped_with_its_spec_is_caught_by_the_runs_record(mlflow_store, tmp_path):
+    import json
+
+    from mnist_lab.inference import code_sha256
+
+    uri, folder = _logged(tmp_path)
+    names_py = folder / "code" / "mnist_lab" / "names.py"
+    names_py.write_text(names_py.read_text() + "\nINJECTED = True\n")
+    spec_file = folder / "data" / "mnist_lab_model" / SPEC_FILE
+    record = json.loads(spec_file.read_text())
+    record["code_sha256"] = code_sha256(folder / "code")
+    spec_file.write_text(json.dumps(record))
+    with pytest.raises(LabError, match=r"its code .* not the ones run .* logged"):
         tracking.load_model(uri)
 
 
@@ -190,10 +232,13 @@ def test_weights_swapped_with_their_spec_are_caught_by_the_runs_record(mlflow_st
     """Whoever can write artifacts can replace weights.safetensors and the sha256 in spec.json
     together; the run's tag, written when the model was logged, still tells."""
     uri, folder = _logged(tmp_path)
+    import json
+
     data = folder / "data" / "mnist_lab_model"
+    code = json.loads((data / SPEC_FILE).read_text())["code_sha256"]
     other = ModelSpec("cnn", {"depth": 1, "width": 2})
     torch.manual_seed(1)
-    save_weights(other.build(), other, data)  # new weights and a matching spec.json
+    save_weights(other.build(), other, data, code)  # new weights and a matching spec.json
     with pytest.raises(LabError, match=r"not the ones run .* logged"):
         tracking.load_model(uri)
 

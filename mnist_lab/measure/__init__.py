@@ -8,6 +8,7 @@ where a training step's time goes, by operator (no MLflow run: a diagnostic);
 `comparison.benchmark`, the lab's table of every model (`mnist-lab benchmark`).
 `python -m mnist_lab.measure real-digits` measures the models on font-rendered photos of digits;
 `python -m mnist_lab.measure serving` drives `mlflow models serve` with concurrent clients and
-malformed payloads.
+malformed payloads; `python -m mnist_lab.measure onnx` sizes a run's ONNX model and times
+onnxruntime beside the pyfunc.
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

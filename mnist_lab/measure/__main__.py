@@ -1,9 +1,17 @@
-"""`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving …`:
-see `mnist_lab.measure`."""
+"""`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx
+…`: see `mnist_lab.measure`."""
 
 import sys
 
-from mnist_lab.measure import profile, real_digits, serving, time_to_accuracy, training, tuning
+from mnist_lab.measure import (
+    onnx,
+    profile,
+    real_digits,
+    serving,
+    time_to_accuracy,
+    training,
+    tuning,
+)
 
 SCRIPTS = {
     "training": training.main,
@@ -12,6 +20,7 @@ SCRIPTS = {
     "tuning": tuning.main,
     "real-digits": real_digits.main,
     "serving": serving.main,
+    "onnx": onnx.main,
 }
 
 

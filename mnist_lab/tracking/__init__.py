@@ -3,7 +3,8 @@
 Use it as one module, `from mnist_lab import tracking`, then `tracking.run(...)`,
 `tracking.log_metrics(...)`, `tracking.search_runs(...)`. Inside: `runs` (a run's lifecycle,
 params, metrics, tags, artifacts, tuning trials' runs), `epoch_logger` (the engine listener that
-logs epochs and checkpoints), `pyfunc` (the logged model's flavor: digits in, probabilities out),
+logs epochs and checkpoints), `pyfunc` (logging the model, whose loader is mnist_lab.inference, and
+checking one before it loads), `onnx` (the same model as ONNX),
 `query` (reading runs back), `registry` (registered models and the `champion` alias),
 `liveness` (the process behind a RUNNING run, its heartbeat, and ending runs whose process is
 gone) and `store` (opening the store: a fresh SQLite store's tables made one process at a
@@ -18,6 +19,7 @@ from mnist_lab.tracking.epoch_logger import (
     reopen_for_resume,
 )
 from mnist_lab.tracking.liveness import StaleRun, end_stale, stale_runs, sweep_stale_runs
+from mnist_lab.tracking.onnx import load_onnx_model, log_onnx_model, onnx_model_uri
 from mnist_lab.tracking.pyfunc import log_model, log_torch_model
 from mnist_lab.tracking.query import (
     NOT_CONFIGURATION,
@@ -99,6 +101,7 @@ __all__ = [
     "job_run",
     "kill_orphaned_run",
     "load_model",
+    "load_onnx_model",
     "log_artifact",
     "log_datasets",
     "log_dict",
@@ -106,6 +109,7 @@ __all__ = [
     "log_figure",
     "log_metrics",
     "log_model",
+    "log_onnx_model",
     "log_params",
     "log_predictions",
     "log_run_metrics",
@@ -113,6 +117,7 @@ __all__ = [
     "mark_trial_run",
     "metric_history",
     "model_source",
+    "onnx_model_uri",
     "open_store",
     "read_json_artifact",
     "read_predictions",

@@ -12,7 +12,7 @@ from mlflow.models.model import ModelInfo
 
 from mnist_lab import names
 from mnist_lab.errors import LabError
-from mnist_lab.tracking.pyfunc import verify_folder
+from mnist_lab.tracking.pyfunc import Digests, verify_folder
 from mnist_lab.tracking.query import get_run, tracking_uri
 from mnist_lab.tracking.store import open_store, store_client
 
@@ -77,7 +77,8 @@ def set_champion(name: str, version: str) -> None:
 def load_model(uri: str, allow_pickle: bool = False) -> Any:
     """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path), checked
     before MLflow loads it: an MLmodel this mnist-lab wrote (pyfunc.verify_folder), weights
-    whose sha256 is the one the logging run recorded. A pickled model needs `allow_pickle`."""
+    and code whose sha256 are the ones the logging run recorded. A pickled model needs
+    `allow_pickle`."""
     _open_store_of(uri)
     try:
         folder = mlflow.artifacts.download_artifacts(uri)
@@ -87,28 +88,33 @@ def load_model(uri: str, allow_pickle: bool = False) -> Any:
             f"model URI {uri!r} does not resolve in the tracking store {tracking_uri()}: "
             f"{first}; use e.g. models:/mnist-cnn@champion (after `register`) or runs:/<id>/model"
         ) from None
-    digest = verify_folder(folder, allow_pickle)
-    _check_recorded_digest(uri, digest)
+    digests = verify_folder(folder, allow_pickle)
+    _check_recorded_digests(uri, digests)
     return mlflow.pyfunc.load_model(folder)
 
 
-def _check_recorded_digest(uri: str, digest: str) -> None:
-    """The weights' sha256 against the tag its run wrote when logging (runs logged before the
-    tag existed, and folders whose run is not in this store, have none to compare)."""
-    info = _model_info(uri) if digest else None
+def _check_recorded_digests(uri: str, digests: Digests) -> None:
+    """The weights' and the code's sha256 against the tags the run wrote when logging (runs
+    logged before a tag existed, and folders whose run is not in this store, have none)."""
+    info = _model_info(uri) if digests.weights else None
     if info is None or not info.run_id:
         return
     run_id, artifact = info.run_id, info.name or names.MODEL_ARTIFACT
     try:
-        recorded = store_client().get_run(run_id).data.tags.get(names.model_sha256_tag(artifact))
+        tags = store_client().get_run(run_id).data.tags
     except MlflowException:
         return
-    if recorded and recorded != digest:
-        raise LabError(
-            f"model {uri}: its weights (sha256 {digest[:12]}…) are not the ones run {run_id} "
-            f"logged ({recorded[:12]}…): the artifacts were changed after logging. Do not load "
-            "it; log the model again from its run"
-        )
+    for what, digest, tag in (
+        ("weights", digests.weights, names.model_sha256_tag(artifact)),
+        ("code", digests.code, names.model_code_sha256_tag(artifact)),
+    ):
+        recorded = tags.get(tag)
+        if recorded and recorded != digest:
+            raise LabError(
+                f"model {uri}: its {what} (sha256 {digest[:12] or 'none'}…) are not the ones run "
+                f"{run_id} logged ({recorded[:12]}…): the artifacts were changed after logging. "
+                "Do not load it; log the model again from its run"
+            )
 
 
 def run_model_uri(run_id: str) -> str:
