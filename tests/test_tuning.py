@@ -6,6 +6,7 @@ is set, each test in a database of its own that is dropped afterwards.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError
 from mnist_lab.tuning.space import TUNING_DIR, load_space
-from mnist_lab.tuning.study import claim, open_storage, open_study, release
+from mnist_lab.tuning.claim import claim, release
+from mnist_lab.tuning.study import open_storage, open_study
 from mnist_lab.tuning.tuner import TuneOptions, tune
 
 TINY_SPACE = """
@@ -570,6 +572,19 @@ def _file_storage(kind: str, folder: Path) -> str:
         "sqlite": f"sqlite:///{folder / 'optuna.db'}",
         "journal": f"journal:{folder / 'j.log'}",
     }[kind]
+
+
+def test_only_public_optuna_apis():
+    """A minor Optuna release may change its private modules and attributes: none is used
+    (`storage.get_study_id_from_name` is a public storage method; `study._study_id` is not)."""
+    private = re.compile(r"optuna\.storages\._|_rdb\b|(?<![A-Za-z0-9])_(study|trial)_id\b")
+    found = [
+        f"{path.relative_to(PROJECT_ROOT)}:{number}: {line.strip()}"
+        for path in sorted((PROJECT_ROOT / "mnist_lab").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert not found
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

@@ -5,11 +5,6 @@ Nothing here trains or logs to MLflow; `tuning` puts these together.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import re
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -174,84 +169,6 @@ def state_counts(study: optuna.Study) -> dict[TrialState, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state] += 1
     return counts
-
-
-def claim(
-    url: str,
-    storage: optuna.storages.BaseStorage,
-    study: optuna.Study,
-    key: str,
-    value: dict[str, Any],
-) -> dict[str, Any]:
-    """Record `value` as study user attr `key` unless some process already has: atomically,
-    so of N processes (N machines) claiming at once exactly one gets it. Returns the holder's
-    value (== `value`: this process holds the claim).
-
-    RDB storages: a plain INSERT into Optuna's study_user_attributes, whose unique
-    (study_id, key) constraint lets only one commit (Optuna's own set_user_attr is an upsert:
-    the last writer would win). Journal files: a file beside the journal created with O_EXCL.
-    """
-    if isinstance(storage, RDBStorage):
-        from optuna.storages._rdb.models import StudyUserAttributeModel
-        from sqlalchemy import exc, insert
-
-        row = {"study_id": study._study_id, "key": key, "value_json": json.dumps(value)}
-        try:
-            with storage.engine.begin() as connection:
-                connection.execute(insert(StudyUserAttributeModel.__table__).values(**row))
-        except exc.IntegrityError:
-            pass  # another process holds it
-        return storage.get_study_user_attrs(study._study_id)[key]
-    path = _claim_file(url, study, key)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        for _ in range(50):  # the holder may be between its open and its write
-            with contextlib.suppress(json.JSONDecodeError):
-                return json.loads(path.read_text())
-            time.sleep(0.1)
-        raise LabError(f"{path}: unreadable claim file; delete it and run again") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f)
-    study.set_user_attr(key, value)
-    return value
-
-
-def release(
-    url: str,
-    storage: optuna.storages.BaseStorage,
-    study: optuna.Study,
-    key: str,
-    value: dict[str, Any],
-) -> None:
-    """Give up a claim this process holds (`value`), so another run can take it: the holder's
-    work failed. A claim held by another process is left alone."""
-    if isinstance(storage, RDBStorage):
-        from optuna.storages._rdb.models import StudyUserAttributeModel
-        from sqlalchemy import delete
-
-        table = StudyUserAttributeModel.__table__
-        with storage.engine.begin() as connection:
-            connection.execute(
-                delete(table).where(
-                    table.c.study_id == study._study_id,
-                    table.c.key == key,
-                    table.c.value_json == json.dumps(value),
-                )
-            )
-        return
-    path = _claim_file(url, study, key)
-    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-        if json.loads(path.read_text()) == value:
-            path.unlink()
-            study.set_user_attr(key, {"released_by": value})
-
-
-def _claim_file(url: str, study: optuna.Study, key: str) -> Path:
-    """Beside the journal, one per study (a journal holds many) and key."""
-    journal = Path(url.removeprefix(JOURNAL_PREFIX).removeprefix("//"))
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study.study_name}.{study._study_id}.{key}")
-    return journal.with_name(f"{journal.name}.{name}.claim")
 
 
 class StopWhenDone:

@@ -36,6 +36,7 @@ from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.train import train
+from mnist_lab.tuning.claim import claim, release
 from mnist_lab.tuning.space import SearchSpace, load_space
 from mnist_lab.tuning.study import (
     ATTR_FAILURE,
@@ -44,12 +45,10 @@ from mnist_lab.tuning.study import (
     PRUNERS,
     SAMPLERS,
     StopWhenDone,
-    claim,
     make_pruner,
     make_sampler,
     open_storage,
     open_study,
-    release,
     state_counts,
     trials_done,
 )
