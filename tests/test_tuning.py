@@ -27,8 +27,8 @@ from mnist_lab import names
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import ConfigError
-from mnist_lab.tuning.space import TUNING_DIR, load_space
 from mnist_lab.tuning.claim import claim, release
+from mnist_lab.tuning.space import TUNING_DIR, load_space
 from mnist_lab.tuning.study import open_storage, open_study
 from mnist_lab.tuning.tuner import TuneOptions, tune
 
