@@ -192,7 +192,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from mnist_lab.serving.register import register
 
-    print(register(args.model, force=_flag_true(args.force)))
+    where = args.where if args.where not in (None, "", "none") else None
+    print(register(args.model, force=_flag_true(args.force), where=where))
     return 0
 
 
@@ -269,6 +270,7 @@ ALLOW_PICKLE = "load a model logged before the pickle-free format (runs its pick
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     """compare, benchmark, register, predict, robustness and runs."""
+    from mnist_lab.analysis.selection import RUN_BUDGETS
     from mnist_lab.comparison.compare import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
@@ -293,6 +295,12 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     register = commands.add_parser("register", help="best run by val accuracy → registry")
     register.add_argument("--model", required=True, help=f"one of {', '.join(model_names())}")
     register.add_argument("--force", nargs="?", const="true", default=None, help="move champion")
+    register.add_argument(
+        "--where",
+        metavar="BUDGETS",
+        help="the best run within these budgets, e.g. 'inference_ms_per_image<=0.1' (a comma "
+        f"list of metric<=value, also <, >=, >; metrics: {', '.join(RUN_BUDGETS)})",
+    )
     register.set_defaults(handler=cmd_register)
 
     predict = commands.add_parser("predict", help="digits from images, IDX files or folders")
