@@ -35,7 +35,7 @@ import yaml
 
 from mnist_lab.config import PROJECT_ROOT, SETTINGS, load_config
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import model_options
+from mnist_lab.models import TIMM_PREFIX, model_options
 
 TUNING_DIR = PROJECT_ROOT / "tuning"
 SECTIONS = ("fixed", "params", "pruner")
@@ -91,7 +91,9 @@ class SearchSpace:
 
 
 def space_file(model: str) -> Path:
-    return TUNING_DIR / f"{model}.yaml"
+    """`tuning/<model>.yaml`; every `timm:<name>` model shares `tuning/timm.yaml`."""
+    stem = "timm" if model.startswith(TIMM_PREFIX) else model
+    return TUNING_DIR / f"{stem}.yaml"
 
 
 def load_space(model: str, path: Path | str | None = None) -> SearchSpace:
