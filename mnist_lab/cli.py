@@ -338,8 +338,18 @@ TUNE_FLAGS = {
     "storage": "Optuna storage: an SQLAlchemy URL or journal:<file> (default sqlite:///optuna.db "
     "at the repo root)",
     "study_name": "default: the model name; the same name continues the study",
-    "sampler": "tpe (default, seeded) or random",
-    "pruner": "hyperband (default), median or none",
+    "objectives": "what the study optimises: one to three of val_accuracy (the default), "
+    "val_robust_accuracy, num_params, train_flops_per_image, inference_ms_per_image, "
+    "train_time_s, comma-separated, each in its own direction (two or three: a Pareto front). "
+    "Optuna cannot prune a multi-objective study: with anything but val_accuracy alone, every "
+    "trial trains its full epoch budget (no pruner)",
+    "pick": "the trial to retrain, by a rule: 'val_accuracy, inference_ms_per_image<=0.1' is "
+    "the most accurate within 0.1 ms a digit (default: the best trial; with several "
+    "objectives, every Pareto-optimal trial)",
+    "sampler": "tpe (default, seeded; MOTPE for several objectives), random or nsga2",
+    "pruner": "auto (default: hyperband for val_accuracy alone, none otherwise), hyperband, "
+    "median or none; Optuna cannot prune a multi-objective study, so a pruner with several "
+    "objectives is refused",
     "seed": "sampler seed, also the trials' training seed (default 0)",
     "device": "every trial's device (default: auto)",
     "max_train_samples": "train each trial on a subset (e.g. 10000)",
@@ -347,8 +357,8 @@ TUNE_FLAGS = {
     "val_size": "validation images held out of training (the objective)",
     "data_dir": "MNIST folder (default $MNIST_DATA_DIR or ./data)",
     "space": "search space file (default tuning/<model>.yaml)",
-    "retrain": "retrain the best config on the full data (full, default), on the trials' subset "
-    "(subset), or not (none)",
+    "retrain": "retrain the winner (the best or picked trial, or each Pareto-optimal one) on the "
+    "full data (full, default), on the trials' subset (subset), or not (none)",
     "heartbeat_interval": "seconds between trial heartbeats on RDB storages (default 60)",
     "nproc_per_node": "not for tune: trials train in one process each (use --workers for "
     "parallel trials); `train --nproc-per-node` trains one model in several",
@@ -390,12 +400,14 @@ def tune_options(args: argparse.Namespace):
         storage=given.get("storage", DEFAULT_STORAGE),
         study_name=given.get("study_name"),
         sampler=given.get("sampler", "tpe"),
-        pruner=given.get("pruner", "hyperband"),
+        pruner=given.get("pruner", "auto"),
         seed=_number(given, "seed", int, 0),
         data=data,
         space_path=given.get("space"),
         retrain=given.get("retrain", "full"),
         heartbeat_interval=_number(given, "heartbeat_interval", int, 60),
+        objectives=given.get("objectives"),
+        pick=given.get("pick"),
     )
 
 
@@ -404,13 +416,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     options = tune_options(args)
     result = tune(options)
-    print(
-        f"study {result.study_name}: {result.counts}, best val_accuracy "
-        f"{result.best_value:.4f} with {result.best_overrides} (parent run {result.parent_run_id})"
-    )
+    if len(result.objectives) == 1 and not result.picked:
+        print(
+            f"study {result.study_name}: {result.counts}, best {result.objectives[0]} "
+            f"{result.best_value:.4f} with {result.best_overrides} (parent run "
+            f"{result.parent_run_id})"
+        )
+    else:
+        print(f"study {result.study_name}: {result.counts} (parent run {result.parent_run_id})")
+        if len(result.objectives) > 1:
+            print(f"Pareto-optimal trials: {', '.join(map(str, result.pareto))}")
+        for winner in result.winners:
+            values = ", ".join(f"{o} {winner.metrics[o]:.4g}" for o in result.objectives)
+            what = "picked" if winner.trial == result.picked else "Pareto"
+            print(f"  {what} trial {winner.trial}: {values} with {winner.overrides}")
+    if result.vs_defaults:
+        print(result.vs_defaults)
     if result.retrain_run_id:
         accuracy = result.retrain_metrics.get("test_accuracy", float("nan"))
         print(f"retrained as run {result.retrain_run_id}: test_accuracy {accuracy:.4f}")
+        for winner, run_id in list(zip(result.winners, result.retrain_run_ids, strict=False))[1:]:
+            print(f"  and trial {winner.trial}'s configuration as run {run_id}")
     elif result.retrain_note:
         print(f"not retrained here: {result.retrain_note}")
     return 0

@@ -32,11 +32,9 @@ class Metric:
     label: str
 
 
-VAL_ROBUST_ACCURACY = "val_robust_accuracy"  # mean accuracy of validation digits, corrupted
-
 METRICS: dict[str, Metric] = {
     names.VAL_ACCURACY: Metric(MAXIMIZE, "validation accuracy"),
-    VAL_ROBUST_ACCURACY: Metric(MAXIMIZE, "validation accuracy under corruptions (mean)"),
+    names.VAL_ROBUST_ACCURACY: Metric(MAXIMIZE, "validation accuracy under corruptions (mean)"),
     names.NUM_PARAMS: Metric(MINIMIZE, "parameters"),
     names.TRAIN_FLOPS_PER_IMAGE: Metric(MINIMIZE, "training FLOPs per image"),
     names.INFERENCE_MS_PER_IMAGE: Metric(MINIMIZE, "inference latency (ms per image)"),

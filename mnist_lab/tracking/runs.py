@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,24 @@ def log_dict(data: dict[str, Any], artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
 
 
+def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A table artifact (MLflow's JSON table format, shown as a table in the UI)."""
+    import pandas as pd
+
+    mlflow.log_table(pd.DataFrame(rows), artifact_file)
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Metrics for a run that has ended (a tuning trial's measurements after training)."""
+    store_client().log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+            for k, v in metrics.items()
+        ],
+    )
+
+
 def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_dir)
 
@@ -286,6 +305,11 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
         client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])
 
 
+# A failed trial's run that is still to be marked FAILED: RUNNING (its process died) or
+# FINISHED (training ended, what the tuner measured afterwards failed).
+ENDABLE = ("RUNNING", "FINISHED")
+
+
 def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
     """Tag a trial's run with its Optuna state once the trial has ended.
 
@@ -300,7 +324,7 @@ def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
         if reason:
             client.set_tag(run_id, "pruned_reason", reason[:MAX_TAG_LENGTH])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    elif state == "FAIL" and reason and client.get_run(run_id).info.status == "RUNNING":
+    elif state == "FAIL" and reason and client.get_run(run_id).info.status in ENDABLE:
         client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 

@@ -6,6 +6,7 @@ Nothing here trains or logs to MLflow; `tuning` puts these together.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from mnist_lab.tuning.space import SearchSpace
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_ROOT / 'optuna.db'}"
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("hyperband", "median", "none")
 JOURNAL_PREFIX = "journal:"
 ATTR_FINGERPRINT = "space_fingerprint"
@@ -73,14 +74,20 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
 
 
 def make_sampler(kind: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (the default) or random search.
+    """Seeded TPE (the default), random search or NSGA-II; all three take several objectives
+    (TPE then is Optuna's MOTPE).
 
     TPE's first trials are random: a quarter of the study, at least 3 and at most 10. The
     constant liar keeps parallel workers from proposing the same point while trials run;
     `group` lets it model conditional parameters (heads only where dim is chosen) properly.
+    NSGA-II evolves generations of a quarter of the study (8 to 50 trials; the first is
+    random): it needs more trials than TPE to pay off.
     """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        population = min(50, max(8, n_trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     return optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=min(10, max(3, n_trials // 4)),
@@ -116,17 +123,21 @@ def open_study(
     objective: dict[str, Any],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    objectives: Sequence[str] = (names.VAL_ACCURACY,),
+    directions: Sequence[str] = ("maximize",),
 ) -> optuna.Study:
-    """Create study `name` or continue it, but only with the space and data it started with.
+    """Create study `name` or continue it, but only with the space, data and objectives it
+    started with.
 
-    The space's fingerprint (model, fixed settings, distributions, `objective` data settings)
-    is stored in the study; another one under the same name is an error, never a mixed study.
+    The space's fingerprint (model, fixed settings, distributions, `objective` data settings,
+    which hold the objectives when they are not val_accuracy alone) is stored in the study;
+    another one under the same name is an error, never a mixed study.
     """
     fingerprint = space.fingerprint(objective)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        direction="maximize",
+        directions=list(directions),
         load_if_exists=True,
         sampler=sampler,
         pruner=pruner,
@@ -138,7 +149,7 @@ def open_study(
             "pick another --study-name"
         )
     if found is None:
-        study.set_metric_names([names.VAL_ACCURACY])  # optuna-dashboard's axis label
+        study.set_metric_names(list(objectives))  # optuna-dashboard's axis labels
         study.set_user_attr(ATTR_FINGERPRINT, fingerprint)
         study.set_user_attr("model", space.model)
         study.set_user_attr("space_file", str(space.path))
