@@ -416,7 +416,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     options = tune_options(args)
     result = tune(options)
-    if len(result.objectives) == 1 and not result.picked:
+    if len(result.objectives) == 1 and result.picked is None:
         print(
             f"study {result.study_name}: {result.counts}, best {result.objectives[0]} "
             f"{result.best_value:.4f} with {result.best_overrides} (parent run "

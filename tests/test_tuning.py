@@ -137,8 +137,21 @@ def test_every_model_has_a_space():
         )
 
 
+def test_the_front_spaces_load_and_hold_their_models_defaults():
+    """tuning/fronts/<model>_*.yaml: the spaces of the README's measured Pareto fronts."""
+    from mnist_lab.tuning.defaults import model_defaults
+
+    paths = sorted((TUNING_DIR / "fronts").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        model = path.stem.split("_")[0]
+        space = load_space(model, path)
+        inside, outside = space.defaults_params(model_defaults(model))
+        assert inside and outside == {}, path.name
+
+
 def test_no_space_file_points_to_a_module_that_does_not_exist():
-    for path in TUNING_DIR.glob("*.yaml"):
+    for path in TUNING_DIR.rglob("*.yaml"):
         for module in re.findall(r"mnist_lab/[\w/]+\.py", path.read_text()):
             assert (PROJECT_ROOT / module).is_file(), f"{path.name}: {module}"
 
