@@ -241,10 +241,10 @@ def log_dict(data: dict[str, Any], artifact_file: str) -> None:
 
 
 def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
-    """A table artifact (MLflow's JSON table format, shown as a table in the UI)."""
-    import pandas as pd
-
-    mlflow.log_table(pd.DataFrame(rows), artifact_file)
+    """A table artifact (MLflow's JSON table format, shown as a table in the UI): one row per
+    dict, the first row's keys as the columns."""
+    columns = list(rows[0]) if rows else []
+    mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file)
 
 
 def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
