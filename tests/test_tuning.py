@@ -885,6 +885,22 @@ def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
     assert claim(url, storage, other, "retrain:full:2", {"pid": 4}) == {"pid": 4}
 
 
+def test_a_retrain_claimed_before_the_claims_table_still_holds(tmp_path, space):
+    """Studies retrained by an older mnist_lab hold their claim as a study user attr (Optuna's
+    own table): a re-run must not retrain them again."""
+    from mnist_lab.tuning.tuner import TuneResult, _claim_the_retrain
+
+    opts = options(tmp_path, space, retrain="full")
+    storage = open_storage(opts.storage)
+    study = open_study(storage, opts.name, load_space("cnn", space), {})
+    study.set_user_attr("retrain:full:0", {"tune_run_id": "old", "host": "h", "pid": 1})
+    result = TuneResult(opts.name, "new", 0, {}, 0.9, {}, 1.0)
+    assert _claim_the_retrain(opts, storage, result) is None
+    assert "held by tune run old (h, pid 1)" in result.retrain_note
+    study.set_user_attr("retrain:full:0", {"released_by": {"tune_run_id": "old"}})
+    assert _claim_the_retrain(opts, storage, result) == "retrain:full:0"  # released: taken
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_exactly_one_process_wins_a_claim(tmp_path, space, kind):
     _exactly_one_holds(_claim_race(_file_storage(kind, tmp_path), space))
