@@ -231,7 +231,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from mnist_lab.serving.register import register
 
-    print(register(args.model, force=_flag_true(args.force)))
+    where = args.where if args.where not in (None, "", "none") else None
+    print(register(args.model, force=_flag_true(args.force), where=where))
     return 0
 
 
@@ -308,6 +309,7 @@ ALLOW_PICKLE = "load a model logged before the pickle-free format (runs its pick
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     """compare, benchmark, register, predict, robustness and runs."""
+    from mnist_lab.analysis.selection import RUN_BUDGETS
     from mnist_lab.comparison.groups import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
@@ -348,6 +350,12 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     register = commands.add_parser("register", help="best run by val accuracy → registry")
     register.add_argument("--model", required=True, help=f"one of {', '.join(model_names())}")
     register.add_argument("--force", nargs="?", const="true", default=None, help="move champion")
+    register.add_argument(
+        "--where",
+        metavar="BUDGETS",
+        help="the best run within these budgets, e.g. 'inference_ms_per_image<=0.1' (a comma "
+        f"list of metric<=value, also <, >=, >; metrics: {', '.join(RUN_BUDGETS)})",
+    )
     register.set_defaults(handler=cmd_register)
 
     predict = commands.add_parser("predict", help="digits from images, IDX files or folders")
@@ -385,8 +393,18 @@ TUNE_FLAGS = {
     "storage": "Optuna storage: an SQLAlchemy URL or journal:<file> (default sqlite:///optuna.db "
     "at the repo root)",
     "study_name": "default: the model name; the same name continues the study",
-    "sampler": "tpe (default, seeded) or random",
-    "pruner": "hyperband (default), median or none",
+    "objectives": "what the study optimises: one to three of val_accuracy (the default), "
+    "val_robust_accuracy, num_params, train_flops_per_image, inference_ms_per_image, "
+    "train_time_s, comma-separated, each in its own direction (two or three: a Pareto front). "
+    "Optuna cannot prune a multi-objective study: with anything but val_accuracy alone, every "
+    "trial trains its full epoch budget (no pruner)",
+    "pick": "the trial to retrain, by a rule: 'val_accuracy, inference_ms_per_image<=0.1' is "
+    "the most accurate within 0.1 ms a digit (default: the best trial; with several "
+    "objectives, every Pareto-optimal trial)",
+    "sampler": "tpe (default, seeded; MOTPE for several objectives), random or nsga2",
+    "pruner": "auto (default: hyperband for val_accuracy alone, none otherwise), hyperband, "
+    "median or none; Optuna cannot prune a multi-objective study, so a pruner with several "
+    "objectives is refused",
     "seed": "sampler seed, also the trials' training seed (default 0)",
     "device": "every trial's device (default: auto)",
     "max_train_samples": "train each trial on a subset (e.g. 10000)",
@@ -394,8 +412,8 @@ TUNE_FLAGS = {
     "val_size": "validation images held out of training (the objective)",
     "data_dir": "MNIST folder (default $MNIST_DATA_DIR or ./data)",
     "space": "search space file (default tuning/<model>.yaml)",
-    "retrain": "retrain the best config on the full data (full, default), on the trials' subset "
-    "(subset), or not (none)",
+    "retrain": "retrain the winner (the best or picked trial, or each Pareto-optimal one) on the "
+    "full data (full, default), on the trials' subset (subset), or not (none)",
     "confirm_seeds": "with a retrain: train the winner and the defaults at K seeds each and "
     "test whether the tuned configuration beats the defaults beyond noise (default 0: off)",
     "heartbeat_interval": "seconds between trial heartbeats on RDB storages (default 60)",
@@ -439,13 +457,15 @@ def tune_options(args: argparse.Namespace):
         storage=given.get("storage", DEFAULT_STORAGE),
         study_name=given.get("study_name"),
         sampler=given.get("sampler", "tpe"),
-        pruner=given.get("pruner", "hyperband"),
+        pruner=given.get("pruner", "auto"),
         seed=_number(given, "seed", int, 0),
         data=data,
         space_path=given.get("space"),
         retrain=given.get("retrain", "full"),
         confirm_seeds=_number(given, "confirm_seeds", int, 0),
         heartbeat_interval=_number(given, "heartbeat_interval", int, 60),
+        objectives=given.get("objectives"),
+        pick=given.get("pick"),
     )
 
 
@@ -454,13 +474,28 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     options = tune_options(args)
     result = tune(options)
-    print(
-        f"study {result.study_name}: {result.counts}, best val_accuracy "
-        f"{result.best_value:.4f} with {result.best_overrides} (parent run {result.parent_run_id})"
-    )
+    if len(result.objectives) == 1 and result.picked is None:
+        print(
+            f"study {result.study_name}: {result.counts}, best {result.objectives[0]} "
+            f"{result.best_value:.4f} with {result.best_overrides} (parent run "
+            f"{result.parent_run_id})"
+        )
+    else:
+        print(f"study {result.study_name}: {result.counts} (parent run {result.parent_run_id})")
+        if len(result.objectives) > 1:
+            print(f"Pareto-optimal trials: {', '.join(map(str, result.pareto))}")
+        for winner in result.winners:
+            values = ", ".join(f"{o} {winner.metrics[o]:.4g}" for o in result.objectives)
+            what = "picked" if winner.trial == result.picked else "Pareto"
+            print(f"  {what} trial {winner.trial}: {values} with {winner.overrides}")
+    if result.vs_defaults:
+        print(result.vs_defaults)
     if result.retrain_run_id:
-        accuracy = result.retrain_metrics.get("test_accuracy", float("nan"))
+        metrics = result.retrain_metrics  # one run's, or the mean of --confirm-seeds' seeds
+        accuracy = metrics.get("test_accuracy", metrics.get("test_accuracy_mean", float("nan")))
         print(f"retrained as run {result.retrain_run_id}: test_accuracy {accuracy:.4f}")
+        for winner, run_id in list(zip(result.winners, result.retrain_run_ids, strict=False))[1:]:
+            print(f"  and trial {winner.trial}'s configuration as run {run_id}")
     elif result.retrain_note:
         print(f"not retrained here: {result.retrain_note}")
     if result.confirmation:

@@ -165,6 +165,31 @@ PLOT_OPTIMIZATION_HISTORY = "plots/optimization_history.png"
 PLOT_PARAM_IMPORTANCES = "plots/param_importances.png"
 PLOT_PARALLEL_COORDINATE = "plots/parallel_coordinate.png"
 PLOT_INTERMEDIATE_VALUES = "plots/intermediate_values.png"
+# Objectives beyond validation accuracy (`tune --objectives`), and what a study logs about them.
+VAL_ROBUST_ACCURACY = "val_robust_accuracy"  # validation digits under the corruption suite, mean
+TAG_OBJECTIVES = "objectives"  # on the parent: "val_accuracy,inference_ms_per_image"
+TAG_PICK = "pick"  # on the parent: the rule that chose the trial to retrain
+TAG_PICKED_TRIAL = "picked_trial"
+TAG_PARETO_TRIALS = "pareto_trials"  # on the parent: the Pareto-optimal trials' numbers
+TAG_PARETO_OPTIMAL = "pareto_optimal"  # on a trial's run: true / false
+TAG_DEFAULTS_TRIAL = "defaults_trial"  # on the run of trial 0: experiments/<model>.yaml's values
+TAG_VS_DEFAULTS = "vs_defaults"  # on the parent: how the winner(s) compare with the defaults
+TAG_RETRAIN_RUN_IDS = "retrain_run_ids"  # on the parent: every retrain (the Pareto trials')
+TAG_RETRAINED_TRIAL = "retrained_trial"  # on a retrain: the trial whose configuration it trains
+PLOT_PARETO_FRONT = "plots/pareto_front.png"
+PARETO_TRIALS_FILE = "pareto_trials.json"  # a table: the Pareto-optimal trials and their values
+
+
+def defaults_metric(objective: str) -> str:
+    """Parent metric: the defaults' trial's value of `objective`."""
+    return f"defaults_{objective}"
+
+
+def gain_over_defaults_metric(objective: str) -> str:
+    """Parent metric: how much the winner improves `objective` on the defaults (> 0: better,
+    in the objective's own direction and unit)."""
+    return f"{objective}_gain_over_defaults"
+
 
 DEFAULT_EXPERIMENT = "mnist-lab"
 

@@ -149,6 +149,9 @@ def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
         (["--retrain", "subset"], "retrain", "subset"),
         ([], "retrain", "full"),
         (["--pruner", "none"], "pruner", "none"),
+        ([], "pruner", "auto"),  # hyperband for val_accuracy alone, none otherwise
+        (["--objectives", "none"], "objectives", None),  # MLproject's "unset": val_accuracy
+        (["--pick", "none"], "pick", None),
         (["--storage", "none"], "storage", "sqlite:///optuna.db"),  # MLproject's "unset"
         (["--timeout", ""], "timeout", None),
         (["--timeout", "90"], "timeout", 90.0),
@@ -184,6 +187,8 @@ TUNE_VALUES = [
     ("retrain", "full"), ("retrain", "subset"), ("retrain", "none"),
     ("n_trials", "3"), ("workers", "2"), ("timeout", "90"), ("seed", "5"),
     ("study_name", "s1"), ("heartbeat_interval", "30"), ("device", "cpu"),
+    ("sampler", "nsga2"), ("pruner", "auto"), ("objectives", "val_accuracy,num_params"),
+    ("pick", "val_accuracy, inference_ms_per_image<=0.1"),
 ]  # fmt: skip
 
 

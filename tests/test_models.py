@@ -73,7 +73,7 @@ def test_names_and_options() -> None:
         *("weights", "input_size", "freeze_features", "dropout", "input_norm")
     }
     assert model_options("vit") == model_options("timm_vit")
-    assert model_options("timm:resnet18") == {}
+    assert model_options("timm:resnet18") == {"drop_path": 0.0}  # stochastic depth, any timm
 
 
 def test_unknown_model_lists_valid_names() -> None:
@@ -218,6 +218,32 @@ def test_vit_bad_options(name: str) -> None:
 
 def test_timm_any_model() -> None:
     forward_backward(build_model("timm:resnet18"))
+
+
+@pytest.mark.parametrize("name", ["vit", "timm_vit", "timm:resnet18"])
+def test_drop_path_is_stochastic_depth_in_training_only(name: str) -> None:
+    """drop_path (tuned by tuning/timm*.yaml): random per sample in training, the identity in
+    eval, no weights of its own (a checkpoint loads at any drop_path)."""
+    options = {"dim": 32, "depth": 4, "heads": 4} if "vit" in name else {}
+    torch.manual_seed(0)
+    plain = build_model(name, **options)
+    torch.manual_seed(0)
+    dropped = build_model(name, **options, drop_path=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.rand(8, 1, 28, 28)
+    plain.eval(), dropped.eval()
+    torch.testing.assert_close(dropped(x), plain(x))
+    drop_paths = [m for m in dropped.modules() if type(m).__name__ == "DropPath"]
+    assert drop_paths and max(getattr(m, "p", getattr(m, "drop_prob", 0)) for m in drop_paths) > 0
+    if "vit" in name:  # (a fresh ResNet's residual branches are zero: nothing to drop yet)
+        dropped.train()
+        torch.manual_seed(1)
+        first = dropped(x)
+        assert not torch.allclose(first, dropped(x))  # a different draw each step
+    forward_backward(build_model(name, **options, drop_path=0.1))
+    with pytest.raises(ConfigError, match=r"drop_path must be in \[0, 1\), got 1.0"):
+        build_model(name, **options, drop_path=1.0)
 
 
 @pytest.mark.parametrize("name", ["vgg16", "alexnet"])

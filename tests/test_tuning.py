@@ -6,6 +6,7 @@ is set, each test in a database of its own that is dropped afterwards.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from mnist_lab import names, tracking
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.errors import ConfigError
+from mnist_lab.tuning.claim import claim, release
 from mnist_lab.tuning.space import TUNING_DIR, load_space
-from mnist_lab.tuning.study import claim, open_storage, open_study, release
+from mnist_lab.tuning.study import open_storage, open_study
 from mnist_lab.tuning.tuner import TuneOptions, tune
 
 TINY_SPACE = """
@@ -104,23 +106,78 @@ def assert_consistent(study: optuna.Study, runs: list) -> None:
 # --- search spaces -------------------------------------------------------------------------
 
 
+def shipped_model(path: Path) -> str:
+    """The model a shipped space file is for: tuning/timm.yaml serves every timm:<name>."""
+    return "timm:resnet18" if path.stem == "timm" else path.stem
+
+
 @pytest.mark.parametrize("path", sorted(TUNING_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_space_loads_and_suggests_valid_configs(path):
     from mnist_lab.config import load_config
 
-    space = load_space(path.stem)
+    model = shipped_model(path)
+    space = load_space(model)
+    assert space.path == path
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
         overrides = space.suggest(trial)
-        load_config(path.stem, {**space.fixed, **overrides})  # raises on a bad combination
+        load_config(model, {**space.fixed, **overrides})  # raises on a bad combination
         study.tell(trial, 0.0)
 
 
-def test_each_issue_model_has_a_space():
-    assert {"cnn", "vgg16", "alexnet", "vit", "faster_rcnn"} <= {
-        p.stem for p in TUNING_DIR.glob("*.yaml")
-    }
+def test_every_model_has_a_space():
+    from mnist_lab.models import MODELS
+
+    assert {*MODELS, "timm"} <= {p.stem for p in TUNING_DIR.glob("*.yaml")}
+    assert load_space("timm:convnext_atto").path == TUNING_DIR / "timm.yaml"
+    for model in ("timm_vit", "timm:resnet18"):  # what the issue asked them to tune
+        assert {"lr", "weight_decay", "batch_size", "drop_path", "augment"} <= set(
+            load_space(model).params
+        )
+
+
+def test_the_front_spaces_load_and_hold_their_models_defaults():
+    """tuning/fronts/<model>_*.yaml: the spaces of the README's measured Pareto fronts."""
+    from mnist_lab.tuning.defaults import model_defaults
+
+    paths = sorted((TUNING_DIR / "fronts").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        model = path.stem.split("_")[0]
+        space = load_space(model, path)
+        inside, outside = space.defaults_params(model_defaults(model))
+        assert inside and outside == {}, path.name
+
+
+def test_no_space_file_points_to_a_module_that_does_not_exist():
+    for path in TUNING_DIR.rglob("*.yaml"):
+        for module in re.findall(r"mnist_lab/[\w/]+\.py", path.read_text()):
+            assert (PROJECT_ROOT / module).is_file(), f"{path.name}: {module}"
+
+
+@pytest.mark.parametrize("path", sorted(TUNING_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_first_trial_of_every_shipped_space_is_its_models_defaults(tmp_path, path):
+    """Each study enqueues experiments/<model>.yaml's values as trial 0; in the shipped spaces
+    every default lies inside, so trial 0's params equal them."""
+    from mnist_lab.tuning.defaults import ATTR_DEFAULTS, enqueue_defaults, model_defaults
+
+    model = shipped_model(path)
+    space = load_space(model)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    study = open_study(storage, "s", space, {})
+    assert enqueue_defaults(url, storage, study, space, {"pid": 1})
+    assert enqueue_defaults(url, storage, study, space, {"pid": 2}) is None  # once
+    (first,) = study.get_trials()
+    assert first.state == TrialState.WAITING and first.user_attrs[ATTR_DEFAULTS]
+    defaults = model_defaults(model)
+    trial = study.ask()  # what a worker gets: the enqueued trial, its params fixed
+    assert trial.number == 0
+    suggested = space.suggest(trial)
+    assert suggested == {name: defaults[name] for name in suggested}
+    assert set(suggested) >= {n for n in space.params if "when" not in space.params[n]}
+    assert first.user_attrs["defaults_outside_space"] == {}
 
 
 def test_conditional_parameters():
@@ -187,6 +244,24 @@ def test_malformed_space_names_file_key_and_problem(tmp_path, text, key, problem
     assert str(path) in message and key in message and problem in message
 
 
+def test_objectives_pick_and_pruner_are_read_as_documented():
+    from mnist_lab.tuning.objectives import parse_objectives
+
+    single = parse_objectives(None, None, "auto")
+    assert single.chosen == ("val_accuracy",) and single.pruner == "hyperband" and single.prunable
+    two = parse_objectives(" val_accuracy, inference_ms_per_image ", None, "auto")
+    assert two.chosen == ("val_accuracy", "inference_ms_per_image") and two.multi
+    assert two.directions == ["maximize", "minimize"] and two.pruner == "none"
+    assert two.measured == ("inference_ms_per_image",)
+    robust = parse_objectives("val_robust_accuracy", "val_robust_accuracy", "none")
+    assert not robust.prunable and robust.measured == ("val_robust_accuracy",)
+    # A pick reads metrics the objectives do not: the trials measure them too.
+    picked = parse_objectives(None, "val_accuracy, inference_ms_per_image<=0.1", "auto")
+    assert picked.measured == ("inference_ms_per_image",) and picked.pruner == "hyperband"
+    budgets = parse_objectives("num_params,val_accuracy", "val_accuracy>=0.99", "auto")
+    assert budgets.pick.objective == "num_params"  # budgets only: the first objective ranks
+
+
 def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
     storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
     first = load_space("cnn", space)
@@ -198,6 +273,8 @@ def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
         open_study(storage, "s", load_space("cnn", other), {"max_train_samples": 300})
     with pytest.raises(ConfigError, match="--study-name"):
         open_study(storage, "s", first, {"max_train_samples": 1000})
+    with pytest.raises(ConfigError, match="started with another search space"):  # objectives
+        open_study(storage, "s", first, {"max_train_samples": 300, "objectives": ["num_params"]})
 
 
 # --- bad input: exit 2 before any trial or run -----------------------------------------------
@@ -210,7 +287,7 @@ def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
         (["--n-trials", "0"], "n_trials=0 must be >= 1"),
         (["--n_trials", "two"], "n_trials='two' is not a valid int"),
         (["--workers", "0"], "workers=0 must be >= 1"),
-        (["--pruner", "asha"], "pruner='asha' must be one of hyperband, median, none"),
+        (["--pruner", "asha"], "pruner='asha' must be one of auto, hyperband, median, none"),
         (["--storage", "sqlite:////nonexistent-dir/x/optuna.db"], "cannot open the Optuna storage"),
         (["--storage", "journal:/nonexistent-dir/x.log"], "folder /nonexistent-dir does not"),
         (["--storage", "bogus://x"], "cannot open the Optuna storage bogus://x"),
@@ -220,10 +297,22 @@ def test_a_different_space_under_the_same_name_is_refused(tmp_path, space):
             "OperationalError) connection failed",
         ),
         (["--space", "nowhere.yaml"], "nowhere.yaml: no search space file for model 'cnn'"),
-        (["--model", "timm_vit"], "no search space file for model 'timm_vit'"),
         (["--study-name", "a'b"], 'study_name="a\'b": use letters'),
         (["--confirm-seeds", "1"], "confirm_seeds=1 must be 0 (off) or >= 2"),
         (["--confirm-seeds", "3", "--retrain", "none"], "confirm_seeds needs a retrain"),
+        (["--objectives", "val_accuracy,speed"], "unknown objective 'speed'; choose up to 3"),
+        (["--objectives", "num_params,num_params"], "an objective is named twice"),
+        (
+            ["--objectives", "val_accuracy,num_params,train_time_s,train_flops_per_image"],
+            "at most 3 objectives",
+        ),
+        (
+            ["--objectives", "val_accuracy,num_params", "--pruner", "hyperband"],
+            "Optuna cannot prune a multi-objective study",
+        ),
+        (["--objectives", "val_robust_accuracy", "--pruner", "median"], "cannot prune"),
+        (["--pick", "val_accuracy, inference_ms<=0.1"], "unknown metric 'inference_ms'"),
+        (["--sampler", "cmaes"], "sampler='cmaes' must be one of tpe, random, nsga2"),
     ],
 )
 def test_bad_input_exits_2_before_any_trial(mlflow_store, tmp_path, capsys, argv, message):
@@ -522,6 +611,197 @@ def test_mlflow_run_tune_entry_point(mnist_dir, mlflow_store, tmp_path, space):
     assert parent.data.tags[names.TAG_PRUNER] == "none"
 
 
+# --- several objectives, the defaults as trial 0 ---------------------------------------------
+
+# Five finished trials with known values (val_accuracy, inference_ms_per_image); trial 0 ran the
+# defaults. Trial 2 dominates the defaults; 1, 2 and 3 form the Pareto front; 4 is dominated.
+KNOWN = [
+    (0.980, 0.12, 40_000),  # 0: the defaults
+    (0.990, 0.30, 90_000),  # 1: the most accurate, slow
+    (0.985, 0.09, 50_000),  # 2: the most accurate within 0.1 ms
+    (0.970, 0.05, 20_000),  # 3: the fastest
+    (0.975, 0.20, 60_000),  # 4: dominated
+]
+
+
+def known_study(objectives) -> optuna.Study:
+    from optuna.distributions import FloatDistribution
+
+    from mnist_lab.tuning.defaults import ATTR_DEFAULTS
+    from mnist_lab.tuning.pareto import ATTR_METRICS
+    from mnist_lab.tuning.study import ATTR_OVERRIDES
+
+    study = optuna.create_study(directions=objectives.directions)
+    for number, (accuracy, ms, params) in enumerate(KNOWN):
+        metrics = {
+            "val_accuracy": accuracy,
+            "inference_ms_per_image": ms,
+            "num_params": params,
+        }
+        attrs = {ATTR_METRICS: metrics, ATTR_OVERRIDES: {"lr": 0.01 * (number + 1)}}
+        if number == 0:
+            attrs[ATTR_DEFAULTS] = True
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": 0.01 * (number + 1)},
+                distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)},
+                values=objectives.values(metrics),
+                user_attrs=attrs,
+            )
+        )
+    return study
+
+
+def test_pick_chooses_the_right_trial_of_a_known_study():
+    from mnist_lab.tuning.objectives import parse_objectives
+    from mnist_lab.tuning.pareto import choose, front_figure, pareto_rows
+
+    two = parse_objectives("val_accuracy,inference_ms_per_image", None, "auto")
+    study = known_study(two)
+    choice = choose(study, two)
+    assert choice.pareto == [1, 2, 3] and [w.trial for w in choice.winners] == [1, 2, 3]
+    assert choice.picked is None and choice.defaults.trial == 0
+    rows = pareto_rows(study, two, choice)
+    assert [r["trial"] for r in rows] == [1, 2, 3]
+    assert rows[1]["val_accuracy"] == 0.985 and rows[1]["inference_ms_per_image"] == 0.09
+    assert rows[1]["val_accuracy_vs_defaults"] == pytest.approx(0.005)  # better: > 0
+    assert rows[1]["inference_ms_per_image_vs_defaults"] == pytest.approx(0.03)
+    assert rows[0]["inference_ms_per_image_vs_defaults"] == pytest.approx(-0.18)  # slower
+    figure = front_figure(study, two, choice, "known")
+    assert (
+        len(figure.axes) == 1
+        and "5 finished trials, 3 Pareto-optimal" in figure.texts[0].get_text()
+    )
+
+    picked = parse_objectives(
+        "val_accuracy,inference_ms_per_image", "val_accuracy, inference_ms_per_image<=0.1", "auto"
+    )
+    choice = choose(known_study(picked), picked)
+    assert choice.picked == 2 and [w.trial for w in choice.winners] == [2]
+    assert choice.winners[0].gains == pytest.approx(
+        {"val_accuracy": 0.005, "inference_ms_per_image": 0.03}
+    )
+    assert choice.vs_defaults == (
+        "trial 2 vs the defaults (trial 0): val_accuracy 98.50 % vs 98.00 % (+0.50 pp, better), "
+        "inference_ms_per_image 0.09 vs 0.12 (-25.0 %, better)"
+    )
+    # The same rule over a single-objective study reads the metrics the trials measured.
+    single = parse_objectives(None, "val_accuracy, inference_ms_per_image<=0.1", "auto")
+    assert choose(known_study(single), single).picked == 2
+    assert choose(known_study(single), parse_objectives(None, None, "auto")).winners[0].trial == 1
+    # Budgets on a metric that is not an objective, and a budget nothing meets.
+    lean = parse_objectives("val_accuracy,inference_ms_per_image", "num_params<=45000", "auto")
+    assert choose(known_study(lean), lean).picked == 0  # 0 and 3 fit; 0 is more accurate
+    none = parse_objectives(None, "val_accuracy, inference_ms_per_image<=0.01", "auto")
+    nothing = choose(known_study(none), none)
+    assert nothing.winners == [] and "no finished trial is within --pick" in nothing.note
+
+
+def test_every_pareto_trial_is_retrained_and_the_parent_lists_them(monkeypatch):
+    """--retrain without --pick on a multi-objective study: one `train` run per Pareto trial."""
+    from mnist_lab.train import TrainResult
+    from mnist_lab.tuning import tuner
+    from mnist_lab.tuning.pareto import Winner
+
+    trained, tagged = [], {}
+
+    def fake_train(config, *, tags, run_name):
+        trained.append((config.lr, tags[names.TAG_RETRAINED_TRIAL], run_name))
+        return TrainResult(f"run-{len(trained)}", {"test_accuracy": 0.9}, 0.9, 1)
+
+    monkeypatch.setattr(tuner, "train", fake_train)
+    monkeypatch.setattr(tuner.tracking, "set_run_tags", lambda run, tags: tagged.update(tags))
+    opts = TuneOptions(model="cnn", retrain="subset", data=dict(DATA))
+    result = tuner.TuneResult("s", "parent", 3, {}, 0.9, {}, 1.0)
+    result.winners = [Winner(1, {"lr": 0.02}, {}), Winner(3, {"lr": 0.04}, {})]
+    tuner._retrain(opts, load_space("cnn"), result)
+    assert trained == [(0.02, "1", "retrain-cnn-trial-1"), (0.04, "3", "retrain-cnn-trial-3")]
+    assert result.retrain_run_id == "run-1" and result.retrain_run_ids == ["run-1", "run-2"]
+    assert tagged == {names.TAG_RETRAIN_RUN_ID: "run-1", names.TAG_RETRAIN_RUN_IDS: "run-1,run-2"}
+
+
+MO_SPACE = """
+fixed:
+  epochs: 2
+  checkpoint: false
+  width: 4
+params:
+  lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
+  depth: {type: int, low: 1, high: 3}
+  dropout: {type: categorical, choices: [0.0, 0.1]}
+"""
+
+
+@pytest.mark.slow
+def test_a_two_objective_study_logs_its_pareto_front_and_starts_from_the_defaults(
+    mnist_dir, mlflow_store, tmp_path
+):
+    from mnist_lab.tuning.pareto import ATTR_METRICS
+
+    space = tmp_path / "mo.yaml"
+    space.write_text(MO_SPACE)
+    opts = options(
+        tmp_path,
+        space,
+        n_trials=4,
+        objectives="val_accuracy,inference_ms_per_image",
+        pick="val_accuracy, inference_ms_per_image<=1000",  # every trial fits
+        retrain="subset",
+        pruner="auto",
+    )
+    result = tune(opts)
+    study = load(opts)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert study.metric_names == ["val_accuracy", "inference_ms_per_image"]
+    assert all(t.intermediate_values == {} for t in trials)  # nothing reported: no pruning
+    # Trial 0 ran experiments/cnn.yaml's values (all three lie inside this space).
+    assert trials[0].params == {"lr": 0.01, "depth": 3, "dropout": 0.1}
+    assert trials[0].user_attrs["defaults_trial"] is True
+    assert trials[0].user_attrs["fixed_over_defaults"] == {"epochs": 2, "width": 4}
+
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert tags[names.TAG_OBJECTIVES] == "val_accuracy,inference_ms_per_image"
+    assert tags[names.TAG_PRUNER] == "none"
+    assert parent.data.params["objectives"] == "val_accuracy,inference_ms_per_image"
+    assert parent.data.params["pick"] == opts.pick and parent.data.params["pruner"] == "auto"
+    pareto = sorted(t.number for t in study.best_trials)
+    assert tags[names.TAG_PARETO_TRIALS] == ",".join(map(str, pareto)) and result.pareto == pareto
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    assert names.PLOT_PARETO_FRONT in artifacts
+    table = mlflow.load_table(names.PARETO_TRIALS_FILE, run_ids=[result.parent_run_id])
+    assert table["trial"].tolist() == pareto
+    for row in table.to_dict("records"):
+        values = [row["val_accuracy"], row["inference_ms_per_image"]]
+        assert values == pytest.approx(trials[row["trial"]].values, rel=1e-6)
+    assert metrics[names.defaults_metric("val_accuracy")] == trials[0].values[0]
+    assert "vs the defaults (trial 0)" in tags[names.TAG_VS_DEFAULTS] or (
+        "is the defaults" in tags[names.TAG_VS_DEFAULTS]
+    )
+
+    runs = trial_runs(result.parent_run_id)
+    assert_consistent(study, runs)
+    for run in runs:
+        number = int(run.data.tags[names.TAG_TRIAL_NUMBER])
+        assert run.data.tags[names.TAG_PARETO_OPTIMAL] == str(number in pareto).lower()
+        measured = run.data.metrics[names.INFERENCE_MS_PER_IMAGE]
+        assert measured == pytest.approx(trials[number].values[1]) and measured > 0
+        assert trials[number].user_attrs[ATTR_METRICS]["inference_ms_per_image"] == measured
+        assert names.TEST_ACCURACY not in run.data.metrics  # trials never see the test set
+    (zero,) = [r for r in runs if r.data.tags[names.TAG_TRIAL_NUMBER] == "0"]
+    assert zero.data.tags[names.TAG_DEFAULTS_TRIAL] == "true"
+
+    # --pick: the most accurate trial within the budget (here: every trial), retrained alone.
+    accuracies = [t.values[0] for t in trials]
+    assert result.picked == accuracies.index(max(accuracies))
+    assert tags[names.TAG_PICKED_TRIAL] == str(result.picked)
+    (retrain,) = [r for r in all_runs() if r.data.tags.get(names.TAG_TUNE_RUN_ID)]
+    assert retrain.data.tags[names.TAG_RETRAINED_TRIAL] == str(result.picked)
+    assert retrain.info.run_id == result.retrain_run_id == tags[names.TAG_RETRAIN_RUN_ID]
+
+
 # --- PostgreSQL and an mlflow server ---------------------------------------------------------
 
 
@@ -605,6 +885,19 @@ def _file_storage(kind: str, folder: Path) -> str:
     }[kind]
 
 
+def test_only_public_optuna_apis():
+    """A minor Optuna release may change its private modules and attributes: none is used
+    (`storage.get_study_id_from_name` is a public storage method; `study._study_id` is not)."""
+    private = re.compile(r"optuna\.storages\._|_rdb\b|(?<![A-Za-z0-9])_(study|trial)_id\b")
+    found = [
+        f"{path.relative_to(PROJECT_ROOT)}:{number}: {line.strip()}"
+        for path in sorted((PROJECT_ROOT / "mnist_lab").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line)
+    ]
+    assert not found
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
     """What makes it a claim and not Optuna's set_user_attr (an upsert: the last one wins)."""
@@ -623,6 +916,22 @@ def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
     # Another study of the same storage (a journal holds many) has claims of its own.
     other = open_study(storage, "other", load_space("cnn", space), {})
     assert claim(url, storage, other, "retrain:full:2", {"pid": 4}) == {"pid": 4}
+
+
+def test_a_retrain_claimed_before_the_claims_table_still_holds(tmp_path, space):
+    """Studies retrained by an older mnist_lab hold their claim as a study user attr (Optuna's
+    own table): a re-run must not retrain them again."""
+    from mnist_lab.tuning.tuner import TuneResult, _claim_the_retrain
+
+    opts = options(tmp_path, space, retrain="full")
+    storage = open_storage(opts.storage)
+    study = open_study(storage, opts.name, load_space("cnn", space), {})
+    study.set_user_attr("retrain:full:0", {"tune_run_id": "old", "host": "h", "pid": 1})
+    result = TuneResult(opts.name, "new", 0, {}, 0.9, {}, 1.0)
+    assert _claim_the_retrain(opts, storage, result) is None
+    assert "held by tune run old (h, pid 1)" in result.retrain_note
+    study.set_user_attr("retrain:full:0", {"released_by": {"tune_run_id": "old"}})
+    assert _claim_the_retrain(opts, storage, result) == "retrain:full:0"  # released: taken
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
@@ -667,3 +976,6 @@ def test_two_tune_processes_sharing_a_study_retrain_it_once(
     held = retrains[0].data.tags[names.TAG_TUNE_RUN_ID]
     assert said.count("not retrained here") == 1, said  # "held by tune run …" or "still running"
     assert held in said
+    # Both started the study; one enqueued the defaults (the claim `defaults_trial`).
+    trials = optuna.load_study(study_name="shared", storage=storage).trials
+    assert [t.number for t in trials if t.user_attrs.get("defaults_trial")] == [0], said

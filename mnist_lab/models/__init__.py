@@ -23,7 +23,7 @@ from mnist_lab.models.common import (
 )
 from mnist_lab.models.faster_rcnn import build_faster_rcnn
 from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16
-from mnist_lab.models.vit import build_timm_vit, build_vit
+from mnist_lab.models.vit import build_timm_vit, build_vit, check_drop_path
 
 TIMM_PREFIX = "timm:"
 
@@ -53,10 +53,15 @@ def _builder(name: str) -> Callable[..., nn.Module]:
         ) from None
 
 
+# The options every `timm:<name>` model takes: stochastic depth, which most timm architectures
+# (ResNets, ViTs, ConvNeXts, EfficientNets, ...) accept as `drop_path_rate`.
+TIMM_OPTIONS: dict[str, Any] = {"drop_path": 0.0}
+
+
 def model_options(name: str) -> dict[str, Any]:
-    """Option name → default for model `name`; {} for 'timm:<name>' (it takes no options)."""
+    """Option name → default for model `name`; TIMM_OPTIONS for 'timm:<name>'."""
     if name.startswith(TIMM_PREFIX):
-        return {}
+        return dict(TIMM_OPTIONS)
     params = inspect.signature(_builder(name)).parameters.values()
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
@@ -71,21 +76,31 @@ def build_model(name: str, **options: Any) -> nn.Module:
             f"valid options: {', '.join(valid) or 'none'}"
         )
     if name.startswith(TIMM_PREFIX):
-        return _build_timm(name.removeprefix(TIMM_PREFIX))
+        return _build_timm(name.removeprefix(TIMM_PREFIX), **options)
     return _builder(name)(**options)
 
 
-def _build_timm(arch: str) -> nn.Module:
-    """timm.create_model(arch), 1-channel and 10-class, untrained, behind MnistNormalize."""
+def _build_timm(arch: str, drop_path: float = 0.0) -> nn.Module:
+    """timm.create_model(arch), 1-channel and 10-class, untrained, behind MnistNormalize;
+    `drop_path` > 0 passes timm's `drop_path_rate` (stochastic depth)."""
     import timm  # imported on demand: it is slow to import and only `timm:` needs it here
 
+    check_drop_path(f"{TIMM_PREFIX}{arch}", drop_path)
+    extra = {"drop_path_rate": drop_path} if drop_path else {}
     if not arch or not timm.is_model(arch):
         raise ConfigError(
             f"unknown timm model {arch!r} in '{TIMM_PREFIX}{arch}'; list the names with "
             f'`python -c "import timm; print(timm.list_models())"` (e.g. {TIMM_PREFIX}resnet18)'
         )
     try:
-        net = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=10)
+        net = timm.create_model(arch, pretrained=False, in_chans=1, num_classes=10, **extra)
+    except TypeError as e:
+        if extra and "drop_path_rate" in str(e):
+            raise ConfigError(
+                f"timm model {arch!r} has no stochastic depth (drop_path_rate): leave "
+                f"drop_path at 0 (got {drop_path})"
+            ) from e
+        raise ConfigError(f"timm model {arch!r} cannot be built for MNIST: {e}") from e
     except Exception as e:  # an architecture that cannot take 1 channel or 10 classes
         raise ConfigError(f"timm model {arch!r} cannot be built for MNIST: {e}") from e
     return nn.Sequential(MnistNormalize(), net)

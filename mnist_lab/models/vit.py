@@ -66,19 +66,38 @@ class MLP(nn.Module):
         return self.dropout(self.fc2(self.dropout(F.gelu(self.fc1(x)))))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, drop a residual branch for a random `p` of the samples
+    (the kept ones scaled by 1 / (1 - p)); the identity at p = 0 and in eval mode. No weights."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: [B, N, D] → [B, N, D]."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float) -> None:
+    def __init__(
+        self, dim: int, heads: int, mlp_ratio: float, dropout: float, drop_path: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio, dropout)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):
@@ -93,6 +112,7 @@ class ViT(nn.Module):
         mlp_ratio: float = 2.0,
         dropout: float = 0.0,
         input_norm: str = "none",
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         num_patches = (IMAGE_SIZE // patch_size) ** 2
@@ -102,7 +122,9 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
         self.pos_drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)))
+        # Stochastic depth rising linearly to `drop_path` in the last block, as timm's ViT.
+        rates = torch.linspace(0, drop_path, depth).tolist()
+        self.blocks = nn.Sequential(*(Block(dim, heads, mlp_ratio, dropout, p) for p in rates))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, NUM_CLASSES)
         self.apply(self._init)
@@ -134,6 +156,7 @@ def _check(
     mlp_ratio: float,
     dropout: float,
     input_norm: str,
+    drop_path: float = 0.0,
 ) -> None:
     check_input_norm(name, input_norm)
     if patch_size not in PATCH_SIZES:
@@ -151,6 +174,12 @@ def _check(
         raise ConfigError(f"{name}: mlp_ratio must be > 0, got {mlp_ratio}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"{name}: dropout must be in [0, 1), got {dropout}")
+    check_drop_path(name, drop_path)
+
+
+def check_drop_path(name: str, drop_path: float) -> None:
+    if not 0.0 <= drop_path < 1.0:
+        raise ConfigError(f"{name}: drop_path must be in [0, 1), got {drop_path}")
 
 
 def build_vit(
@@ -162,10 +191,11 @@ def build_vit(
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
     input_norm: InputNormMode = "none",
+    drop_path: float = 0.0,
 ) -> nn.Module:
-    """The `vit` model (this project's ViT)."""
-    _check("vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm)
-    return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm)
+    """The `vit` model (this project's ViT). `drop_path`: stochastic depth of the last block."""
+    _check("vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
+    return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
 
 
 def build_timm_vit(
@@ -177,9 +207,10 @@ def build_timm_vit(
     mlp_ratio: float = 2.0,
     dropout: float = 0.0,
     input_norm: InputNormMode = "none",
+    drop_path: float = 0.0,
 ) -> nn.Module:
     """The `timm_vit` model: timm's VisionTransformer with `vit`'s options, MNIST-normalised."""
-    _check("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm)
+    _check("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
     from timm.models.vision_transformer import VisionTransformer
 
     net = VisionTransformer(
@@ -195,6 +226,7 @@ def build_timm_vit(
         pos_drop_rate=dropout,
         proj_drop_rate=dropout,
         attn_drop_rate=dropout,
+        drop_path_rate=drop_path,
     )
     # Index 0 holds no weights, so the state dict keys ("1.…") are the same with any input_norm.
     return nn.Sequential(nn.Sequential(InputNorm(input_norm), MnistNormalize()), net)

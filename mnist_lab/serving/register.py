@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from mnist_lab import names, tracking
 from mnist_lab.analysis.predictions import correct, same_digits
+from mnist_lab.analysis.selection import RUN_BUDGETS, parse_rule
 from mnist_lab.analysis.statistics import ALPHA, promotion_test, unpaired_promotion_test
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.models import MODELS, TIMM_PREFIX
@@ -80,10 +81,12 @@ def val_accuracy(run: tracking.RunRecord) -> float | None:
     return run.metrics.get(SELECT_BY, run.metrics.get(names.VAL_ACCURACY))
 
 
-def best_run(model: str) -> tracking.RunRecord:
-    """The best seed of the configuration with the best mean validation accuracy."""
+def best_run(model: str, where: str | None = None) -> tracking.RunRecord:
+    """The best seed of the configuration with the best mean validation accuracy; with
+    `where` ("inference_ms_per_image<=0.1"), among the runs within every budget."""
     if model not in MODELS and not model.startswith(TIMM_PREFIX):
         raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    rule = parse_rule(where, RUN_BUDGETS, flag="--where", objective=False) if where else None
     experiment = tracking.experiment_name()
     runs = tracking.search_runs(
         experiment,
@@ -97,15 +100,23 @@ def best_run(model: str) -> tracking.RunRecord:
             f"{experiment!r} (tracking store {tracking.tracking_uri()}); train one with "
             f"`mlflow run . -e train -P model={model} --env-manager local`"
         )
+    if rule is not None:
+        within = [r for r in runs if rule.feasible(r.metrics)]
+        if not within:
+            raise tracking.NoRunsError(
+                f"none of the {len(runs)} finished {model} train runs is within --where "
+                f"{rule} (experiment {experiment!r}); relax the budget or train a smaller model"
+            )
+        runs = within
     configurations = tracking.by_configuration(runs)
     best = max(configurations, key=lambda seeds: sum(map(val_accuracy, seeds)) / len(seeds))
     return max(best, key=val_accuracy)
 
 
-def register(model: str, force: bool = False) -> Registration:
-    """Register the best `model` run; move `champion` if it beats the champion beyond noise
-    (or with `force`)."""
-    run = best_run(model)
+def register(model: str, force: bool = False, where: str | None = None) -> Registration:
+    """Register the best `model` run (within the `where` budgets); move `champion` if it beats
+    the champion beyond noise (or with `force`)."""
+    run = best_run(model, where)
     accuracy = val_accuracy(run)
     name = tracking.registered_model_name(model)
     current = tracking.champion(name)

@@ -243,6 +243,25 @@ def log_dict(data: dict[str, Any], artifact_file: str) -> None:
     mlflow.log_dict(data, artifact_file)
 
 
+def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A table artifact (MLflow's JSON table format, shown as a table in the UI): one row per
+    dict, the first row's keys as the columns."""
+    columns = list(rows[0]) if rows else []
+    mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file)
+
+
+def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Metrics for a run that has ended (a trial's measurements after training, a study's
+    confirmation after its retrain)."""
+    store_client().log_batch(
+        run_id,
+        metrics=[
+            mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+            for k, v in metrics.items()
+        ],
+    )
+
+
 def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_dir)
 
@@ -301,17 +320,9 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
         client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])
 
 
-def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    """Metrics for a run that is not the active one (a study's parent, after its trials)."""
-    store_client().log_batch(
-        run_id,
-        metrics=[mlflow.entities.Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items()],
-    )
-
-
-def _now_ms() -> int:
-
-    return int(time.time() * 1000)
+# A failed trial's run that is still to be marked FAILED: RUNNING (its process died) or
+# FINISHED (training ended, what the tuner measured afterwards failed).
+ENDABLE = ("RUNNING", "FINISHED")
 
 
 def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
@@ -328,7 +339,7 @@ def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
         if reason:
             client.set_tag(run_id, "pruned_reason", reason[:MAX_TAG_LENGTH])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-    elif state == "FAIL" and reason and client.get_run(run_id).info.status == "RUNNING":
+    elif state == "FAIL" and reason and client.get_run(run_id).info.status in ENDABLE:
         client.set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
 

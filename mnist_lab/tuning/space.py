@@ -35,7 +35,7 @@ import yaml
 
 from mnist_lab.config import PROJECT_ROOT, SETTINGS, load_config
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import model_options
+from mnist_lab.models import TIMM_PREFIX, model_options
 
 TUNING_DIR = PROJECT_ROOT / "tuning"
 SECTIONS = ("fixed", "params", "pruner")
@@ -45,6 +45,7 @@ KINDS = {
     "categorical": {"type", "choices", "when"},
 }
 PRUNER_KINDS = ("hyperband", "median")
+NOT_TRAINING = ("checkpoint",)  # fixed settings that change nothing a trial measures
 
 
 @dataclass
@@ -77,6 +78,42 @@ class SearchSpace:
             chosen[name] = values[name] = _suggest(trial, optuna_name, spec)
         return chosen
 
+    def defaults_params(self, defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Where `defaults` (experiments/<model>.yaml's values) lie in this space: the Optuna
+        params of a trial that takes each default inside its distribution ({optuna name:
+        value}, to enqueue), and the defaults outside it ({name: value}: the sampler chooses
+        those, and whatever depends on them)."""
+        values: dict[str, Any] = dict(self.fixed)
+        inside: dict[str, Any] = {}
+        outside: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            optuna_name = name
+            if "depends_on" in spec:
+                parent = spec["depends_on"]
+                if parent not in values:
+                    continue
+                spec = spec["cases"].get(_key(values[parent]))
+                if spec is None:
+                    continue
+                optuna_name = f"{name}|{parent}={values[parent]}"
+            if not _holds(spec.get("when"), values):
+                continue
+            value = defaults.get(name)
+            if name in defaults and _contains(spec, value):
+                inside[optuna_name] = values[name] = _as_kind(spec, value)
+            else:
+                outside[name] = value
+        return inside, outside
+
+    def fixed_over_defaults(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The space's `fixed` settings that differ from `defaults` (every trial, the defaults'
+        one included, trains with these): {name: fixed value}."""
+        return {
+            k: v
+            for k, v in self.fixed.items()
+            if k in defaults and defaults[k] != v and k not in NOT_TRAINING
+        }
+
     def fingerprint(self, objective: dict[str, Any]) -> str:
         """Hash of what makes trial values comparable: model, fixed settings, distributions and
         the data the objective sees (`objective`, e.g. max_train_samples)."""
@@ -91,7 +128,9 @@ class SearchSpace:
 
 
 def space_file(model: str) -> Path:
-    return TUNING_DIR / f"{model}.yaml"
+    """`tuning/<model>.yaml`; every `timm:<name>` model shares `tuning/timm.yaml`."""
+    stem = "timm" if model.startswith(TIMM_PREFIX) else model
+    return TUNING_DIR / f"{stem}.yaml"
 
 
 def load_space(model: str, path: Path | str | None = None) -> SearchSpace:
@@ -212,6 +251,29 @@ def _suggest(trial: optuna.Trial, name: str, spec: dict[str, Any]) -> Any:
     if "step" in spec:
         kwargs["step"] = spec["step"]
     return suggest(name, spec["low"], spec["high"], **kwargs)
+
+
+def _contains(spec: dict[str, Any], value: Any) -> bool:
+    """Whether `value` is one Optuna could suggest from `spec` (True is not the choice 1)."""
+    if spec["type"] == "categorical":
+        return any(
+            choice == value and isinstance(choice, bool) == isinstance(value, bool)
+            for choice in spec["choices"]
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if spec["type"] == "int" and float(value) != int(value):
+        return False
+    if not spec["low"] <= value <= spec["high"]:
+        return False
+    if "step" in spec:
+        steps = (value - spec["low"]) / float(spec["step"])
+        return abs(steps - round(steps)) < 1e-9
+    return True
+
+
+def _as_kind(spec: dict[str, Any], value: Any) -> Any:
+    return {"int": int, "float": float}.get(spec["type"], lambda v: v)(value)
 
 
 def _holds(when: dict[str, Any] | None, values: dict[str, Any]) -> bool:

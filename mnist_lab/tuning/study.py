@@ -5,12 +5,8 @@ Nothing here trains or logs to MLflow; `tuning` puts these together.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import re
-import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,7 @@ from mnist_lab.tuning.space import SearchSpace
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = f"sqlite:///{PROJECT_ROOT / 'optuna.db'}"
-SAMPLERS = ("tpe", "random")
+SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("hyperband", "median", "none")
 JOURNAL_PREFIX = "journal:"
 ATTR_FINGERPRINT = "space_fingerprint"
@@ -78,14 +74,20 @@ def open_storage(url: str, heartbeat_interval: int = 60) -> optuna.storages.Base
 
 
 def make_sampler(kind: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    """Seeded TPE (the default) or random search.
+    """Seeded TPE (the default), random search or NSGA-II; all three take several objectives
+    (TPE then is Optuna's MOTPE).
 
     TPE's first trials are random: a quarter of the study, at least 3 and at most 10. The
     constant liar keeps parallel workers from proposing the same point while trials run;
     `group` lets it model conditional parameters (heads only where dim is chosen) properly.
+    NSGA-II evolves generations of a quarter of the study (8 to 50 trials; the first is
+    random): it needs more trials than TPE to pay off.
     """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "nsga2":
+        population = min(50, max(8, n_trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
     return optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=min(10, max(3, n_trials // 4)),
@@ -121,17 +123,21 @@ def open_study(
     objective: dict[str, Any],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    objectives: Sequence[str] = (names.VAL_ACCURACY,),
+    directions: Sequence[str] = ("maximize",),
 ) -> optuna.Study:
-    """Create study `name` or continue it, but only with the space and data it started with.
+    """Create study `name` or continue it, but only with the space, data and objectives it
+    started with.
 
-    The space's fingerprint (model, fixed settings, distributions, `objective` data settings)
-    is stored in the study; another one under the same name is an error, never a mixed study.
+    The space's fingerprint (model, fixed settings, distributions, `objective` data settings,
+    which hold the objectives when they are not val_accuracy alone) is stored in the study;
+    another one under the same name is an error, never a mixed study.
     """
     fingerprint = space.fingerprint(objective)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
-        direction="maximize",
+        directions=list(directions),
         load_if_exists=True,
         sampler=sampler,
         pruner=pruner,
@@ -143,7 +149,7 @@ def open_study(
             "pick another --study-name"
         )
     if found is None:
-        study.set_metric_names([names.VAL_ACCURACY])  # optuna-dashboard's axis label
+        study.set_metric_names(list(objectives))  # optuna-dashboard's axis labels
         study.set_user_attr(ATTR_FINGERPRINT, fingerprint)
         study.set_user_attr("model", space.model)
         study.set_user_attr("space_file", str(space.path))
@@ -174,84 +180,6 @@ def state_counts(study: optuna.Study) -> dict[TrialState, int]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state] += 1
     return counts
-
-
-def claim(
-    url: str,
-    storage: optuna.storages.BaseStorage,
-    study: optuna.Study,
-    key: str,
-    value: dict[str, Any],
-) -> dict[str, Any]:
-    """Record `value` as study user attr `key` unless some process already has: atomically,
-    so of N processes (N machines) claiming at once exactly one gets it. Returns the holder's
-    value (== `value`: this process holds the claim).
-
-    RDB storages: a plain INSERT into Optuna's study_user_attributes, whose unique
-    (study_id, key) constraint lets only one commit (Optuna's own set_user_attr is an upsert:
-    the last writer would win). Journal files: a file beside the journal created with O_EXCL.
-    """
-    if isinstance(storage, RDBStorage):
-        from optuna.storages._rdb.models import StudyUserAttributeModel
-        from sqlalchemy import exc, insert
-
-        row = {"study_id": study._study_id, "key": key, "value_json": json.dumps(value)}
-        try:
-            with storage.engine.begin() as connection:
-                connection.execute(insert(StudyUserAttributeModel.__table__).values(**row))
-        except exc.IntegrityError:
-            pass  # another process holds it
-        return storage.get_study_user_attrs(study._study_id)[key]
-    path = _claim_file(url, study, key)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        for _ in range(50):  # the holder may be between its open and its write
-            with contextlib.suppress(json.JSONDecodeError):
-                return json.loads(path.read_text())
-            time.sleep(0.1)
-        raise LabError(f"{path}: unreadable claim file; delete it and run again") from None
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f)
-    study.set_user_attr(key, value)
-    return value
-
-
-def release(
-    url: str,
-    storage: optuna.storages.BaseStorage,
-    study: optuna.Study,
-    key: str,
-    value: dict[str, Any],
-) -> None:
-    """Give up a claim this process holds (`value`), so another run can take it: the holder's
-    work failed. A claim held by another process is left alone."""
-    if isinstance(storage, RDBStorage):
-        from optuna.storages._rdb.models import StudyUserAttributeModel
-        from sqlalchemy import delete
-
-        table = StudyUserAttributeModel.__table__
-        with storage.engine.begin() as connection:
-            connection.execute(
-                delete(table).where(
-                    table.c.study_id == study._study_id,
-                    table.c.key == key,
-                    table.c.value_json == json.dumps(value),
-                )
-            )
-        return
-    path = _claim_file(url, study, key)
-    with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-        if json.loads(path.read_text()) == value:
-            path.unlink()
-            study.set_user_attr(key, {"released_by": value})
-
-
-def _claim_file(url: str, study: optuna.Study, key: str) -> Path:
-    """Beside the journal, one per study (a journal holds many) and key."""
-    journal = Path(url.removeprefix(JOURNAL_PREFIX).removeprefix("//"))
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{study.study_name}.{study._study_id}.{key}")
-    return journal.with_name(f"{journal.name}.{name}.claim")
 
 
 class StopWhenDone:

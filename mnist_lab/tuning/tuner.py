@@ -2,16 +2,19 @@
 
     options ─► checks (model, space, data, storage) ─► study (created or continued)
             ─► parent run ─► N workers × trials: suggest ─► train(evaluate_test=False) ─► prune?
-            ─► study summary + plots on the parent ─► the best config retrained as a `train` run
+            ─► study summary + plots on the parent ─► the winner(s) retrained as `train` runs
 
-The objective is the trial's best validation accuracy; the test set is only touched by the
-retrain. `n_trials` is the size of the study, not of this invocation: a re-run after Ctrl-C, a
-killed worker or on another machine runs only the trials still missing.
+The objective is the trial's best validation accuracy, or up to three objectives at once
+(`objectives.py`: a Pareto front, `pareto.py`); the test set is only touched by the retrain.
+A new study's first trial is the model's defaults (`defaults.py`). `n_trials` is the size of
+the study, not of this invocation: a re-run after Ctrl-C, a killed worker or on another machine
+runs only the trials still missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -39,6 +42,18 @@ from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.repeats import RepeatsResult, train_seeds
 from mnist_lab.train import train
+from mnist_lab.tuning.claim import claim, release
+from mnist_lab.tuning.defaults import ATTR_DEFAULTS, enqueue_defaults
+from mnist_lab.tuning.objectives import (
+    AUTO_PRUNER,
+    DEFAULT_OBJECTIVES,
+    Objectives,
+    check_measurable,
+    measure,
+    parse_objectives,
+    trial_metrics,
+)
+from mnist_lab.tuning.pareto import ATTR_METRICS, ATTR_RUN_ID, Winner, choose, log_choice
 from mnist_lab.tuning.space import SearchSpace, load_space
 from mnist_lab.tuning.study import (
     ATTR_FAILURE,
@@ -47,12 +62,10 @@ from mnist_lab.tuning.study import (
     PRUNERS,
     SAMPLERS,
     StopWhenDone,
-    claim,
     make_pruner,
     make_sampler,
     open_storage,
     open_study,
-    release,
     state_counts,
     trials_done,
 )
@@ -75,7 +88,7 @@ class TuneOptions:
     storage: str = DEFAULT_STORAGE
     study_name: str | None = None  # default: the model name
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = AUTO_PRUNER  # hyperband where the objectives allow pruning, else none
     seed: int = 0  # the sampler's; also the trials' training seed when given in `data`
     data: dict[str, Any] = field(default_factory=dict)  # DATA_OPTIONS for every trial
     space_path: str | None = None  # default tuning/<model>.yaml
@@ -84,6 +97,9 @@ class TuneOptions:
     # the tuned configuration beats the defaults beyond noise (0: retrain the winner once).
     confirm_seeds: int = 0
     heartbeat_interval: int = 60
+    # "val_accuracy,inference_ms_per_image" (or a sequence); None: val_accuracy alone
+    objectives: str | tuple[str, ...] | None = None
+    pick: str | None = None  # "val_accuracy, inference_ms_per_image<=0.1": the one to retrain
 
     @property
     def name(self) -> str:
@@ -102,18 +118,33 @@ class TuneResult:
     retrain_run_id: str | None = None
     retrain_metrics: dict[str, float] = field(default_factory=dict)
     retrain_note: str = ""  # why this process did not retrain, when another does
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    winners: list[Winner] = field(default_factory=list)  # what --retrain trains
+    pareto: list[int] = field(default_factory=list)  # Pareto-optimal trials (multi-objective)
+    picked: int | None = None  # the trial --pick chose
+    vs_defaults: str = ""  # how the winner(s) compare with the defaults (trial 0)
+    retrain_run_ids: list[str] = field(default_factory=list)  # one per winner
     confirmation: str = ""  # with confirm_seeds: tuned vs defaults, in words
 
 
 class PruningListener:
-    """Engine listener: report each epoch's validation accuracy; raise TrialPruned when told."""
+    """Engine listener: report each epoch's validation accuracy; raise TrialPruned when told.
 
-    def __init__(self, trial: optuna.Trial) -> None:
+    `prune=False` (a study of other objectives, or of several: Optuna's `Trial.report` raises
+    NotImplementedError for those) reports nothing. Either way it keeps the training state,
+    whose model the tuner measures after training."""
+
+    def __init__(self, trial: optuna.Trial, prune: bool = True) -> None:
         self.trial = trial
+        self.prune = prune
         self.run_id: str | None = None
+        self.state: TrainState | None = None
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         self.run_id = tracking.active_run_id()
+        self.state = state
+        if not self.prune:
+            return
         self.trial.report(metrics[names.VAL_ACCURACY], step=state.epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned(
@@ -132,16 +163,18 @@ class Job:
     tracking_uri: str
     quota: int
     worker: int = 0
+    objectives: Objectives = field(default_factory=Objectives)
 
 
 class Objective:
-    """One trial: suggest, train without the test set, return the best validation accuracy."""
+    """One trial: suggest, train without the test set, measure what the objectives need,
+    return the objectives' values (the best validation accuracy, by default)."""
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.model = job.options.model
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self._end_run_of_retried(trial)
         overrides = self.job.space.suggest(trial)
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
@@ -152,8 +185,11 @@ class Objective:
             names.TAG_KIND: "trial",
             **tracking.child_run_tags(self.job.parent_run_id, name),
         }
+        if trial.user_attrs.get(ATTR_DEFAULTS):
+            tags[names.TAG_DEFAULTS_TRIAL] = "true"
         params = {"model": self.model, **self.job.space.fixed, **overrides}
-        listener = PruningListener(trial)
+        objectives = self.job.objectives
+        listener = PruningListener(trial, prune=objectives.prunable)
         try:
             # A combination no run can use (dim not divisible by heads) fails right here.
             config = trial_config(self.job.options, self.job.space, overrides)
@@ -165,6 +201,11 @@ class Objective:
                 evaluate_test=False,
                 run_name=name,
             )
+            metrics = trial_metrics(result.metrics)
+            measured = measure(listener.state, config, objectives.measured)
+            if measured:
+                tracking.log_run_metrics(result.run_id, measured)
+            metrics |= measured
         except optuna.TrialPruned as pruned:
             tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
             raise
@@ -176,8 +217,11 @@ class Objective:
             trial.set_user_attr(ATTR_FAILURE, reason)
             self._mark_failed(trial, listener, reason, tags, params)
             raise
+        trial.set_user_attr(ATTR_METRICS, metrics)
+        trial.set_user_attr(ATTR_RUN_ID, result.run_id)
         tracking.mark_trial_run(result.run_id, "COMPLETE")
-        return result.best_val_accuracy
+        values = objectives.values(metrics)
+        return values if objectives.multi else values[0]
 
     def _run_of(self, trial: optuna.Trial) -> str | None:
         """The run `train()` started for `trial` under this invocation's parent, if any."""
@@ -237,7 +281,8 @@ def run_trials(job: Job) -> None:
     # first trials' random draws.
     seed = options.seed + 1000 * job.worker + len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(options.sampler, seed, options.n_trials)
-    study.pruner = make_pruner(options.pruner, job.space, _epoch_budget(options, job.space))
+    kind = job.objectives.pruner
+    study.pruner = make_pruner(kind, job.space, _epoch_budget(options, job.space))
     study.optimize(
         Objective(job),
         n_trials=job.quota,
@@ -306,8 +351,9 @@ def _stop(processes: list[multiprocessing.process.BaseProcess]) -> None:
             process.join()
 
 
-def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig]:
-    """Reject bad input before any trial: returns the space and the trials' base config."""
+def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig, Objectives]:
+    """Reject bad input before any trial: returns the space, the trials' base config and the
+    objectives (with the pick rule and the pruner they allow)."""
     if options.n_trials < 1:
         raise ConfigError(f"n_trials={options.n_trials} must be >= 1")
     if options.workers < 1:
@@ -325,7 +371,7 @@ def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig]:
         raise ConfigError("confirm_seeds needs a retrain: drop --retrain none")
     for name, value, allowed in (
         ("sampler", options.sampler, SAMPLERS),
-        ("pruner", options.pruner, PRUNERS),
+        ("pruner", options.pruner, (AUTO_PRUNER, *PRUNERS)),
         ("retrain", options.retrain, RETRAIN_MODES),
     ):
         if value not in allowed:
@@ -337,25 +383,43 @@ def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig]:
     unknown = sorted(set(options.data) - set(DATA_OPTIONS))
     if unknown:
         raise ConfigError(f"tune takes no setting {unknown}; put it in the space file's fixed:")
+    objectives = parse_objectives(options.objectives, options.pick, options.pruner)
     load_config(options.model, options.data)  # unknown model, bad data options
     space = load_space(options.model, options.space_path)
     base = trial_config(options, space, {})
+    check_measurable(objectives, base)
     resolve_device(base.device)
     load_mnist(base.data_dir)  # missing or corrupt data fails here, not in every trial
-    return space, base
+    return space, base, objectives
 
 
 def tune(options: TuneOptions) -> TuneResult:
-    """Run (or continue) the study, log it to MLflow, and retrain its best configuration."""
-    space, base = check(options)
+    """Run (or continue) the study, log it to MLflow, and retrain its winner(s)."""
+    space, base, objectives = check(options)
     with sigterm_as_interrupt():
-        return _tune(options, space, base)
+        return _tune(options, space, base, objectives)
 
 
-def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneResult:
+def _tune(
+    options: TuneOptions, space: SearchSpace, base: TrainConfig, objectives: Objectives
+) -> TuneResult:
     storage = open_storage(options.storage, options.heartbeat_interval)
-    objective_data = {"max_train_samples": base.max_train_samples, "val_size": base.val_size}
-    study = open_study(storage, options.name, space, objective_data)
+    objective_data: dict[str, Any] = {
+        "max_train_samples": base.max_train_samples,
+        "val_size": base.val_size,
+    }
+    if objectives.chosen != DEFAULT_OBJECTIVES:  # studies of val_accuracy keep their fingerprint
+        objective_data["objectives"] = list(objectives.chosen)
+    study = open_study(
+        storage,
+        options.name,
+        space,
+        objective_data,
+        objectives=objectives.chosen,
+        directions=objectives.directions,
+    )
+    claimant = {"host": socket.gethostname(), "pid": os.getpid()}
+    enqueue_defaults(options.storage, storage, study, space, claimant)
     done_before = trials_done(study)
     missing = max(0, options.n_trials - done_before)
     log.info(
@@ -372,7 +436,8 @@ def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneRe
         names.TAG_MODEL: options.model,
         names.TAG_KIND: "tune",
         names.TAG_SAMPLER: options.sampler,
-        names.TAG_PRUNER: options.pruner,
+        names.TAG_PRUNER: objectives.pruner,
+        names.TAG_OBJECTIVES: ",".join(objectives.chosen),
         names.TAG_STORAGE: redact(options.storage),
         names.TAG_GIT_COMMIT: tracking.git_commit(),
     }
@@ -391,6 +456,7 @@ def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneRe
                     tracking.tracking_uri(),
                     quota=missing // workers + (i < missing % workers),
                     worker=i,
+                    objectives=objectives,
                 )
                 for i in range(workers)
             ]
@@ -398,9 +464,10 @@ def _tune(options: TuneOptions, space: SearchSpace, base: TrainConfig) -> TuneRe
         seconds = time.perf_counter() - start
         study = optuna.load_study(study_name=options.name, storage=storage)
         result = _summarize(
-            study, options, parent_run_id, trials_done(study) - done_before, seconds
+            study, options, objectives, parent_run_id, trials_done(study) - done_before, seconds
         )
-    claim_key = _claim_the_retrain(options, storage, result) if options.retrain != "none" else None
+    retrain = options.retrain != "none" and result.winners
+    claim_key = _claim_the_retrain(options, storage, result) if retrain else None
     if claim_key:
         try:
             _retrain(options, space, result)
@@ -432,8 +499,17 @@ def _claim_the_retrain(
         )
         return None
     key = f"retrain:{options.retrain}:{trials_done(study)}"
+    if result.objectives != DEFAULT_OBJECTIVES or result.picked is not None:  # other winners
+        trials = ",".join(str(w.trial) for w in result.winners)
+        if len(trials) > 100:
+            trials = hashlib.sha256(trials.encode()).hexdigest()[:16]
+        key += f":trials={trials}"
     mine = _claimant(result)
-    holder = claim(options.storage, storage, study, key, mine)
+    legacy = study.user_attrs.get(key)
+    if isinstance(legacy, dict) and "tune_run_id" in legacy:
+        holder = legacy  # held (the holder's copy, or a claim made before mnist_lab_claims)
+    else:
+        holder = claim(options.storage, storage, study, key, mine)
     if holder == mine:
         return key
     retrain_run = study.user_attrs.get(f"{key}:run_id", "in progress")
@@ -447,9 +523,15 @@ def _claim_the_retrain(
 
 
 def _summarize(
-    study: optuna.Study, options: TuneOptions, parent_run_id: str, trials_run: int, seconds: float
+    study: optuna.Study,
+    options: TuneOptions,
+    objectives: Objectives,
+    parent_run_id: str,
+    trials_run: int,
+    seconds: float,
 ) -> TuneResult:
-    """Counts, best trial and plots of the whole study, logged to the parent run."""
+    """Counts, winner(s), the defaults' comparison and plots of the whole study, logged to the
+    parent run."""
     counts = state_counts(study)
     summary = {
         names.N_COMPLETE_TRIALS: counts[TrialState.COMPLETE],
@@ -458,7 +540,7 @@ def _summarize(
         names.TRIALS_PER_MINUTE: 60 * trials_run / seconds if seconds > 0 else 0.0,
     }
     tracking.log_metrics({k: float(v) for k, v in summary.items()})
-    _log_plots(study)
+    _log_plots(study, objectives)
     state_names = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED}
     by_state = {label: counts[state] for label, state in state_names.items()}
     by_state["FAIL"] = counts[TrialState.FAIL]
@@ -467,44 +549,94 @@ def _summarize(
             f"no trial of study {options.name!r} completed ({by_state}); the failed trials' "
             f"runs carry the reason in their {names.TAG_FAILURE_REASON} tag"
         )
-    best = study.best_trial
-    overrides = best.user_attrs.get(ATTR_OVERRIDES, {})
-    report = {
-        "trial": best.number,
-        names.VAL_ACCURACY: best.value,
-        "overrides": overrides,
-        "optuna_params": best.params,
-        "command": _train_command(options.model, overrides),
+    choice = choose(study, objectives)
+    log_choice(study, objectives, choice, options.name)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    winners = [
+        {
+            "trial": w.trial,
+            **{o: w.metrics[o] for o in objectives.chosen},
+            "gain_over_defaults": w.gains,
+            "overrides": w.overrides,
+            "optuna_params": trials[w.trial].params,
+            "command": _train_command(options.model, w.overrides),
+        }
+        for w in choice.winners
+    ]
+    report: dict[str, Any] = dict(winners[0]) if winners else {}
+    report |= {
+        "objectives": list(objectives.chosen),
+        "pick": str(objectives.pick) if objectives.pick else None,
+        "winners": winners,
+        "pareto_trials": choice.pareto,
+        "defaults": None
+        if choice.defaults is None
+        else {
+            "trial": choice.defaults.trial,
+            **{o: choice.defaults.metrics[o] for o in objectives.chosen},
+        },
+        "vs_defaults": choice.vs_defaults,
+        "note": choice.note,
     }
-    tracking.log_metrics({names.BEST_VAL_ACCURACY: best.value})
-    tracking.set_tags({names.TAG_BEST_PARAMS: json.dumps(overrides, sort_keys=True)})
+    first = choice.winners[0] if choice.winners else None
+    best_value = first.metrics[objectives.chosen[0]] if first else float("nan")
+    overrides = first.overrides if first else {}
+    if not objectives.multi and objectives.chosen == DEFAULT_OBJECTIVES:
+        tracking.log_metrics({names.BEST_VAL_ACCURACY: study.best_value})
+    if first:
+        tracking.set_tags({names.TAG_BEST_PARAMS: json.dumps(overrides, sort_keys=True)})
     tracking.log_dict(report, names.BEST_PARAMS_FILE)
     log.info(
-        "study %s: %s; best trial %d val_accuracy %.4f with %s",
+        "study %s: %s; %s%s",
         options.name,
         by_state,
-        best.number,
-        best.value,
-        overrides,
+        _describe_winners(choice.winners, objectives),
+        f"; {choice.note}" if choice.note else "",
     )
-    return TuneResult(
-        options.name, parent_run_id, trials_run, by_state, best.value, overrides, seconds
+    log.info("%s", choice.vs_defaults)
+    result = TuneResult(
+        options.name, parent_run_id, trials_run, by_state, best_value, overrides, seconds
+    )
+    result.objectives = objectives.chosen
+    result.winners = choice.winners
+    result.pareto = choice.pareto
+    result.picked = choice.picked
+    result.vs_defaults = choice.vs_defaults
+    result.retrain_note = choice.note
+    return result
+
+
+def _describe_winners(winners: list[Winner], objectives: Objectives) -> str:
+    if not winners:
+        return "no winner"
+    what = "Pareto-optimal trials" if len(winners) > 1 else "winner"
+    return f"{what}: " + "; ".join(
+        f"trial {w.trial} "
+        + ", ".join(f"{o} {w.metrics[o]:.4g}" for o in objectives.chosen)
+        + f" with {w.overrides}"
+        for w in winners
     )
 
 
-def _log_plots(study: optuna.Study) -> None:
+def _log_plots(study: optuna.Study, objectives: Objectives) -> None:
+    """Optuna's plots of the study; for several objectives, of the first one (the Pareto
+    front is `pareto.py`'s). Intermediate values exist where trials report them (pruning)."""
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
+    first = {"target_name": objectives.chosen[0]}
+    if objectives.multi:
+        first["target"] = lambda trial: trial.values[0]
     plots = {
-        names.PLOT_OPTIMIZATION_HISTORY: vis.plot_optimization_history,
-        names.PLOT_PARAM_IMPORTANCES: vis.plot_param_importances,
-        names.PLOT_PARALLEL_COORDINATE: vis.plot_parallel_coordinate,
-        names.PLOT_INTERMEDIATE_VALUES: vis.plot_intermediate_values,
+        names.PLOT_OPTIMIZATION_HISTORY: (vis.plot_optimization_history, first),
+        names.PLOT_PARAM_IMPORTANCES: (vis.plot_param_importances, first),
+        names.PLOT_PARALLEL_COORDINATE: (vis.plot_parallel_coordinate, first),
     }
-    for path, plot in plots.items():
+    if objectives.prunable:
+        plots[names.PLOT_INTERMEDIATE_VALUES] = (vis.plot_intermediate_values, {})
+    for path, (plot, kwargs) in plots.items():
         try:
-            axes = plot(study)
+            axes = plot(study, **kwargs)
         except Exception as err:  # e.g. importances need two finished trials
             log.warning("skipped %s: %s", path, err)
             continue
@@ -516,27 +648,48 @@ def _log_plots(study: optuna.Study) -> None:
 
 
 def _retrain(options: TuneOptions, space: SearchSpace, result: TuneResult) -> None:
-    """The best configuration as a normal `train` run, test-evaluated, model logged."""
+    """The winning configuration(s) as normal `train` runs, test-evaluated, models logged: the
+    best trial (or the picked one), or each Pareto-optimal trial of a multi-objective study."""
     data = dict(options.data)
     if options.retrain == "full":
         for key in SUBSET_OPTIONS:
             data.pop(key, None)
         fixed = {k: v for k, v in space.fixed.items() if k not in SUBSET_OPTIONS}
         space = SearchSpace(space.model, space.path, fixed, space.params, space.pruner)
-    config = trial_config(options, space, result.best_overrides, data)
-    config.checkpoint = True
     seeds = max(1, options.confirm_seeds)
-    log.info("retraining the best configuration (%s data, %d seed(s))", options.retrain, seeds)
-    retrained = train_seeds(
-        config,
-        seeds,
-        tags={names.TAG_STUDY_NAME: options.name, names.TAG_TUNE_RUN_ID: result.parent_run_id},
-        run_name=f"retrain-{options.name}",
-    )
-    result.retrain_run_id = retrained.run_id or retrained.runs[0].run_id
-    result.retrain_metrics = retrained.metrics or retrained.runs[0].metrics
-    tracking.set_run_tags(result.parent_run_id, {names.TAG_RETRAIN_RUN_ID: result.retrain_run_id})
-    if options.confirm_seeds:
+    first: RepeatsResult | None = None
+    for winner in result.winners:
+        config = trial_config(options, space, winner.overrides, data)
+        config.checkpoint = True
+        log.info(
+            "retraining trial %d's configuration (%s data, %d seed(s))",
+            winner.trial,
+            options.retrain,
+            seeds,
+        )
+        retrained = train_seeds(
+            config,
+            seeds,
+            tags={
+                names.TAG_STUDY_NAME: options.name,
+                names.TAG_TUNE_RUN_ID: result.parent_run_id,
+                names.TAG_RETRAINED_TRIAL: str(winner.trial),
+            },
+            run_name=f"retrain-{options.name}"
+            + (f"-trial-{winner.trial}" if len(result.winners) > 1 else ""),
+        )
+        run_id = retrained.run_id or retrained.runs[0].run_id
+        result.retrain_run_ids.append(run_id)
+        if first is None:  # the first winner: the best, or the picked one
+            first = retrained
+            result.retrain_run_id = run_id
+            result.retrain_metrics = retrained.metrics or retrained.runs[0].metrics
+            tracking.set_run_tags(result.parent_run_id, {names.TAG_RETRAIN_RUN_ID: run_id})
+    if len(result.retrain_run_ids) > 1:
+        tracking.set_run_tags(
+            result.parent_run_id, {names.TAG_RETRAIN_RUN_IDS: ",".join(result.retrain_run_ids)}
+        )
+    if options.confirm_seeds and first is not None:
         defaults = trial_config(options, space, {}, data)
         defaults.checkpoint = True
         log.info("training the defaults at %d seeds, to confirm the winner", seeds)
@@ -546,7 +699,7 @@ def _retrain(options: TuneOptions, space: SearchSpace, result: TuneResult) -> No
             tags={names.TAG_TUNE_RUN_ID: result.parent_run_id},
             run_name=f"defaults-{options.name}",
         )
-        result.confirmation = _confirm(result.parent_run_id, retrained, baseline)
+        result.confirmation = _confirm(result.parent_run_id, first, baseline)
 
 
 def _confirm(parent_run_id: str, tuned: RepeatsResult, defaults: RepeatsResult) -> str:
@@ -591,6 +744,9 @@ def _confirm(parent_run_id: str, tuned: RepeatsResult, defaults: RepeatsResult) 
 def _parent_params(options: TuneOptions) -> dict[str, Any]:
     """The invocation's settings as given (study name and storage go to tags: `mlflow run`
     logs its own defaults for them, which must not clash with resolved values)."""
+    objectives = options.objectives
+    if objectives is not None and not isinstance(objectives, str):
+        objectives = ",".join(objectives)
     return {
         "model": options.model,
         "n_trials": options.n_trials,
@@ -599,6 +755,8 @@ def _parent_params(options: TuneOptions) -> dict[str, Any]:
         "sampler": options.sampler,
         "pruner": options.pruner,
         "seed": options.seed,
+        "objectives": objectives,
+        "pick": options.pick,
         **{k: options.data.get(k) for k in DATA_OPTIONS if k != "seed"},
     }
 
