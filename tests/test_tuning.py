@@ -699,17 +699,20 @@ def test_pick_chooses_the_right_trial_of_a_known_study():
 
 def test_every_pareto_trial_is_retrained_and_the_parent_lists_them(monkeypatch):
     """--retrain without --pick on a multi-objective study: one `train` run per Pareto trial."""
+    from mnist_lab.repeats import RepeatsResult
     from mnist_lab.train import TrainResult
     from mnist_lab.tuning import tuner
     from mnist_lab.tuning.pareto import Winner
 
     trained, tagged = [], {}
 
-    def fake_train(config, *, tags, run_name):
+    def fake_train_seeds(config, seeds, *, tags, run_name):
+        assert seeds == 1  # no --confirm-seeds: each winner once
         trained.append((config.lr, tags[names.TAG_RETRAINED_TRIAL], run_name))
-        return TrainResult(f"run-{len(trained)}", {"test_accuracy": 0.9}, 0.9, 1)
+        result = TrainResult(f"run-{len(trained)}", {"test_accuracy": 0.9}, 0.9, 1)
+        return RepeatsResult(None, [result], {})
 
-    monkeypatch.setattr(tuner, "train", fake_train)
+    monkeypatch.setattr(tuner, "train_seeds", fake_train_seeds)
     monkeypatch.setattr(tuner.tracking, "set_run_tags", lambda run, tags: tagged.update(tags))
     opts = TuneOptions(model="cnn", retrain="subset", data=dict(DATA))
     result = tuner.TuneResult("s", "parent", 3, {}, 0.9, {}, 1.0)

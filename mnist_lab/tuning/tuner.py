@@ -445,22 +445,23 @@ def _tune(
     with tracking.run(run_name=f"tune-{options.name}", tags=tags):
         parent_run_id = tracking.active_run_id()
         tracking.log_params(_parent_params(options))
+
+        def job(quota: int, worker: int) -> Job:
+            experiment, uri = tracking.active_experiment_id(), tracking.tracking_uri()
+            return Job(options, space, parent_run_id, experiment, uri, quota, worker, objectives)
+
+        if missing and options.workers > 1:
+            # Enqueued trials (the defaults) run here first: on SQLite, which has no row locks,
+            # two workers can pop the same waiting trial and both train it.
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if first := min(len(waiting), missing):
+                run_trials(job(first, 0))
+                missing -= first
         if missing:
             workers = min(options.workers, missing)
-            jobs = [
-                Job(
-                    options,
-                    space,
-                    parent_run_id,
-                    tracking.active_experiment_id(),
-                    tracking.tracking_uri(),
-                    quota=missing // workers + (i < missing % workers),
-                    worker=i,
-                    objectives=objectives,
-                )
-                for i in range(workers)
-            ]
-            _run_workers(jobs)
+            _run_workers(
+                [job(missing // workers + (i < missing % workers), i) for i in range(workers)]
+            )
         seconds = time.perf_counter() - start
         study = optuna.load_study(study_name=options.name, storage=storage)
         result = _summarize(
