@@ -6,6 +6,7 @@ Plain file reads: no MNIST, no MLflow, no model.
 """
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_the_readme_is_a_short_way_in() -> None:
 def test_the_checker_catches_a_broken_link(tmp_path: Path, monkeypatch) -> None:
     """A missing file, a missing heading and a missing folder are each reported once; code,
     external links and good links are not."""
-    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "guide.md").write_text("# A guide\n\n## `--seeds N`: repeats\n")
     page = tmp_path / "README.md"
