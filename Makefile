@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: train test lint format bench clean-venv
+.PHONY: train test test-fast lint format measure clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,9 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: train the benchmark configs and print the figures the README quotes
-bench: $(STAMP)
-	$(BIN)/python -m mnist_lab.measure training $(ARGS)
+## measure: the measure scripts print the figures results/ holds (make measure ARGS="time-to-accuracy")
+measure: $(STAMP)
+	$(BIN)/python -m mnist_lab.measure $(if $(ARGS),$(ARGS),training)
 
 clean-venv:
 	rm -rf $(VENV)

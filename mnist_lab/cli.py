@@ -260,7 +260,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from mnist_lab.serving.robustness import robustness
+    from mnist_lab.serving.robustness_run import robustness
 
     given = {k: v for k, v in vars(args).items() if v not in (None, "") and str(v) != "none"}
     result = robustness(
@@ -347,7 +347,9 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     add_flag(report, "output_dir", help="where the tables go (default: results/)")
     report.set_defaults(handler=cmd_report)
 
-    register = commands.add_parser("register", help="best run by val accuracy → registry")
+    register = commands.add_parser(
+        "register", help="best run by val accuracy → MLflow's model registry"
+    )
     register.add_argument("--model", required=True, help=f"one of {', '.join(model_names())}")
     register.add_argument("--force", nargs="?", const="true", default=None, help="move champion")
     register.add_argument(

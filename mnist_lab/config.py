@@ -82,7 +82,7 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     # torch.compile's mode (needs `compile`). "reduce-overhead" replays the step as CUDA graphs:
-    # on a GPU the small models are launch-bound (README); on a CPU it acts as "default".
+    # on a GPU the small models are launch-bound (results/gpu.md); on a CPU it acts as "default".
     compile_mode: str = "default"
     amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
     eval_batch_size: int = 256  # a CPU evaluates fastest in batches that stay in cache (measured)

@@ -251,7 +251,7 @@ def save_weights(
 
 def load_module(folder: str | Path, device: str = "cpu") -> tuple[ModelSpec, nn.Module]:
     """Rebuild a logged module from `folder` (spec.json + weights.safetensors) with mnist_lab's
-    model registry; no pickle is read. Raises ModelFileError naming the file and the fix for a
+    architecture table; no pickle is read. Raises ModelFileError naming the file and the fix for a
     weights file that is not the one logged, or a spec this version cannot build."""
     import safetensors.torch
 

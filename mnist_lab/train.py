@@ -19,12 +19,12 @@ from torch import nn
 
 from mnist_lab import names, tracking
 from mnist_lab.analysis.metrics import classification_summary
-from mnist_lab.analysis.plots import (
+from mnist_lab.analysis.predictions import predictions_frame
+from mnist_lab.analysis.run_figures import (
     confusion_matrix_figure,
     learning_curves_figure,
     sample_predictions_figure,
 )
-from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.analysis.statistics import wilson_interval
 from mnist_lab.config import TrainConfig, build_config
 from mnist_lab.data.mnist import (

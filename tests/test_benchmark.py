@@ -224,7 +224,7 @@ def test_the_amp_peer_computes_in_bf16_and_the_published_one_in_fp32(mnist_dir, 
     import torch
 
     from mnist_lab.config import TrainConfig
-    from mnist_lab.measure import peer
+    from mnist_lab.measure import reference_recipe as peer
     from mnist_lab.train import load_splits
 
     monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: True)
@@ -249,7 +249,7 @@ def test_the_amp_peer_computes_in_bf16_and_the_published_one_in_fp32(mnist_dir, 
 def test_the_peer_net_is_the_recipes_two_convs_and_800_256_10_head():
     import torch
 
-    from mnist_lab.measure.peer import peer_net
+    from mnist_lab.measure.reference_recipe import peer_net
 
     net = peer_net()
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -16,7 +16,7 @@ from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.analysis.statistics import holm
 from mnist_lab.cli import main
-from mnist_lab.comparison import plots as compare_plots
+from mnist_lab.comparison import comparison_figures as compare_plots
 from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare
 from mnist_lab.comparison.groups import select_groups
 

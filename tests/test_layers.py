@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mnist_lab"
 
 # Bottom to top. A module may import its own layer's modules and any layer below it.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "names", "dbschema"},  # __init__ holds only __version__
+    {"__init__", "errors", "names", "database"},  # __init__ holds only __version__
     {"data"},
     {"models"},
     {"inference"},  # a logged model's loader: travels with the model (models/ and below only)

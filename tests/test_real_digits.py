@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_lab.data import font_digits
+from mnist_lab.data.font_digits import RealDigitsError, find_fonts, generate, read_labels
 from mnist_lab.data.images import collect
 from mnist_lab.measure import real_digits
 from mnist_lab.measure.__main__ import main as measure_main
-from mnist_lab.measure.real_digits import RealDigitsError, find_fonts, generate, read_labels
 
 
 @pytest.fixture(scope="module")
-def fonts() -> list[real_digits.Font]:
+def fonts() -> list[font_digits.Font]:
     """A few of this machine's fonts, or a skip naming how to install some."""
     try:
         return find_fonts()[:4]
@@ -68,7 +69,7 @@ def test_no_fonts_is_a_clear_error_and_exit_status_2(tmp_path, monkeypatch, caps
     empty = tmp_path / "fonts"
     empty.mkdir()
     (empty / "broken.ttf").write_bytes(b"not a font")
-    monkeypatch.setattr(real_digits, "FONT_DIRS", (empty,))
+    monkeypatch.setattr(font_digits, "FONT_DIRS", (empty,))
     with pytest.raises(RealDigitsError, match="apt-get install"):
         find_fonts()
     assert measure_main(["real-digits", "--out", str(tmp_path / "set"), "--no-log"]) == 2
@@ -95,7 +96,7 @@ def test_a_folder_that_is_not_a_set_is_refused(tmp_path, fonts):
 
 
 def test_the_command_draws_the_set_and_names_its_fonts(tmp_path, monkeypatch, capsys, fonts):
-    monkeypatch.setattr(real_digits, "find_fonts", lambda: fonts)
+    monkeypatch.setattr(font_digits, "find_fonts", lambda: fonts)
     out = tmp_path / "set"
     assert measure_main(["real-digits", "--out", str(out), "--per-class", "1", "--no-log"]) == 0
     printed = capsys.readouterr().out

@@ -21,7 +21,7 @@ from mnist_lab.analysis.robustness import (
 from mnist_lab.cli import main
 from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.errors import ConfigError
-from mnist_lab.serving.robustness import parse_severities
+from mnist_lab.serving.robustness_run import parse_severities
 from mnist_lab.train import train
 
 

@@ -11,7 +11,7 @@ import sqlalchemy
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
 
-from mnist_lab import dbschema, tracking
+from mnist_lab import database, tracking
 from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.errors import LabError
 from mnist_lab.tracking import store
@@ -59,7 +59,7 @@ def test_processes_opening_one_fresh_postgresql_store_together_all_succeed(postg
 
 
 def test_a_lost_race_to_create_tables_is_opened_again_and_other_errors_are_not(monkeypatch):
-    monkeypatch.setattr(dbschema.time, "sleep", lambda _: None)
+    monkeypatch.setattr(database.time, "sleep", lambda _: None)
     calls = []
 
     def opens_on_try(n: int, error: Exception):
@@ -72,17 +72,17 @@ def test_a_lost_race_to_create_tables_is_opened_again_and_other_errors_are_not(m
         return open_database
 
     collision = sqlalchemy.exc.IntegrityError("CREATE TABLE runs", {}, Exception("duplicate"))
-    assert dbschema.open_retrying_collisions(opens_on_try(2, collision)) == "open"
+    assert database.open_retrying_collisions(opens_on_try(2, collision)) == "open"
     assert len(calls) == 2
     calls.clear()
     exists = sqlalchemy.exc.OperationalError("CREATE", {}, Exception("table runs already exists"))
     with pytest.raises(sqlalchemy.exc.OperationalError):  # every attempt collided: said
-        dbschema.open_retrying_collisions(opens_on_try(99, exists))
-    assert len(calls) == dbschema.ATTEMPTS
+        database.open_retrying_collisions(opens_on_try(99, exists))
+    assert len(calls) == database.ATTEMPTS
     calls.clear()
     locked = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("database is locked"))
     with pytest.raises(sqlalchemy.exc.OperationalError):
-        dbschema.open_retrying_collisions(opens_on_try(2, locked))
+        database.open_retrying_collisions(opens_on_try(2, locked))
     assert len(calls) == 1  # not a collision: raised at once
 
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def default_models() -> list[str]:
-    """The lab's architectures that are in the registry (faster_rcnn once it is)."""
+    """The lab's architectures that are in the architecture table."""
     return [m for m in LAB_MODELS if m in MODELS]
 
 

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from mnist_lab import names, tracking
 from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.analysis.statistics import ALPHA
-from mnist_lab.comparison import plots as compare_plots
+from mnist_lab.comparison import comparison_figures as compare_plots
 from mnist_lab.comparison.groups import Group, check_metric, select_groups
 from mnist_lab.comparison.significance import GroupAccuracy, group_accuracy, pairwise, ranks
 from mnist_lab.errors import ConfigError

@@ -23,7 +23,7 @@ import pandas as pd
 from mnist_lab import names, tracking
 from mnist_lab.comparison.compare import SIGNIFICANCE_FORMATS, markdown_table, tables
 from mnist_lab.comparison.groups import LAB_MODELS, Group, group_label
-from mnist_lab.dbschema import redact
+from mnist_lab.database import redact
 from mnist_lab.tracking import RunRecord
 
 TRAIN_TIME_STD = names.aggregate(names.TRAIN_TIME_S, "std")

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.analysis.plots import detections_figure
+from mnist_lab.analysis.run_figures import detections_figure
 from mnist_lab.config import TrainConfig
 from mnist_lab.data.mnist import Splits
 from mnist_lab.data.scenes import SceneLoader, Scenes

@@ -263,7 +263,7 @@ def validate(
 ) -> tuple[float, float]:
     """(loss, accuracy) over the whole split behind `loader`. In a distributed job each rank
     evaluates its contiguous part and the sums are all-reduced, so every rank gets the figures
-    a one-process run computes, in about 1 / world_size of the time (README "Distributed")."""
+    a one-process run computes, in about 1 / world_size of the time (docs/distributed.md)."""
     rank, world_size = shard()
     if world_size == 1:
         val = task.evaluate(model, loader, amp)

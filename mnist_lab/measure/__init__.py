@@ -1,14 +1,13 @@
-"""Measurement scripts that print the README's figures from real MLflow runs.
+"""The measure scripts: they print the figures results/ holds, from real MLflow runs
+(`make measure ARGS="<script> ..."`, or `python -m mnist_lab.measure <script> ...`).
 
-`python -m mnist_lab.measure training [SCENARIO ...]` trains the speed/accuracy scenarios of each
-model (`make bench`); `python -m mnist_lab.measure time-to-accuracy` times every model to the
-lab's accuracy beside a peer recipe; `python -m mnist_lab.measure profile --config FILE` lists
-where a training step's time goes, by operator (no MLflow run: a diagnostic);
-`python -m mnist_lab.measure tuning` measures a tuning study. Not to be confused with
-`comparison.benchmark`, the lab's table of every model (`mnist-lab benchmark`).
-`python -m mnist_lab.measure real-digits` measures the models on font-rendered photos of digits;
-`python -m mnist_lab.measure serving` drives `mlflow models serve` with concurrent clients and
-malformed payloads; `python -m mnist_lab.measure onnx` sizes a run's ONNX model and times
-onnxruntime beside the pyfunc.
+- `training [SCENARIO ...]`: the speed/accuracy scenarios of each model;
+- `time-to-accuracy`: every model timed to the lab's accuracy beside a reference recipe;
+- `profile --config FILE`: where a training step's time goes, by operator (no MLflow run);
+- `tuning`: a tuning study's speed;
+- `real-digits`: the models on font-rendered photos of digits (data/font_digits.py);
+- `serving`: `mlflow models serve` under concurrent clients and malformed payloads;
+- `onnx`: a run's ONNX model's size, and onnxruntime's speed beside the pyfunc's.
+
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

@@ -6,8 +6,9 @@ check (its validation passes included), with the epochs it took and the test acc
 model at that point, beside the time the lab needed on its T4 GPU. Each is a real MLflow run
 (experiment `mnist-lab-bench`), with `time_to_target_s` and `epochs_to_target` among its metrics.
 
-In the same invocation the peer recipe (measure/peer.py) and `experiments/cnn_fast.yaml` train
-one after the other on the same cores, so the CNN's speed is a ratio measured side by side:
+In the same invocation the peer recipe (measure/reference_recipe.py) and
+`experiments/cnn_fast.yaml` train one after the other on the same cores, so the CNN's speed is
+a ratio measured side by side:
 
     python -m mnist_lab.measure time-to-accuracy                      # the peer, then every model
     python -m mnist_lab.measure time-to-accuracy --models cnn vgg16   # some of them
@@ -25,8 +26,8 @@ import torch
 from mnist_lab import names, tracking
 from mnist_lab.engine.device import amp_dtype, resolve_device
 from mnist_lab.measure.hardware import peak_tflops, start_bench
-from mnist_lab.measure.peer import SETTINGS as PEER_SETTINGS
-from mnist_lab.measure.peer import train_peer
+from mnist_lab.measure.reference_recipe import SETTINGS as PEER_SETTINGS
+from mnist_lab.measure.reference_recipe import train_peer
 
 if TYPE_CHECKING:
     from mnist_lab.config import TrainConfig

@@ -1,7 +1,7 @@
-"""`make bench` / `python -m mnist_lab.measure training`: train the scenarios, print their figures.
+"""`make measure` / `python -m mnist_lab.measure training`: train the scenarios, print figures.
 
 Every figure printed is a metric of a real MLflow run (the runs land in the experiment
-`mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise), so the README's numbers can be
+`mnist-lab-bench` unless MLFLOW_EXPERIMENT_NAME says otherwise), so results/' numbers can be
 traced back to their runs. Speed targets are checked here, never by timed assertions in tests.
 
     python -m mnist_lab.measure training                         # every scenario

@@ -27,7 +27,7 @@ from mnist_lab import names
 PROG = "python -m mnist_lab.measure tuning"
 
 TARGET_SECONDS = 600
-# experiments/cnn.yaml's test accuracy, README's CPU table (run 026beb5d…, 2-core Xeon, AMX bf16)
+# experiments/cnn.yaml's test accuracy, results/defaults.md (run 026beb5d…, 2-core Xeon, AMX bf16)
 DEFAULTS_TEST_ACCURACY = 0.9953
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     tuned = pruned.retrain_metrics.get(names.TEST_ACCURACY, float("nan"))
-    baseline, source = DEFAULTS_TEST_ACCURACY, "README figure"
+    baseline, source = DEFAULTS_TEST_ACCURACY, "results/defaults.md"
     if not args.skip_baseline:
         from mnist_lab.config import load_config
         from mnist_lab.train import train

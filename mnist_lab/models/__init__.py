@@ -1,4 +1,5 @@
-"""The model registry: name → builder.
+"""The architecture table: model name → builder (not MLflow's model registry, which is
+tracking/model_registry.py).
 
 Each builder takes keyword-only options, every one with a default, and returns a classifier that
 maps raw digits [B, 1, 28, 28] in [0, 1] to logits [B, 10]. `timm:<name>` builds any timm model
@@ -111,8 +112,8 @@ class ModelSpec:
     """What rebuilds a trained module from this package's code alone, so a logged model is
     weights plus this spec and loading it runs no pickled code.
 
-    model/options: the registry name and builder options the run trained with; part: "" for the
-    classifier, or the attribute holding a sub-module (faster_rcnn's "detector");
+    model/options: the architecture's name and builder options the run trained with; part: ""
+    for the classifier, or the attribute holding a sub-module (faster_rcnn's "detector");
     temperature_scaled: the module is `TemperatureScaled(...)` (its temperature is a weight).
     """
 

@@ -2,8 +2,8 @@
 
 `build_faster_rcnn` returns a `DetectorClassifier`: its `detector` is a torchvision `FasterRCNN`
 (labels 1..10 for digits 0..9, 0 is background) trained on scenes (`mnist_lab.scenes`); its
-`forward` keeps the registry's contract, digits [B, 1, 28, 28] in [0, 1] → logits [B, 10], by
-pasting each digit in the middle of a canvas and reading the top-scoring box.
+`forward` keeps the architecture table's contract, digits [B, 1, 28, 28] in [0, 1] → logits
+[B, 10], by pasting each digit in the middle of a canvas and reading the top-scoring box.
 
 Backbones: `small`, an in-project 4-stage CNN + FPN sized for 64-px canvases (the fast default);
 `mobilenet_v3` (torchvision's mobilenet_v3_large FPN) and `resnet50` (resnet50 FPN v2), which

@@ -5,7 +5,7 @@ Use it as one module, `from mnist_lab import tracking`, then `tracking.run(...)`
 params, metrics, tags, artifacts, tuning trials' runs), `epoch_logger` (the engine listener that
 logs epochs and checkpoints), `pyfunc` (logging the model, whose loader is mnist_lab.inference, and
 checking one before it loads), `onnx` (the same model as ONNX),
-`query` (reading runs back), `registry` (registered models and the `champion` alias),
+`query` (reading runs back), `model_registry` (MLflow's registered models and the `champion` alias),
 `liveness` (the process behind a RUNNING run, its heartbeat, and ending runs whose process is
 gone) and `store` (opening the store: a fresh SQLite store's tables made one process at a
 time). It may import everything below it (engine, analysis, models, data, config); nothing
@@ -19,6 +19,18 @@ from mnist_lab.tracking.epoch_logger import (
     reopen_for_resume,
 )
 from mnist_lab.tracking.liveness import StaleRun, end_stale, stale_runs, sweep_stale_runs
+from mnist_lab.tracking.model_registry import (
+    CHAMPION,
+    Version,
+    champion,
+    load_model,
+    model_source,
+    register,
+    registered_model_name,
+    run_model_uri,
+    set_champion,
+    source_run_id,
+)
 from mnist_lab.tracking.onnx import load_onnx_model, log_onnx_model, onnx_model_uri
 from mnist_lab.tracking.pyfunc import log_model, log_torch_model
 from mnist_lab.tracking.query import (
@@ -36,18 +48,6 @@ from mnist_lab.tracking.query import (
     read_predictions,
     search_runs,
     tracking_uri,
-)
-from mnist_lab.tracking.registry import (
-    CHAMPION,
-    Version,
-    champion,
-    load_model,
-    model_source,
-    register,
-    registered_model_name,
-    run_model_uri,
-    set_champion,
-    source_run_id,
 )
 from mnist_lab.tracking.runs import (
     active_experiment_id,

@@ -22,9 +22,11 @@ An export or a check that fails leaves the run without the ONNX model and says w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from importlib.metadata import version
 
 import mlflow
@@ -63,11 +65,29 @@ class OnnxDigits(nn.Module):
         return probs, probs.argmax(dim=1)
 
 
+# The exporter's own loggers report each graph pass at INFO: a run's console is not for them.
+EXPORTER_LOGGERS = ("onnx_ir", "onnxscript", "torch.onnx")
+
+
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The exporter's INFO chatter silenced (its warnings and errors still show)."""
+    loggers = [logging.getLogger(name) for name in EXPORTER_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export_classifier(model: nn.Module, example: np.ndarray) -> bytes:
     """`model` as ONNX (OnnxDigits, dynamic batch): the serialized ModelProto."""
     wrapped = OnnxDigits(model.eval()).eval()
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapped,
@@ -108,7 +128,7 @@ def export_detector(detector: nn.Module, scene: torch.Tensor) -> bytes:
     """torchvision's detector as ONNX, torchvision's way: one scene [1, H, W] (H, W dynamic) →
     boxes [K, 4], labels [K], scores [K]."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), quiet_exporter():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             detector.eval(),

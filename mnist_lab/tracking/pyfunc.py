@@ -1,7 +1,7 @@
 """Logging the run's model, and checking a downloaded one before MLflow loads it.
 
 A model folder holds `data/mnist_lab_model/weights.safetensors` (every tensor of the module's
-state dict), `spec.json` (a `ModelSpec`: registry name, builder options, wrapping; the sha256 of
+state dict), `spec.json` (a `ModelSpec`: architecture name, builder options, wrapping; the sha256 of
 the weights and of the code folder), `code/mnist_lab/…` (the loader, `mnist_lab.inference`, and
 the modules it imports, nothing else: MLflow's `code_paths`) and a `requirements.txt` naming
 every package those modules import. So it loads and serves without this repo (`mlflow models
@@ -23,6 +23,7 @@ Models logged before: by an mnist-lab whose loader was this module (no code fold
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import shutil
 import sys
@@ -143,9 +144,11 @@ def third_party_modules() -> set[str]:
     return tops
 
 
-def model_requirements() -> list[str]:
+@functools.cache
+def model_requirements() -> tuple[str, ...]:
     """requirements.txt of a logged model: mlflow and the distribution of every package its
-    code imports, pinned to the versions installed here (a local tag such as +cpu dropped)."""
+    code imports, pinned to the versions installed here (a local tag such as +cpu dropped).
+    Read once a process: scanning the installed distributions takes seconds."""
     from importlib.metadata import packages_distributions, version
 
     providers = packages_distributions()
@@ -158,7 +161,7 @@ def model_requirements() -> list[str]:
         dists.add(module if module in found else sorted(found)[0])
     dists -= {"mlflow-skinny", "mlflow-tracing"}  # mlflow brings them
     ordered = ["mlflow", *sorted(dists - {"mlflow"}, key=str.lower)]
-    return [f"{name}=={version(name).split('+')[0]}" for name in ordered]
+    return tuple(f"{name}=={version(name).split('+')[0]}" for name in ordered)
 
 
 def copy_code(folder: Path) -> Path:
@@ -219,7 +222,7 @@ def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
             loader_module=LOADER,
             data_path=str(folder),
             code_paths=[str(code)],
-            pip_requirements=model_requirements(),
+            pip_requirements=list(model_requirements()),
             **kwargs,
         )
     return info.model_uri

@@ -7,7 +7,7 @@ creating) both run the migrations: each fails, and a half-done migration can lea
 `_alembic_tmp_*` table behind that makes every later open of the file fail. A file lock beside
 the database (`<file>-lock`, an empty file left in place) makes the first open one at a time;
 a process that waited finds the tables made and only checks them. On PostgreSQL the loser's
-DDL is rolled back and it opens the store again (dbschema.py); an MLflow server makes its own.
+DDL is rolled back and it opens the store again (database.py); an MLflow server makes its own.
 
 Every reader and writer here gets its client from `store_client()` (or calls `open_store()`
 before MLflow's own functions), so the store is opened this way by whatever touches it first,
@@ -26,7 +26,7 @@ import sqlalchemy
 from filelock import FileLock, Timeout
 from mlflow.tracking import MlflowClient
 
-from mnist_lab.dbschema import open_retrying_collisions, redact
+from mnist_lab.database import open_retrying_collisions, redact
 from mnist_lab.errors import LabError
 
 LOCK_WAIT_S = 300  # creating the tables takes seconds; this long means a stuck process

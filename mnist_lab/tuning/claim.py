@@ -28,7 +28,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy import Column, Integer, MetaData, String, Table, Text, delete, insert, select
 
-from mnist_lab.dbschema import open_retrying_collisions
+from mnist_lab.database import open_retrying_collisions
 from mnist_lab.errors import LabError
 from mnist_lab.tuning.study import JOURNAL_PREFIX
 

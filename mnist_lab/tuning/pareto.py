@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab import names, tracking
-from mnist_lab.analysis.pareto import pareto_figure
+from mnist_lab.analysis.pareto_figure import pareto_figure
 from mnist_lab.analysis.selection import gain
 from mnist_lab.tuning.defaults import defaults_trial
 from mnist_lab.tuning.objectives import Objectives

@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT
-from mnist_lab.dbschema import open_retrying_collisions, redact
+from mnist_lab.database import open_retrying_collisions, redact
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.tuning.space import SearchSpace
 

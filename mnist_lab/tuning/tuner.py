@@ -35,7 +35,7 @@ from mnist_lab.analysis.predictions import correct_matrix
 from mnist_lab.analysis.statistics import ALPHA, compare_groups
 from mnist_lab.config import TrainConfig, load_config
 from mnist_lab.data.mnist import load_mnist
-from mnist_lab.dbschema import redact
+from mnist_lab.database import redact
 from mnist_lab.engine.device import resolve_device, usable_cpus
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from mnist_lab import names
-from mnist_lab.analysis import plots
+from mnist_lab.analysis import run_figures as plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
