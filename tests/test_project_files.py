@@ -85,3 +85,43 @@ def test_the_suite_passes_with_a_hostile_environment(mnist_dir, tmp_path) -> Non
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "2 passed" in done.stdout
     assert not trap.exists()
+
+
+# Dependencies the package never imports by name, and why they are pinned anyway.
+USED_WITHOUT_IMPORT = {
+    "optuna-dashboard": "the study browser users start (`optuna-dashboard <storage>`)",
+    "pycocotools": "torchmetrics' COCO mAP backend for the detector",
+    "pyarrow": "pandas' parquet engine for predictions/<split>.parquet",
+    "psycopg": "SQLAlchemy's PostgreSQL driver for MLflow and Optuna",
+    "onnxscript": "torch.onnx's exporter",
+}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml", "pillow": "PIL"}
+
+
+def test_every_pinned_dependency_is_used():
+    import ast
+    import re
+
+    imported = set()
+    for path in (PROJECT_ROOT / "mnist_lab").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"]:
+        name = re.split(r"[\[=<>]", requirement)[0]
+        module = IMPORT_NAMES.get(name, name.replace("-", "_"))
+        assert module in imported or name in USED_WITHOUT_IMPORT, f"{name}: pinned, never used"
+
+
+def test_one_version_and_a_license():
+    import mnist_lab
+
+    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    version = pyproject["tool"]["setuptools"]["dynamic"]["version"]
+    assert version == {"attr": "mnist_lab.__version__"} and mnist_lab.__version__
+    assert pyproject["project"]["license"] == "MIT"
+    assert (PROJECT_ROOT / "LICENSE").read_text().startswith("MIT License")
