@@ -9,63 +9,113 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
-import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from mnist_lab import __version__
+from mnist_lab.architectures import OPTION_HELP, model_names, options_by_name
 from mnist_lab.config import SETTINGS, TRAIN_FIELDS
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.models import MODELS, model_names, model_options
+from mnist_lab.serving.options import RobustnessOptions
+from mnist_lab.settings import choices_of, help_of, is_unset, parse_bool, parse_number
+from mnist_lab.tuning.options import DATA_OPTIONS, TuneOptions
 
 log = logging.getLogger("mnist_lab")
 
-
-def add_flag(
-    parser: argparse.ArgumentParser, name: str, help: str | None = None, **kwargs: Any
-) -> None:
-    """`--some-name` and `--some_name`, stored as `some_name`, parsed later by the config."""
-    flags = [f"--{name.replace('_', '-')}"]
-    if "_" in name:
-        flags.append(f"--{name}")
-    parser.add_argument(*flags, dest=name, default=None, help=help, **kwargs)
-
-
-def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """The run settings and every model option as flags (types are checked by the config)."""
-    run = parser.add_argument_group("run settings (default: experiments/<model>.yaml)")
-    for name, field in TRAIN_FIELDS.items():
-        if name not in SETTINGS:
-            continue
-        if str(field.type).startswith("bool"):
-            run.add_argument(
-                *_spellings(name), dest=name, default=None, nargs="?", const="true", metavar="BOOL"
-            )
-        else:
-            add_flag(run, name, metavar=name.upper())
-    options = parser.add_argument_group("model options (only those the model takes)")
-    for name in sorted(setting_names() - set(TRAIN_FIELDS)):
-        add_flag(options, name, metavar=name.upper())
+# Nothing above imports torch or mlflow: `--help` answers without them. Commands import what
+# they run when they run.
 
 
 def _spellings(name: str) -> list[str]:
+    """`--some-name` and `--some_name` (what `mlflow run` appends for an undeclared -P)."""
     dashed = f"--{name.replace('_', '-')}"
     return [dashed, f"--{name}"] if "_" in name else [dashed]
 
 
+def add_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    name: str,
+    help: str | None = None,
+    boolean: bool = False,
+    **kwargs: Any,
+) -> None:
+    """A flag stored as `name`, None when not given (so the options type's default stands); a
+    boolean one may be given bare (`--force`) or with a value (`--force false`)."""
+    if boolean:
+        kwargs |= {"nargs": "?", "const": "true", "metavar": "BOOL"}
+    parser.add_argument(*_spellings(name), dest=name, default=None, help=help, **kwargs)
+
+
+def _described(text: str, default: Any, choices: Iterable[Any] | None) -> str:
+    """Help text with its default and choices; argparse needs "%%" for a literal "%"."""
+    parts = [text] if text else []
+    if choices:
+        parts.append("one of " + ", ".join(map(str, choices)))
+    parts.append(f"default: {'unset' if default is None else default}")
+    return "; ".join(parts).replace("%", "%%")
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    fields: Iterable[dataclasses.Field],
+) -> None:
+    """One flag per options-type field, with the help, default and choices it declares."""
+    for field in fields:
+        default = field.default if field.default is not dataclasses.MISSING else None
+        text = _described(help_of(field), default, choices_of(field))
+        add_flag(parser, field.name, text, boolean=str(field.type).startswith("bool"))
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """The run settings and every model option as flags (types are checked by the config)."""
+    run = parser.add_argument_group(
+        "run settings (default: experiments/<model>.yaml's value, else the one shown)"
+    )
+    add_option_flags(run, (f for name, f in TRAIN_FIELDS.items() if name in SETTINGS))
+    options = parser.add_argument_group("model options (only those the model takes)")
+    for name, per_model in sorted(options_by_name().items()):
+        defaults = ", ".join(f"{model} {option.default}" for model, option in per_model.items())
+        choices = next((o.choices for o in per_model.values() if o.choices), None)
+        add_flag(options, name, _described(OPTION_HELP[name], defaults, choices))
+
+
 def setting_names() -> set[str]:
     """Every run setting and model option that has a flag."""
-    return SETTINGS | {n for m in MODELS for n in model_options(m)}
+    return SETTINGS | set(options_by_name())
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    """Settings the user actually gave; empty strings (MLproject's "unset") are dropped."""
+    """Settings the user actually gave; unset ones (MLproject's "") are dropped."""
     given = vars(args)
-    return {k: given[k] for k in setting_names() if given.get(k) not in (None, "")}
+    return {k: given[k] for k in setting_names() if not is_unset(given.get(k))}
+
+
+def options_from(cls: type, given: dict[str, Any], **fixed: Any) -> Any:
+    """An options type (TuneOptions, RobustnessOptions) from flag values: each given one parsed
+    to its field's type, the unset ones left at the type's default."""
+    values = dict(fixed)
+    for field in dataclasses.fields(cls):
+        value = given.get(field.name)
+        choices = choices_of(field) or ()
+        if field.name in fixed or is_unset(value, none_is_a_choice="none" in choices):
+            continue
+        kind = str(field.type).split(" |")[0]
+        if kind == "bool":
+            value = parse_bool(value, field.name)
+        elif kind in ("int", "float"):
+            value = parse_number(value, field.name, int if kind == "int" else float)
+        values[field.name] = value
+    return cls(**values)
+
+
+def _flag_true(value: Any, name: str = "flag") -> bool:
+    """A boolean flag: unset is false; else true/false, 1/0, yes/no."""
+    return False if is_unset(value) else parse_bool(value, name)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -76,6 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = None
     if not args.resume:
         config = load_config(args.model, overrides_from(args), config_file=args.config or None)
+    if _flag_true(args.print_config, "print_config"):
+        return _print_config(config, args)
     if seeds != 1:
         return _train_seeds(config, seeds, args, nproc)
     if nproc is not None and config is not None:  # fail here, not in every process
@@ -97,6 +149,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise LabError(f"distributed training failed: {failed}; see its log above") from None
     if run_id:  # rank 0 (or the one process); torchrun's other ranks have nothing to say
         print(f"run {run_id}: test_accuracy {accuracy:.4f}")
+    return 0
+
+
+def _print_config(config: Any, args: argparse.Namespace) -> int:
+    """`train --print-config`: the resolved settings (file, run config, flags) as YAML."""
+    import yaml
+
+    if config is None:
+        raise ConfigError("--print-config prints a new run's settings; drop --resume")
+    flags = sorted(overrides_from(args))
+    sources = [config.config_file or "the code's defaults"]
+    if flags:
+        sources.append("flags " + ", ".join(f"--{f.replace('_', '-')}" for f in flags))
+    print(f"# {config.model}: {' + '.join(sources)}")
+    print(yaml.safe_dump(config.to_params(), sort_keys=False), end="")
     return 0
 
 
@@ -126,34 +193,15 @@ def _train_seeds(config: Any, seeds: int, args: argparse.Namespace, nproc: int |
 def train_worker(
     config: Any, run_name: str | None, resume_run_id: str | None, logs: bool = True
 ) -> tuple[str, float]:
-    """One training process: `train(config)` or `resume(resume_run_id)`; (run id, test
-    accuracy) from rank 0. Module-level, so torch's launcher can start it in each rank."""
-    from mnist_lab.train import resume, train
+    """One training process (train.start); (run id, test accuracy) from rank 0. Module-level,
+    so torch's launcher can start it in each rank."""
+    from mnist_lab.train import start
 
     if logs:  # a freshly spawned rank: log as the CLI does, and let `kill` end its run KILLED
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     with sigterm_as_interrupt() if logs else contextlib.nullcontext():
-        resume_run_id = resume_run_id or _restarted_jobs_run()
-        result = resume(resume_run_id) if resume_run_id else train(config, run_name=run_name)
+        result = start(config, resume_run_id=resume_run_id, run_name=run_name)
     return result.run_id, result.metrics.get("test_accuracy", float("nan"))
-
-
-def _restarted_jobs_run() -> str | None:
-    """In a torchrun job restarted after a rank died (`--max-restarts`), the run its first
-    attempt started, if it has a checkpoint to go on from: the job resumes it."""
-    from mnist_lab import tracking
-
-    job = os.environ.get("TORCHELASTIC_RUN_ID")
-    if not job or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
-        return None
-    run_id = tracking.job_run(job)
-    if run_id is None:
-        return None
-    if not tracking.has_checkpoint(run_id):  # died before its first epoch ended: start again
-        log.warning("torchrun job %s restarted; its run %s has no checkpoint yet", job, run_id)
-        return None
-    log.info("torchrun job %s restarted: resuming its run %s", job, run_id)
-    return run_id
 
 
 def _nproc_per_node(value: str | None) -> int | None:
@@ -172,15 +220,6 @@ def _nproc_per_node(value: str | None) -> int | None:
     return nproc
 
 
-def _flag_true(value: str | None) -> bool:
-    """`--force`, `--force true` and MLproject's `--force false` / `--force ''` spellings."""
-    if value in (None, "", "false", "False", "0", "no"):
-        return False
-    if value in ("true", "True", "1", "yes"):
-        return True
-    raise LabError(f"expected true or false, got {value!r}")
-
-
 def _csv(values: Sequence[str] | None) -> list[str]:
     """Repeatable, comma-separated flag values as one list; empty items dropped."""
     return [v.strip() for value in values or () for v in value.split(",") if v.strip()]
@@ -193,7 +232,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         best_by=args.best_by or None,
         tags=parse_tags(_csv(args.tag)),
         run_ids=_csv(args.run_ids),
-        include_tuning=_flag_true(args.include_tuning),
+        include_tuning=_flag_true(args.include_tuning, "include_tuning"),
         output_dir=args.output_dir or "comparison",
     )
     print(markdown(result.table, result.significance), end="")
@@ -231,8 +270,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from mnist_lab.serving.register import register
 
-    where = args.where if args.where not in (None, "", "none") else None
-    print(register(args.model, force=_flag_true(args.force), where=where))
+    where = None if is_unset(args.where) else args.where
+    print(register(args.model, force=_flag_true(args.force, "force"), where=where))
     return 0
 
 
@@ -246,7 +285,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain and not args.explain.lower().endswith(".png"):
         raise LabError(f"--explain {args.explain}: give a .png file to write the heat maps to")
     sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
-    model = tracking.load_model(args.model_uri, allow_pickle=_flag_true(args.allow_pickle))
+    allow_pickle = _flag_true(args.allow_pickle, "allow_pickle")
+    model = tracking.load_model(args.model_uri, allow_pickle=allow_pickle)
     predictions = predict(model, sources, images)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -262,17 +302,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_robustness(args: argparse.Namespace) -> int:
     from mnist_lab.serving.robustness_run import robustness
 
-    given = {k: v for k, v in vars(args).items() if v not in (None, "") and str(v) != "none"}
-    result = robustness(
-        run_id=given.get("run_id"),
-        model_uri=given.get("model_uri"),
-        samples=_number(given, "samples", int, 2000),
-        severities=str(given.get("severities", "3")),
-        data_dir=given.get("data_dir"),
-        device=given.get("device", "auto"),
-        seed=_number(given, "seed", int, 0),
-        allow_pickle=_flag_true(given.get("allow_pickle")),
-    )
+    result = robustness(options_from(RobustnessOptions, vars(args)))
     metrics = result.result.metrics(result.headline_severity)
     worst = ", ".join(
         f"{name} {metrics[f'robust_accuracy_{name}']:.1%}"
@@ -289,14 +319,14 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from mnist_lab import tracking
 
-    if not _flag_true(args.stale):
+    if not _flag_true(args.stale, "stale"):
         raise LabError("runs: say what to list: --stale (RUNNING runs whose process is gone)")
     stale = tracking.stale_runs()
     for run in stale:
         print(f"{run.run_id}  experiment {run.experiment_id}  {run.run_name}: {run.reason}")
     if not stale:
         print("no stale runs: every RUNNING run has a live process (or cannot be judged)")
-    elif _flag_true(args.fix):
+    elif _flag_true(args.fix, "fix"):
         tracking.end_stale(stale)
         print(f"ended {len(stale)} run(s) KILLED")
     else:
@@ -310,19 +340,33 @@ ALLOW_PICKLE = "load a model logged before the pickle-free format (runs its pick
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     """compare, benchmark, register, predict, robustness and runs."""
     from mnist_lab.analysis.selection import RUN_BUDGETS
-    from mnist_lab.comparison.groups import SELECTABLE_METRICS
+    from mnist_lab.names import SELECTABLE_METRICS
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
     add_flag(
         compare,
         "best_by",
-        help=f"per model, the configuration with the best mean of: {', '.join(SELECTABLE_METRICS)}",
+        help="per model, the configuration with the best mean of a metric (default: the newest "
+        f"configuration); one of {', '.join(SELECTABLE_METRICS)}",
     )
     compare.add_argument(
-        "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable; default: every run)",
     )
-    add_flag(compare, "run_ids", action="append", help="compare exactly these runs (comma list)")
-    add_flag(compare, "include_tuning", nargs="?", const="true", help="add each study's winner")
+    add_flag(
+        compare,
+        "run_ids",
+        action="append",
+        help="compare exactly these runs (comma list; default: chosen as above)",
+    )
+    add_flag(
+        compare,
+        "include_tuning",
+        "add each study's winning configuration (default: false)",
+        boolean=True,
+    )
     add_flag(compare, "output_dir", help="where the files go (default: comparison/)")
     compare.set_defaults(handler=cmd_compare)
 
@@ -342,7 +386,10 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
         "report", help="results tables from MLflow runs: every configuration, the benchmark"
     )
     report.add_argument(
-        "--tag", action="append", metavar="KEY=VALUE", help="only runs with this tag (repeatable)"
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable; default: every run)",
     )
     add_flag(report, "output_dir", help="where the tables go (default: results/)")
     report.set_defaults(handler=cmd_report)
@@ -351,124 +398,69 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
         "register", help="best run by val accuracy → MLflow's model registry"
     )
     register.add_argument("--model", required=True, help=f"one of {', '.join(model_names())}")
-    register.add_argument("--force", nargs="?", const="true", default=None, help="move champion")
+    add_flag(
+        register,
+        "force",
+        "move @champion even when the new run does not beat it beyond noise (default: false)",
+        boolean=True,
+    )
     register.add_argument(
         "--where",
         metavar="BUDGETS",
         help="the best run within these budgets, e.g. 'inference_ms_per_image<=0.1' (a comma "
-        f"list of metric<=value, also <, >=, >; metrics: {', '.join(RUN_BUDGETS)})",
+        f"list of metric<=value, also <, >=, >; metrics: {', '.join(RUN_BUDGETS)}; default: "
+        "no budget)",
     )
     register.set_defaults(handler=cmd_register)
 
     predict = commands.add_parser("predict", help="digits from images, IDX files or folders")
     predict.add_argument("inputs", nargs="*", help="image files, IDX image files or folders")
-    add_flag(predict, "model_uri", help="e.g. models:/mnist-cnn@champion or runs:/<id>/model")
-    predict.add_argument("--json", action="store_true", help="machine-readable output")
-    predict.add_argument(
-        "--explain", metavar="OUT.png", help="also draw what the model looked at (heat maps)"
+    add_flag(
+        predict,
+        "model_uri",
+        help="the model, e.g. runs:/<id>/model (default: models:/mnist-cnn@champion)",
     )
-    add_flag(predict, "allow_pickle", nargs="?", const="true", help=ALLOW_PICKLE)
+    predict.add_argument(
+        "--json", action="store_true", help="machine-readable output (default: one line a digit)"
+    )
+    predict.add_argument(
+        "--explain",
+        metavar="OUT.png",
+        help="also draw what the model looked at, as heat maps (default: no drawing)",
+    )
+    add_flag(predict, "allow_pickle", f"{ALLOW_PICKLE} (default: false)", boolean=True)
     predict.set_defaults(handler=cmd_predict, model_uri="models:/mnist-cnn@champion")
 
     robust = commands.add_parser(
         "robustness", help="a logged model on the MNIST-C corruptions, into a new run"
     )
-    add_flag(robust, "run_id", help="evaluate this run's logged model")
-    add_flag(robust, "model_uri", help="or this model, e.g. models:/mnist-cnn@champion")
-    add_flag(robust, "samples", help="test digits per corruption (default 2000)")
-    add_flag(robust, "severities", help="3 (default, MNIST-C's), 1,3,5 or 1..5 for a curve")
-    for name in ("data_dir", "device", "seed"):
-        add_flag(robust, name, help=f"{name} (as for train)")
-    add_flag(robust, "allow_pickle", nargs="?", const="true", help=ALLOW_PICKLE)
+    add_option_flags(robust, dataclasses.fields(RobustnessOptions))
     robust.set_defaults(handler=cmd_robustness)
 
     runs = commands.add_parser("runs", help="RUNNING runs whose process is gone (--stale)")
-    add_flag(runs, "stale", nargs="?", const="true", help="list them")
-    add_flag(runs, "fix", nargs="?", const="true", help="and end them KILLED")
+    add_flag(runs, "stale", "list them (default: false)", boolean=True)
+    add_flag(runs, "fix", "and end them KILLED (default: false)", boolean=True)
     runs.set_defaults(handler=cmd_runs)
 
 
-TUNE_FLAGS = {
-    "n_trials": "the study's size: a re-run runs only the missing trials (default 20)",
-    "timeout": "stop starting trials after this many seconds",
-    "workers": "processes running trials on the same storage (default 1)",
-    "storage": "Optuna storage: an SQLAlchemy URL or journal:<file> (default sqlite:///optuna.db "
-    "at the repo root)",
-    "study_name": "default: the model name; the same name continues the study",
-    "objectives": "what the study optimises: one to three of val_accuracy (the default), "
-    "val_robust_accuracy, num_params, train_flops_per_image, inference_ms_per_image, "
-    "train_time_s, comma-separated, each in its own direction (two or three: a Pareto front). "
-    "Optuna cannot prune a multi-objective study: with anything but val_accuracy alone, every "
-    "trial trains its full epoch budget (no pruner)",
-    "pick": "the trial to retrain, by a rule: 'val_accuracy, inference_ms_per_image<=0.1' is "
-    "the most accurate within 0.1 ms a digit (default: the best trial; with several "
-    "objectives, every Pareto-optimal trial)",
-    "sampler": "tpe (default, seeded; MOTPE for several objectives), random or nsga2",
-    "pruner": "auto (default: hyperband for val_accuracy alone, none otherwise), hyperband, "
-    "median or none; Optuna cannot prune a multi-objective study, so a pruner with several "
-    "objectives is refused",
-    "seed": "sampler seed, also the trials' training seed (default 0)",
-    "device": "every trial's device (default: auto)",
-    "max_train_samples": "train each trial on a subset (e.g. 10000)",
-    "max_test_samples": "test subset of the retrain with --retrain subset",
-    "val_size": "validation images held out of training (the objective)",
-    "data_dir": "MNIST folder (default $MNIST_DATA_DIR or ./data)",
-    "space": "search space file (default tuning/<model>.yaml)",
-    "retrain": "retrain the winner (the best or picked trial, or each Pareto-optimal one) on the "
-    "full data (full, default), on the trials' subset (subset), or not (none)",
-    "confirm_seeds": "with a retrain: train the winner and the defaults at K seeds each and "
-    "test whether the tuned configuration beats the defaults beyond noise (default 0: off)",
-    "heartbeat_interval": "seconds between trial heartbeats on RDB storages (default 60)",
-    "nproc_per_node": "not for tune: trials train in one process each (use --workers for "
-    "parallel trials); `train --nproc-per-node` trains one model in several",
-}
+# `tune`'s data flags are run settings every trial takes: their help is the run config's.
+TUNE_DATA_FIELDS = [TRAIN_FIELDS[name] for name in DATA_OPTIONS if name != "seed"]
 
 
-UNSET = ("", "none")
-
-
-# Settings whose value "none" is a choice, not MLproject's spelling of "unset".
-NONE_IS_A_CHOICE = ("pruner", "retrain")
-
-
-def tune_options(args: argparse.Namespace):
-    """The `tune` flags as TuneOptions; "" or "none" means "unset" (MLproject's defaults for
-    settings that default to nothing), except where "none" is itself a documented value."""
+def tune_options(args: argparse.Namespace) -> TuneOptions:
+    """The `tune` flags as TuneOptions: unset ones ("" or "none", MLproject's spellings) take
+    the type's default, except where "none" is itself one of the setting's choices."""
     from mnist_lab.engine.distributed import requested_world_size
-    from mnist_lab.tuning.study import DEFAULT_STORAGE
-    from mnist_lab.tuning.tuner import DATA_OPTIONS, TuneOptions
 
-    if args.nproc_per_node not in (None, "") or requested_world_size() > 1:
+    if not is_unset(args.nproc_per_node) or requested_world_size() > 1:
         raise ConfigError(
             "tune does not train distributed: each trial trains in one process (--workers N "
             "runs N trials at once); drop --nproc-per-node / torchrun, or train the chosen "
             "config with `train --nproc-per-node N`"
         )
-
-    given = {
-        k: v
-        for k, v in vars(args).items()
-        if v is not None and (k in NONE_IS_A_CHOICE or str(v).lower() not in UNSET)
-    }
-    data = {k: given[k] for k in DATA_OPTIONS if k in given}
-    return TuneOptions(
-        model=args.model or "cnn",
-        n_trials=_number(given, "n_trials", int, 20),
-        timeout=_number(given, "timeout", float, None),
-        workers=_number(given, "workers", int, 1),
-        storage=given.get("storage", DEFAULT_STORAGE),
-        study_name=given.get("study_name"),
-        sampler=given.get("sampler", "tpe"),
-        pruner=given.get("pruner", "auto"),
-        seed=_number(given, "seed", int, 0),
-        data=data,
-        space_path=given.get("space"),
-        retrain=given.get("retrain", "full"),
-        confirm_seeds=_number(given, "confirm_seeds", int, 0),
-        heartbeat_interval=_number(given, "heartbeat_interval", int, 60),
-        objectives=given.get("objectives"),
-        pick=given.get("pick"),
-    )
+    given = vars(args)
+    data = {k: given[k] for k in DATA_OPTIONS if not is_unset(given.get(k))}
+    return options_from(TuneOptions, {**given, "space_path": given.get("space")}, data=data)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -507,17 +499,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _seeds(args: argparse.Namespace) -> int:
     """--seeds N (train, benchmark): 1 when not given or given empty (MLproject's unset)."""
-    given = {} if args.seeds in (None, "") else {"seeds": args.seeds}
-    return _number(given, "seeds", int, 1)
-
-
-def _number(given: dict[str, Any], name: str, kind: type, default: Any) -> Any:
-    if name not in given:
-        return default
-    try:
-        return kind(given[name])
-    except ValueError:
-        raise LabError(f"{name}={given[name]!r} is not a valid {kind.__name__}") from None
+    return 1 if is_unset(args.seeds) else parse_number(args.seeds, "seeds", int)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -537,15 +519,22 @@ def build_parser() -> argparse.ArgumentParser:
         "config",
         metavar="FILE",
         help="a run config, e.g. experiments/cnn_fast.yaml: its settings over "
-        "experiments/<model>.yaml's; flags override both",
+        "experiments/<model>.yaml's; flags override both (default: none)",
     )
     train.add_argument(
         "--resume",
         metavar="RUN_ID",
         default=None,
-        help="continue a killed/failed run from its checkpoints/last.pt",
+        help="continue a killed/failed run from its checkpoints/last.pt (default: a new run)",
     )
     add_flag(train, "run_name", help="the run's name (default: from the config, e.g. cnn-5ep)")
+    add_flag(
+        train,
+        "print_config",
+        "print the resolved settings (experiments/<model>.yaml, --config, flags) and exit "
+        "(default: false)",
+        boolean=True,
+    )
     add_flag(
         train,
         "seeds",
@@ -558,16 +547,33 @@ def build_parser() -> argparse.ArgumentParser:
         "nproc_per_node",
         metavar="N",
         help="train in N processes on this machine (DistributedDataParallel, torch's launcher; "
-        "as `torchrun --standalone --nproc-per-node N -m mnist_lab train`)",
+        "as `torchrun --standalone --nproc-per-node N -m mnist_lab train`; default: one "
+        "process, no launcher)",
     )
     add_train_flags(train)
     train.set_defaults(handler=cmd_train)
     add_analysis_commands(commands)
 
     tune = commands.add_parser("tune", help="Optuna study over tuning/<model>.yaml, in MLflow")
-    tune.add_argument("--model", default="cnn", help=f"one of {', '.join(model_names())}")
-    for name, text in TUNE_FLAGS.items():
-        add_flag(tune, name, help=text, metavar=name.upper())
+    tune.add_argument(
+        "--model", default="cnn", help=f"one of {', '.join(model_names())} (default: cnn)"
+    )
+    add_option_flags(
+        tune,
+        (
+            f
+            for f in dataclasses.fields(TuneOptions)
+            if f.name not in ("model", "data", "space_path")
+        ),
+    )
+    add_option_flags(tune.add_argument_group("every trial's data"), TUNE_DATA_FIELDS)
+    add_flag(tune, "space", "the search space file (default: tuning/<model>.yaml)")
+    add_flag(
+        tune,
+        "nproc_per_node",
+        "not for tune: each trial trains in one process (--workers N runs N at once); "
+        "`train --nproc-per-node` trains one model in several (default: unset)",
+    )
     tune.set_defaults(handler=cmd_tune)
     return parser
 

@@ -16,11 +16,10 @@ from typing import Any
 
 import yaml
 
-from mnist_lab.data.loader import augment_spec
+from mnist_lab.architectures import model_names, model_options
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import model_names, model_options
-from mnist_lab.models.faster_rcnn import check_options as check_detector_options
 from mnist_lab.names import DETECTOR_MODEL
+from mnist_lab.settings import is_unset, parse_bool, parse_number, setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -47,52 +46,62 @@ class TrainConfig:
     # relative to the project when inside it. Not a flag of its own: `--config` sets it.
     config_file: str | None = None
     # Optimisation.
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 3e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    scheduler: str = "onecycle"
-    label_smoothing: float = 0.1
-    grad_clip: float = 1.0  # max grad norm; 0 turns clipping off
-    early_stopping_patience: int = 0  # epochs without val improvement; 0 turns it off
-    # Time to accuracy (`python -m mnist_lab.measure time-to-accuracy`): stop as soon as the
-    # validation accuracy reaches this fraction (None: train every epoch), checking it at
-    # `val_checks_per_epoch` evenly spaced points of each epoch (the end of one among them).
-    target_val_accuracy: float | None = None
-    val_checks_per_epoch: int = 1
-    # Training-time augmentation, batched on the device: false, true (shift ±2 px, rotate ±10°),
-    # a preset ("robust": every op) or "op[:magnitude],..." (see mnist_lab/data/loader.py).
-    augment: bool | str = False
-    # The last N epochs train on clean images: augmentation's robustness, the clean data's
-    # accuracy (YOLOX's "no augmentation in the last epochs"). 0: augment every epoch.
-    clean_final_epochs: int = 0
+    epochs: int = setting(3, "passes over the training split")
+    batch_size: int = setting(128, "images a training step")
+    lr: float = setting(3e-3, "learning rate (OneCycle's peak)")
+    optimizer: str = setting("adamw", "optimizer", OPTIMIZERS)
+    weight_decay: float = setting(5e-4, "weight decay of weight matrices and kernels")
+    momentum: float = setting(0.9, "SGD's momentum (Nesterov)")
+    scheduler: str = setting("onecycle", "learning-rate schedule, stepped each batch", SCHEDULERS)
+    label_smoothing: float = setting(0.1, "label smoothing of the training loss")
+    grad_clip: float = setting(1.0, "max gradient norm; 0 turns clipping off")
+    early_stopping_patience: int = setting(
+        0, "stop after this many epochs without a validation gain; 0 turns it off"
+    )
+    # Time to accuracy (`python -m mnist_lab.measure time-to-accuracy`).
+    target_val_accuracy: float | None = setting(
+        None, "stop as soon as validation accuracy reaches this fraction (unset: every epoch)"
+    )
+    val_checks_per_epoch: int = setting(
+        1, "validation checks an epoch while a target_val_accuracy is set"
+    )
+    augment: bool | str = setting(
+        False,
+        "training-time augmentation: false, true (shift ±2 px, rotate ±10°), a preset "
+        "(robust) or op[:magnitude],... (mnist_lab/data/loader.py)",
+    )
+    clean_final_epochs: int = setting(
+        0, "the last N epochs train on clean images (0: augment every epoch)"
+    )
     # Data.
-    data_dir: str | None = None
-    val_size: int = 5000
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    # `seed` draws the initial weights, the batches and the augmentation; `split_seed` draws the
-    # validation split and the subsets above. Kept apart, runs of different seeds are scored on
-    # the same digits and can be compared digit by digit (analysis/statistics.py).
-    seed: int = 0
-    split_seed: int = 0
+    data_dir: str | None = setting(None, "the folder holding MNIST/raw/ (unset: $MNIST_DATA_DIR)")
+    val_size: int = setting(5000, "validation images held out of the 60 000 training images")
+    max_train_samples: int | None = setting(None, "train on a stratified subset (unset: all)")
+    max_test_samples: int | None = setting(None, "test on a stratified subset (unset: all)")
+    # Kept apart, runs of different seeds are scored on the same digits and can be compared
+    # digit by digit (analysis/statistics.py).
+    seed: int = setting(0, "draws the initial weights, the batches and the augmentation")
+    split_seed: int = setting(0, "draws the validation split and the subsets")
     # Runtime.
-    device: str = "auto"
-    compile: bool = False
-    # torch.compile's mode (needs `compile`). "reduce-overhead" replays the step as CUDA graphs:
-    # on a GPU the small models are launch-bound (results/gpu.md); on a CPU it acts as "default".
-    compile_mode: str = "default"
-    amp: bool = True  # bf16 autocast on CUDA and on AMX CPUs; ignored elsewhere
-    eval_batch_size: int = 256  # a CPU evaluates fastest in batches that stay in cache (measured)
-    checkpoint: bool = True
-    # Distributed jobs (torchrun, --nproc-per-node): the c10d backend (auto: NCCL on GPUs, Gloo
-    # on CPUs), and BatchNorm statistics synchronised across the ranks (CUDA only).
-    dist_backend: str = "auto"
-    sync_bn: bool = False
-    # Test digits per MNIST-C corruption evaluated at the end of a classifier run; 0: none.
-    robustness_samples: int = 2000
+    device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda[:k] or mps")
+    compile: bool = setting(False, "torch.compile the training step")
+    compile_mode: str = setting(
+        "default",
+        "torch.compile's mode (needs compile); reduce-overhead replays CUDA graphs",
+        COMPILE_MODES,
+    )
+    amp: bool = setting(True, "bf16 autocast on CUDA and on AMX CPUs (ignored elsewhere)")
+    eval_batch_size: int = setting(
+        256, "images an evaluation batch (a CPU evaluates fastest in batches that stay in cache)"
+    )
+    checkpoint: bool = setting(True, "log checkpoints/last.pt each epoch (what --resume needs)")
+    dist_backend: str = setting(
+        "auto", "torchrun's c10d backend (auto: NCCL on GPUs, Gloo on CPUs)", DIST_BACKENDS
+    )
+    sync_bn: bool = setting(False, "synchronise BatchNorm statistics across ranks (CUDA only)")
+    robustness_samples: int = setting(
+        2000, "test digits per MNIST-C corruption in the end-of-run report; 0: none"
+    )
     # Architecture options, checked against the model builder's keyword arguments.
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -164,10 +173,7 @@ def load_config(
         model = model or named
     model = model or TrainConfig.model
     if model not in model_names() and not model.startswith("timm:"):
-        raise ConfigError(
-            f"unknown model {model!r}; valid models: {', '.join(model_names())} "
-            "(or timm:<name> for any timm model)"
-        )
+        raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(model_names())}")
     values: dict[str, Any] = {}
     path = experiment_file(model)
     if path.exists():
@@ -314,41 +320,9 @@ def validate(config: TrainConfig) -> None:
     for name in ("max_train_samples", "max_test_samples"):
         value = getattr(c, name)
         _check(value is None or value >= 10, name, value, "must be >= 10 (or unset for all)")
-    _validate_model_options(c.model, c.resolved_model_options())
+    from mnist_lab.models import check_options  # the builders' own rules (imports torch)
 
-
-def _validate_model_options(model: str, options: dict[str, Any]) -> None:
-    """Range checks for architecture options shared by several builders."""
-    if (patch := options.get("patch_size")) is not None:
-        _check(
-            patch >= 1 and 28 % patch == 0,
-            "patch_size",
-            patch,
-            "must divide the 28-px image: one of 1, 2, 4, 7, 14, 28",
-        )
-    dim, heads = options.get("dim"), options.get("heads")
-    if dim is not None and heads is not None:
-        _check(heads >= 1, "heads", heads, "must be >= 1")
-        _check(dim >= 1 and dim % heads == 0, "dim", dim, f"must be divisible by heads={heads}")
-    if (depth := options.get("depth")) is not None:
-        low, high = (1, 4) if model == "cnn" else (1, 48)
-        _check(low <= depth <= high, "depth", depth, f"must be in [{low}, {high}] for {model}")
-    for name in ("width", "mlp_ratio"):
-        if (value := options.get(name)) is not None:
-            _check(value > 0, name, value, "must be > 0")
-    if (dropout := options.get("dropout")) is not None:
-        _check(0 <= dropout < 1, "dropout", dropout, "must be in [0, 1)")
-    if (size := options.get("input_size")) is not None:
-        _check(size in (32, 224), "input_size", size, "must be 32 (native) or 224 (transfer)")
-    if model == DETECTOR_MODEL:
-        check_detector_options(**options)
-    for name in ("weights", "weights_backbone"):
-        value = options.get(name)
-        if value not in (None, "imagenet", "none") and not Path(value).is_file():
-            raise ConfigError(
-                f"{name}={value!r}: no such file; give 'imagenet', 'none' or the path of a "
-                "state-dict file"
-            )
+    check_options(c.model, c.model_options)
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
@@ -357,26 +331,18 @@ def _check(ok: bool, name: str, value: Any, rule: str) -> None:
 
 
 def _coerce(key: str, value: Any, type_name: str | type, source: str) -> Any:
-    """Turn strings from flags/YAML/MLflow params into the field's type; None stays None."""
+    """Turn strings from flags/YAML/MLflow params into the field's type; unset stays None."""
     type_name = type_name if isinstance(type_name, str) else type_name.__name__
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-        return None if "None" in type_name or type_name == "NoneType" else value
+    if is_unset(value):
+        return None if "None" in type_name else value
+    kind = type_name.split(" |")[0]
     try:
-        if type_name.startswith("bool"):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if type_name.startswith("int"):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if type_name.startswith("float"):
-            return float(value)
-    except (TypeError, ValueError):
-        expected = type_name.split(" |")[0]
-        raise ConfigError(f"{source}: {key}={value!r} is not a valid {expected}") from None
+        if kind == "bool":
+            return parse_bool(value, key)
+        if kind in ("int", "float"):
+            return parse_number(value, key, int if kind == "int" else float)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     return value
 
 
@@ -385,6 +351,8 @@ def _coerce_augment(value: Any, source: str) -> bool | str:
     the setting and its valid values for anything else."""
     if isinstance(value, int) and value in (0, 1):
         value = bool(value)  # YAML's 0 / 1, as the old bool field took them
+    from mnist_lab.data.loader import augment_spec  # data/ imports torch
+
     if value is None or isinstance(value, bool | str):
         try:
             return augment_spec(value or False)

@@ -56,6 +56,9 @@ TEST_NO_DETECTION_RATE = "test_no_detection_rate"
 TEST_MAP_50 = "test_map_50"
 TEST_MAP = "test_map"
 
+# MNIST-C's own severity of its corruptions (1-5): the one every run's robust_accuracy_* uses.
+DEFAULT_SEVERITY = 3
+
 # How a classifier fails (every classifier run, and `robustness` runs): accuracy under the
 # MNIST-C corruptions of the test split, and calibration of its probabilities.
 ROBUST_ACCURACY_PREFIX = "robust_accuracy_"  # + corruption name, e.g. robust_accuracy_fog
@@ -192,6 +195,19 @@ def gain_over_defaults_metric(objective: str) -> str:
 
 
 DEFAULT_EXPERIMENT = "mnist-lab"
+
+# Metrics a configuration can be chosen by; for these, lower is better.
+SELECTABLE_METRICS = (*EPOCH_METRICS, *FINAL_METRICS, BEST_VAL_ACCURACY)
+LOWER_IS_BETTER = {
+    TRAIN_LOSS,
+    VAL_LOSS,
+    TEST_LOSS,
+    TRAIN_TIME_S,
+    EPOCH_TIME_S,
+    NUM_PARAMS,
+    INFERENCE_MS_PER_IMAGE,
+    PEAK_MEMORY_MB,
+}
 
 # The run's model as ONNX (tracking/onnx.py): digits → probabilities, temperature included; for
 # faster_rcnn, its detector (one scene → boxes, labels, scores). Checked against torch at logging.

@@ -81,6 +81,36 @@ class ConsoleReporter:
         )
 
 
+def start(
+    config: TrainConfig | None, resume_run_id: str | None = None, run_name: str | None = None
+) -> TrainResult:
+    """Where a run begins, decided here alone: continue `resume_run_id` (or, in a torchrun job
+    restarted after a rank died, the run its first attempt started, once it has a checkpoint),
+    else train `config` afresh."""
+    resume_run_id = resume_run_id or _restarted_jobs_run()
+    if resume_run_id:
+        return resume(resume_run_id)
+    if config is None:
+        raise LabError("nothing to train: give a config, or the run id to resume")
+    return train(config, run_name=run_name)
+
+
+def _restarted_jobs_run() -> str | None:
+    """In a torchrun job restarted after a rank died (`--max-restarts`), the run its first
+    attempt started, if it has a checkpoint to go on from: the job resumes it."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    if not job or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0:
+        return None
+    run_id = tracking.job_run(job)
+    if run_id is None:
+        return None
+    if not tracking.has_checkpoint(run_id):  # died before its first epoch ended: start again
+        log.warning("torchrun job %s restarted; its run %s has no checkpoint yet", job, run_id)
+        return None
+    log.info("torchrun job %s restarted: resuming its run %s", job, run_id)
+    return run_id
+
+
 def resume(run_id: str) -> TrainResult:
     """Continue run `run_id` from its `checkpoints/last.pt`, in that same MLflow run.
 

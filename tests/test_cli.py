@@ -38,8 +38,8 @@ def runs_in_store() -> list:
         (["--model", "cnn", "--lr", "-1"], "lr=-1.0 must be > 0"),
         (["--model", "cnn", "--epochs", "0"], "epochs=0 must be >= 1"),
         (["--model", "cnn", "--batch-size", "0"], "batch_size=0 must be >= 1"),
-        (["--model", "vit", "--patch-size", "5"], "patch_size=5 must divide the 28-px image"),
-        (["--model", "vit", "--dim", "30", "--heads", "4"], "dim=30 must be divisible by heads=4"),
+        (["--model", "vit", "--patch-size", "5"], "vit: patch_size must divide 28"),
+        (["--model", "vit", "--dim", "30", "--heads", "4"], "dim (30) must be a positive multiple"),
         (["--model", "vgg16", "--weights", "missing.pth"], "weights='missing.pth': no such file"),
         (["--model", "cnn", "--patch-size", "7"], "'patch_size' is not a setting of model 'cnn'"),
     ],
@@ -237,3 +237,98 @@ def test_a_run_config_arrives_through_mlflow_run():
     config = load_config(args.model, overrides_from(args), config_file=args.config)
     assert config.config_file == "experiments/cnn_fast.yaml"
     assert config.model_options["width"] == 16 and config.epochs == 2  # -P over the preset
+
+
+def test_help_needs_neither_torch_nor_mlflow_nor_optuna():
+    """`--help` builds the whole parser; nothing it imports may pull in the heavy libraries."""
+    import subprocess
+    import sys
+
+    from mnist_lab.config import PROJECT_ROOT
+
+    code = (
+        "import sys; from mnist_lab.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "train",
+        "tune",
+        "compare",
+        "register",
+        "robustness",
+        "benchmark",
+        "report",
+        "predict",
+        "runs",
+    ],
+)
+def test_every_flag_says_what_it_is_and_its_default(command):
+    import argparse
+
+    from mnist_lab.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        if action.option_strings and action.dest not in ("help",):
+            assert action.help, f"{command} {action.option_strings[0]}: no help"
+            required = action.required or action.dest == "model"
+            assert required or "default" in action.help, f"{command} {action.option_strings[0]}"
+
+
+def test_every_model_option_has_a_flag_read_without_importing_the_builders():
+    from mnist_lab import architectures
+    from mnist_lab.models import MODELS, model_options
+
+    assert list(architectures.architectures()) == list(MODELS)
+    for model in [*MODELS, "timm:resnet18"]:
+        assert architectures.model_options(model) == model_options(model), model
+    assert set(architectures.options_by_name()) == set(architectures.OPTION_HELP)
+
+
+def test_print_config_prints_the_resolved_settings_and_runs_nothing(mlflow_store, capsys):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    argv = ["train", "--config", "experiments/cnn_fast.yaml", "--lr", "0.02", "--print-config"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    first, rest = out.split("\n", 1)
+    assert first == "# cnn: experiments/cnn_fast.yaml + flags --lr"
+    settings = yaml.safe_load(rest)
+    assert settings["lr"] == 0.02 and settings["model"] == "cnn" and settings["width"] == 16
+    assert settings["config_file"] == "experiments/cnn_fast.yaml"
+    assert not MlflowClient().search_experiments(filter_string="name = 'mnist-lab'")
+
+
+def test_one_reading_of_unset_and_booleans():
+    from mnist_lab.errors import ConfigError
+    from mnist_lab.settings import is_unset, parse_bool
+
+    assert all(is_unset(v) for v in (None, "", " ", "none", "None", "null"))
+    assert not is_unset("none", none_is_a_choice=True) and not is_unset(0)
+    assert [parse_bool(v, "x") for v in ("true", "YES", "1", True, 1)] == [True] * 5
+    assert [parse_bool(v, "x") for v in ("false", "No", "0", False, 0)] == [False] * 5
+    with pytest.raises(ConfigError, match="force='maybe' is not a boolean"):
+        parse_bool("maybe", "force")
+
+
+def test_tune_and_robustness_defaults_are_their_options_types():
+    from mnist_lab.cli import build_parser, options_from, tune_options
+    from mnist_lab.serving.options import RobustnessOptions
+    from mnist_lab.tuning.options import TuneOptions
+
+    parser = build_parser()
+    assert tune_options(parser.parse_args(["tune"])) == TuneOptions()
+    given = parser.parse_args(["tune", "--pruner", "none", "--timeout", "none", "--n-trials", "5"])
+    assert tune_options(given) == TuneOptions(pruner="none", n_trials=5)
+    args = parser.parse_args(["robustness", "--run-id", "r", "--samples", "10"])
+    assert options_from(RobustnessOptions, vars(args)) == RobustnessOptions(run_id="r", samples=10)

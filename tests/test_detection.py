@@ -277,9 +277,12 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
 
     # The detector's own runs skip the corruption suite; `robustness` evaluates its logged
     # model through the classifier wrapper, with the metric names every model has.
+    from mnist_lab.serving.options import RobustnessOptions
     from mnist_lab.serving.robustness_run import robustness
 
-    checked = robustness(run_id=result.run_id, samples=10, data_dir=str(mnist_dir))
+    checked = robustness(
+        RobustnessOptions(run_id=result.run_id, samples=10, data_dir=str(mnist_dir))
+    )
     assert checked.source_run_id == result.run_id
     robust = client.get_run(checked.run_id).data.metrics
     assert 0.0 <= robust[names.ROBUST_ACCURACY_MEAN] <= 1.0

@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mnist_lab"
 
 # Bottom to top. A module may import its own layer's modules and any layer below it.
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "names", "database"},  # __init__ holds only __version__
+    {"__init__", "errors", "names", "database", "settings"},  # __init__ holds only __version__
     {"data"},
-    {"models"},
+    {"models", "architectures"},  # architectures: the models' options, read, not imported
     {"inference"},  # a logged model's loader: travels with the model (models/ and below only)
     {"config"},
     {"analysis"},

@@ -63,7 +63,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.names import IMAGE_SIZE
+from mnist_lab.names import DEFAULT_SEVERITY, IMAGE_SIZE
 
 CORRUPTIONS: tuple[str, ...] = (
     "shot_noise",
@@ -83,7 +83,6 @@ CORRUPTIONS: tuple[str, ...] = (
     "canny_edges",
 )
 SEVERITIES = (1, 2, 3, 4, 5)
-DEFAULT_SEVERITY = 3
 
 _BILINEAR = {"interpolation": InterpolationMode.BILINEAR}
 

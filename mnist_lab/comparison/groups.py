@@ -13,18 +13,6 @@ from mnist_lab.tracking import NOT_CONFIGURATION, RunRecord, by_configuration
 
 # The lab's architectures in table order; any other model follows, alphabetically.
 LAB_MODELS = ("cnn", "vgg16", "alexnet", "vit", "faster_rcnn")
-# Metrics a configuration can be chosen by; for these, lower is better.
-SELECTABLE_METRICS = (*names.EPOCH_METRICS, *names.FINAL_METRICS, names.BEST_VAL_ACCURACY)
-LOWER_IS_BETTER = {
-    names.TRAIN_LOSS,
-    names.VAL_LOSS,
-    names.TEST_LOSS,
-    names.TRAIN_TIME_S,
-    names.EPOCH_TIME_S,
-    names.NUM_PARAMS,
-    names.INFERENCE_MS_PER_IMAGE,
-    names.PEAK_MEMORY_MB,
-}
 
 
 @dataclass
@@ -65,9 +53,9 @@ def _int(value: str | None) -> int:
 
 
 def check_metric(metric: str) -> str:
-    if metric not in SELECTABLE_METRICS:
+    if metric not in names.SELECTABLE_METRICS:
         raise ConfigError(
-            f"unknown metric {metric!r}; choose one of: {', '.join(SELECTABLE_METRICS)}"
+            f"unknown metric {metric!r}; choose one of: {', '.join(names.SELECTABLE_METRICS)}"
         )
     return metric
 
@@ -125,7 +113,7 @@ def _pick(configurations: list[list[RunRecord]], metric: str | None) -> list[Run
     if metric is None:
         return configurations[0]
     having = [g for g in configurations if any(metric in r.metrics for r in g)] or configurations
-    sign = -1 if metric in LOWER_IS_BETTER else 1
+    sign = -1 if metric in names.LOWER_IS_BETTER else 1
     return max(having, key=lambda g: sign * Group("", g).mean(metric))
 
 

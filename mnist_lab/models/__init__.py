@@ -10,12 +10,13 @@ import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.models.cnn import build_cnn
+from mnist_lab.models.cnn import build_cnn, check_cnn
 from mnist_lab.models.common import (
     MnistNormalize,
     TemperatureScaled,
@@ -23,8 +24,9 @@ from mnist_lab.models.common import (
     skipped_init,
 )
 from mnist_lab.models.faster_rcnn import build_faster_rcnn
-from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16
-from mnist_lab.models.vit import build_timm_vit, build_vit, check_drop_path
+from mnist_lab.models.faster_rcnn import check_options as check_faster_rcnn
+from mnist_lab.models.torchvision_nets import build_alexnet, build_vgg16, check_convnet
+from mnist_lab.models.vit import build_timm_vit, build_vit, check_drop_path, check_vit
 
 TIMM_PREFIX = "timm:"
 
@@ -37,7 +39,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "faster_rcnn": build_faster_rcnn,
 }
 
-__all__ = ["MODELS", "TIMM_PREFIX", "ModelSpec", "build_model", "model_names", "model_options"]
+__all__ = [
+    "MODELS",
+    "TIMM_PREFIX",
+    "ModelSpec",
+    "build_model",
+    "check_options",
+    "model_names",
+    "model_options",
+]
 
 
 def model_names() -> list[str]:
@@ -67,8 +77,31 @@ def model_options(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def build_model(name: str, **options: Any) -> nn.Module:
-    """A fresh classifier `name` built with `options` (the rest keep their defaults)."""
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Model `name`'s options (its builder's defaults under `options`) by the builder's own
+    rules, without building it: a ConfigError naming the first option broken."""
+    full = {**_known_options(name, options), **options}
+    if name.startswith(TIMM_PREFIX):
+        check_drop_path(name, full["drop_path"])
+    elif name in ("vit", "timm_vit"):
+        check_vit(name, **full)
+    elif name in ("vgg16", "alexnet"):
+        check_convnet(name, **full)
+    elif name == "cnn":
+        check_cnn(**full)
+    elif name == "faster_rcnn":
+        check_faster_rcnn(**full)
+    for key in ("weights", "weights_backbone"):  # read when the model is built, not checked there
+        value = full.get(key)
+        if value not in (None, "imagenet", "none") and not Path(value).is_file():
+            raise ConfigError(
+                f"{key}={value!r}: no such file; give 'imagenet', 'none' or the path of a "
+                "state-dict file"
+            )
+
+
+def _known_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Model `name`'s options with their defaults; a ConfigError for one it does not take."""
     valid = model_options(name)
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -76,6 +109,12 @@ def build_model(name: str, **options: Any) -> nn.Module:
             f"model {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(valid) or 'none'}"
         )
+    return valid
+
+
+def build_model(name: str, **options: Any) -> nn.Module:
+    """A fresh classifier `name` built with `options` (the rest keep their defaults)."""
+    _known_options(name, options)
     if name.startswith(TIMM_PREFIX):
         return _build_timm(name.removeprefix(TIMM_PREFIX), **options)
     return _builder(name)(**options)

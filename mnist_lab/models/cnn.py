@@ -100,6 +100,18 @@ def build_cnn(
     """The `cnn` model: `depth` in 1..4 conv blocks of `convs` convolutions each, `width`
     channels in the first one; `input_norm` and `pool` as in the module docstring (their
     defaults, and convs=1: the old model, whose checkpoints load unchanged)."""
+    check_cnn(
+        depth=depth, width=width, dropout=dropout, input_norm=input_norm, pool=pool, convs=convs
+    )
+    return CNN(
+        depth=depth, width=width, dropout=dropout, input_norm=input_norm, pool=pool, convs=convs
+    )
+
+
+def check_cnn(
+    *, depth: int, width: int, dropout: float, input_norm: str, pool: str, convs: int
+) -> None:
+    """`build_cnn`'s rules, without building: a ConfigError naming the first option broken."""
     check_input_norm("cnn", input_norm)
     if pool not in POOLS:
         raise ConfigError(f"cnn: pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -111,6 +123,3 @@ def build_cnn(
         raise ConfigError(f"cnn: width must be a positive channel count, got {width}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"cnn: dropout must be in [0, 1), got {dropout}")
-    return CNN(
-        depth=depth, width=width, dropout=dropout, input_norm=input_norm, pool=pool, convs=convs
-    )

@@ -206,16 +206,17 @@ def _load_fitting(
     return set(fitting)
 
 
-def _build(
+def check_convnet(
     arch: str,
-    factory: Callable[[int, float], tuple[ConvNetClassifier, tuple[str, ...]]],
-    imagenet: torchvision.models.WeightsEnum,
+    *,
     weights: str,
     input_size: int,
     freeze_features: bool,
     dropout: float,
     input_norm: str,
-) -> nn.Module:
+) -> None:
+    """`build_vgg16`'s and `build_alexnet`'s rules, without building: a ConfigError naming the
+    first option broken."""
     check_input_norm(arch, input_norm)
     if input_size not in INPUT_SIZES:
         raise ConfigError(
@@ -229,6 +230,26 @@ def _build(
             f"{arch}: freeze_features=True with weights='none' would freeze a random conv stack; "
             f"use weights='imagenet' or a weights path, or set freeze_features=False"
         )
+
+
+def _build(
+    arch: str,
+    factory: Callable[[int, float], tuple[ConvNetClassifier, tuple[str, ...]]],
+    imagenet: torchvision.models.WeightsEnum,
+    weights: str,
+    input_size: int,
+    freeze_features: bool,
+    dropout: float,
+    input_norm: str,
+) -> nn.Module:
+    check_convnet(
+        arch,
+        weights=weights,
+        input_size=input_size,
+        freeze_features=freeze_features,
+        dropout=dropout,
+        input_norm=input_norm,
+    )
     model, new = factory(input_size, dropout)
     if input_norm != "none":  # prep holds no weights: the state dict keys stay torchvision's
         model.prep = nn.Sequential(InputNorm(input_norm), model.prep)

@@ -147,7 +147,7 @@ class ViT(nn.Module):
         return self.head(x[:, 0])  # [B, 10] from the CLS token
 
 
-def _check(
+def check_vit(
     name: str,
     patch_size: int,
     dim: int,
@@ -194,7 +194,7 @@ def build_vit(
     drop_path: float = 0.0,
 ) -> nn.Module:
     """The `vit` model (this project's ViT). `drop_path`: stochastic depth of the last block."""
-    _check("vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
+    check_vit("vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
     return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
 
 
@@ -210,7 +210,7 @@ def build_timm_vit(
     drop_path: float = 0.0,
 ) -> nn.Module:
     """The `timm_vit` model: timm's VisionTransformer with `vit`'s options, MNIST-normalised."""
-    _check("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
+    check_vit("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
     from timm.models.vision_transformer import VisionTransformer
 
     net = VisionTransformer(

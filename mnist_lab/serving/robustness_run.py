@@ -25,6 +25,7 @@ from mnist_lab.analysis.robustness import (
 from mnist_lab.data.mnist import load_mnist
 from mnist_lab.engine.device import resolve_device
 from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.serving.options import RobustnessOptions
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +57,33 @@ def parse_severities(text: str) -> tuple[int, ...]:
     return check_severities(levels)
 
 
-def robustness(
-    *,
-    run_id: str | None = None,
-    model_uri: str | None = None,
-    samples: int = 2000,
-    severities: str = str(DEFAULT_SEVERITY),
-    data_dir: str | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    allow_pickle: bool = False,
-) -> RobustnessRun:
-    """Evaluate the model of `run_id` (its `model` artifact) or at `model_uri` on the first
-    `samples` MNIST test digits under every corruption at each severity.
+def robustness(options: RobustnessOptions) -> RobustnessRun:
+    """Evaluate the model of `options.run_id` (its `model` artifact) or at `model_uri` on the
+    first `samples` MNIST test digits under every corruption at each severity.
 
     The metrics are those of the default severity (3, MNIST-C's own), or of the highest one
     asked for when 3 is not among them. With several severities, `robust_accuracy_mean_severity_<k>`
     gives the graded curve; the per-corruption values of every severity are in the report and the
     plot.
     """
+    run_id, model_uri, samples, seed = (
+        options.run_id,
+        options.model_uri,
+        options.samples,
+        options.seed,
+    )
     if (run_id is None) == (model_uri is None):
         raise ConfigError("give exactly one of --run-id RUN_ID or --model-uri URI")
     if samples < 1:
         raise ConfigError(f"samples={samples} must be >= 1 (test digits per corruption)")
-    levels = parse_severities(severities)
+    levels = parse_severities(options.severities)
     headline = DEFAULT_SEVERITY if DEFAULT_SEVERITY in levels else max(levels)
     uri = model_uri or tracking.run_model_uri(run_id)
     source_run_id = run_id or tracking.source_run_id(uri)
-    pyfunc = tracking.load_model(uri, allow_pickle=allow_pickle)
-    torch_device = resolve_device(device)
+    pyfunc = tracking.load_model(uri, allow_pickle=options.allow_pickle)
+    torch_device = resolve_device(options.device)
     model = pyfunc.get_raw_model().to(torch_device)
-    mnist = load_mnist(data_dir)
+    mnist = load_mnist(options.data_dir)
     if samples > len(mnist.test_labels):
         raise ConfigError(f"samples={samples} must be <= {len(mnist.test_labels)}, the test set")
     images = mnist.test_images[:samples].to(torch_device).unsqueeze(1).float().div(255)
@@ -101,7 +98,7 @@ def robustness(
     with tracking.run(run_name=f"robustness-{tags.get(names.TAG_MODEL) or 'model'}", tags=tags):
         tracking.set_tags({"source_model_uri": uri})
         tracking.log_params(
-            {"samples": samples, "severities": severities, "seed": seed}
+            {"samples": samples, "severities": options.severities, "seed": seed}
             | ({"run_id": run_id} if run_id else {"model_uri": model_uri})
         )
         result = evaluate_robustness(

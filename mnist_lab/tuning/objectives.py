@@ -41,22 +41,14 @@ from mnist_lab.engine.classification import CORRUPTION_SEED
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError
 from mnist_lab.train import load_splits, make_task
+from mnist_lab.tuning.options import AUTO_PRUNER, OBJECTIVES
 
-OBJECTIVES = (
-    names.VAL_ACCURACY,
-    names.VAL_ROBUST_ACCURACY,
-    names.NUM_PARAMS,
-    names.TRAIN_FLOPS_PER_IMAGE,
-    names.INFERENCE_MS_PER_IMAGE,
-    names.TRAIN_TIME_S,
-)
 DEFAULT_OBJECTIVES = (names.VAL_ACCURACY,)
 MEASURED_AFTER = (names.VAL_ROBUST_ACCURACY, names.INFERENCE_MS_PER_IMAGE)
 MAX_OBJECTIVES = 3
 LATENCY_PASSES = 3
 # A trial's metric each objective reads (val_accuracy: the best epoch's, not the last one's).
 SOURCE = {names.VAL_ACCURACY: names.BEST_VAL_ACCURACY}
-AUTO_PRUNER = "auto"  # hyperband where the study can prune, none where it cannot
 NOT_PRUNABLE = (
     "Optuna cannot prune a multi-objective study, and a pruner compares each epoch's "
     "val_accuracy, which is the objective only in a study of val_accuracy alone"

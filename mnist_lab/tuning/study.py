@@ -16,7 +16,6 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from mnist_lab import names
-from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.database import open_retrying_collisions, redact
 from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.tuning.space import SearchSpace
@@ -24,9 +23,6 @@ from mnist_lab.tuning.space import SearchSpace
 # Heartbeat, retry and metric names are "experimental" in Optuna; we rely on them deliberately.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-DEFAULT_STORAGE = f"sqlite:///{PROJECT_ROOT / 'optuna.db'}"
-SAMPLERS = ("tpe", "random", "nsga2")
-PRUNERS = ("hyperband", "median", "none")
 JOURNAL_PREFIX = "journal:"
 ATTR_FINGERPRINT = "space_fingerprint"
 ATTR_FAILURE = "failure_reason"  # user attr of a trial that failed by itself (not interrupted)

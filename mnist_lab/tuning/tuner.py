@@ -53,14 +53,18 @@ from mnist_lab.tuning.objectives import (
     parse_objectives,
     trial_metrics,
 )
+from mnist_lab.tuning.options import (
+    DATA_OPTIONS,
+    PRUNERS,
+    RETRAIN_MODES,
+    SAMPLERS,
+    TuneOptions,
+)
 from mnist_lab.tuning.pareto import ATTR_METRICS, ATTR_RUN_ID, Winner, choose, log_choice
 from mnist_lab.tuning.space import SearchSpace, load_space
 from mnist_lab.tuning.study import (
     ATTR_FAILURE,
     ATTR_OVERRIDES,
-    DEFAULT_STORAGE,
-    PRUNERS,
-    SAMPLERS,
     StopWhenDone,
     make_pruner,
     make_sampler,
@@ -72,38 +76,8 @@ from mnist_lab.tuning.study import (
 
 log = logging.getLogger(__name__)
 
-RETRAIN_MODES = ("full", "subset", "none")
-# Settings of every trial that come from the command line rather than the space file.
-DATA_OPTIONS = ("device", "seed", "max_train_samples", "max_test_samples", "val_size", "data_dir")
 SUBSET_OPTIONS = ("max_train_samples", "max_test_samples")
 ATTR_ATTEMPTS = "attempts"  # trial numbers that ran these parameters (retries after a crash)
-
-
-@dataclass
-class TuneOptions:
-    model: str
-    n_trials: int = 20
-    timeout: float | None = None  # seconds, per invocation
-    workers: int = 1
-    storage: str = DEFAULT_STORAGE
-    study_name: str | None = None  # default: the model name
-    sampler: str = "tpe"
-    pruner: str = AUTO_PRUNER  # hyperband where the objectives allow pruning, else none
-    seed: int = 0  # the sampler's; also the trials' training seed when given in `data`
-    data: dict[str, Any] = field(default_factory=dict)  # DATA_OPTIONS for every trial
-    space_path: str | None = None  # default tuning/<model>.yaml
-    retrain: str = "full"  # the best config on the full data / on the trials' subset / not
-    # With a retrain: train the winner and the defaults at this many seeds each and test whether
-    # the tuned configuration beats the defaults beyond noise (0: retrain the winner once).
-    confirm_seeds: int = 0
-    heartbeat_interval: int = 60
-    # "val_accuracy,inference_ms_per_image" (or a sequence); None: val_accuracy alone
-    objectives: str | tuple[str, ...] | None = None
-    pick: str | None = None  # "val_accuracy, inference_ms_per_image<=0.1": the one to retrain
-
-    @property
-    def name(self) -> str:
-        return self.study_name or self.model.replace(":", "-")
 
 
 @dataclass
