@@ -47,8 +47,9 @@ EPOCHS_TO_TARGET = "epochs_to_target"
 BEST_VAL_ACCURACY = "best_val_accuracy"
 BEST_EPOCH = "best_epoch"
 TRACKING_OVERHEAD = "tracking_overhead_fraction"
-# Wall time of the task's test report: calibration, corruptions and explanations for a
-# classifier, mAP and the detections figure for the detector. What "how it fails" costs a run.
+# Wall time of the end-of-run report after the test pass: calibration, corruptions and
+# explanations for a classifier, mAP and detections for the detector, and every run's figures
+# (built; logging them is not counted). What "how it fails" costs a run.
 TEST_REPORT_S = "test_report_s"
 # Detector only (faster_rcnn): classification through detection finds no box; COCO mAP@.5 and
 # mAP@[.5:.95] on multi-digit test scenes.

@@ -44,7 +44,7 @@ from mnist_lab.engine.distributed import rank_device
 from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
 from mnist_lab.engine.loop import Listener, TrainState, fit, make_optimizer, make_scheduler
-from mnist_lab.engine.tasks import Evaluation, Task, TestReport
+from mnist_lab.engine.tasks import Evaluation, Loader, Task, TestReport
 from mnist_lab.errors import LabError
 from mnist_lab.models import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
@@ -168,6 +168,19 @@ def train(
             distributed.leave()
 
 
+@dataclass
+class Session:
+    """What one run trains: its splits (on the device), model, task, loaders and state."""
+
+    config: TrainConfig
+    device: torch.device
+    splits: Splits
+    model: nn.Module
+    task: Task
+    loaders: tuple[Loader, Loader, Loader]  # train, val, test
+    state: TrainState
+
+
 def _train(
     config: TrainConfig,
     device: torch.device,
@@ -181,6 +194,47 @@ def _train(
     evaluate_test: bool,
     run_name: str | None,
 ) -> TrainResult:
+    session = _prepare(config, device, rank, checkpoint, resume_run_id)
+    state, model = session.state, session.model
+    if rank is not None and not rank.is_main:  # train in step with rank 0; it does the rest
+        fit(state, session.task, *session.loaders[:2], device)
+        return TrainResult("", {}, state.best_val_accuracy, state.epoch)
+    flops = train_flops_per_sample(session.task, model, next(iter(session.loaders[0])))
+    name = run_name or config.run_name()
+    run_tags = _run_tags(config, device, rank, tags)
+    with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):
+        if checkpoint is None:
+            _log_inputs(config, session.splits, evaluate_test)
+        tracking_seconds = _fit_logged(session, listeners)
+        if state.best_model is not None:
+            model.load_state_dict(state.best_model)
+        if not evaluate_test:  # a tuning trial: validation only
+            val = session.task.evaluate(model, session.loaders[1], amp=False)
+            metrics = _training_metrics(state, model, flops)
+            return _finish(state, metrics, _predictions({"val": val}, session.splits))
+        report = end_of_run_report(session, flops, tracking_seconds)
+        _log_report(session, report)
+        metrics = report.metrics
+        log.info(
+            "test_accuracy %.4f [%.4f, %.4f]  test_f1_macro %.4f  train_time_s %.1f  run %s",
+            metrics[names.TEST_ACCURACY],
+            metrics[names.TEST_ACCURACY_CI95_LOW],
+            metrics[names.TEST_ACCURACY_CI95_HIGH],
+            metrics[names.TEST_F1_MACRO],
+            metrics[names.TRAIN_TIME_S],
+            tracking.active_run_id(),
+        )
+        return _finish(state, metrics, _predictions(report.predictions, session.splits))
+
+
+def _prepare(
+    config: TrainConfig,
+    device: torch.device,
+    rank: distributed.Rank | None,
+    checkpoint: dict[str, Any] | None,
+    resume_run_id: str | None,
+) -> Session:
+    """The splits, model, task, loaders and state of a run, from its checkpoint when resumed."""
     torch.manual_seed(config.seed)
     splits = load_splits(config).to(device)
     if rank is not None:
@@ -190,11 +244,10 @@ def _train(
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = place_model(model, device)
     task = make_task(config)
-    train_loader, val_loader, test_loader = task.loaders(splits)
+    loaders = task.loaders(splits)
     optimizer = make_optimizer(model, config)
-    state = TrainState(
-        config, model, optimizer, make_scheduler(optimizer, config, len(train_loader))
-    )
+    scheduler = make_scheduler(optimizer, config, len(loaders[0]))
+    state = TrainState(config, model, optimizer, scheduler)
     if checkpoint is not None:
         try:
             state.load_state_dict(checkpoint)
@@ -206,11 +259,15 @@ def _train(
             ) from err
         if rank is None or rank.is_main:
             tracking.reopen_for_resume(resume_run_id)
-    if rank is not None and not rank.is_main:  # train in step with rank 0; it does the rest
-        fit(state, task, train_loader, val_loader, device)
-        return TrainResult("", {}, state.best_val_accuracy, state.epoch)
-    flops_per_sample = train_flops_per_sample(task, model, next(iter(train_loader)))
+    return Session(config, device, splits, model, task, loaders, state)
 
+
+def _run_tags(
+    config: TrainConfig,
+    device: torch.device,
+    rank: distributed.Rank | None,
+    tags: dict[str, str] | None,
+) -> dict[str, str]:
     run_tags = {**tracking.run_tags(config, device), **(tags or {})}
     if rank is not None:
         run_tags |= {
@@ -219,65 +276,80 @@ def _train(
             names.TAG_NNODES: str(rank.nnodes),
             names.TAG_ELASTIC_JOB: os.environ.get("TORCHELASTIC_RUN_ID", ""),
         }
-    name = run_name or config.run_name()
-    with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):
-        if checkpoint is None:
-            tracking.log_params(config.to_params())
-            seen = SPLIT_NAMES if evaluate_test else ("train", "val")
-            tracking.log_datasets(
-                split_records(splits, seen),
-                resolve_data_dir(config.data_dir) / "MNIST" / "raw",
-                {key: getattr(config, key) for key in SUBSET_SETTINGS},
-            )
-        epoch_logger = tracking.EpochLogger(checkpoint=config.checkpoint)
-        try:
-            fit(
-                state,
-                task,
-                train_loader,
-                val_loader,
-                device,
-                listeners=(epoch_logger, ConsoleReporter(), *listeners),
-            )
-        finally:
-            epoch_logger.wait()
-        raise_if_interrupted()  # a Ctrl-C during the last epoch's logging: KILLED, not tested
-        if state.best_model is not None:
-            model.load_state_dict(state.best_model)
-        if not evaluate_test:
-            metrics = _training_metrics(state, model, flops_per_sample)
-            predictions = {"val": task.evaluate(model, val_loader, amp=False)}
-            return _finish(state, metrics, _predictions(predictions, splits))
-        test = task.evaluate(model, test_loader, config.amp)
-        summary = classification_summary(test.targets, test.predictions)
-        # Before the report, so peak memory and the timings are the training's and the test's.
-        metrics = _final_metrics(state, test, summary, device, epoch_logger.seconds)
-        metrics |= _training_metrics(state, model, flops_per_sample)
-        start = time.perf_counter()
-        report = task.test_report(model, splits, test)
-        metrics |= {**report.metrics, names.TEST_REPORT_S: time.perf_counter() - start}
-        _log_reports(state, test, summary, splits, report)
-        served = model if report.served_model is None else report.served_model  # e.g. + T
-        options = config.resolved_model_options()
-        spec = ModelSpec(
-            config.model, options, temperature_scaled=isinstance(served, TemperatureScaled)
+    return run_tags
+
+
+def _log_inputs(config: TrainConfig, splits: Splits, evaluate_test: bool) -> None:
+    """A new run's params and the splits it sees (a trial never sees the test split)."""
+    tracking.log_params(config.to_params())
+    tracking.log_datasets(
+        split_records(splits, SPLIT_NAMES if evaluate_test else ("train", "val")),
+        resolve_data_dir(config.data_dir) / "MNIST" / "raw",
+        {key: getattr(config, key) for key in SUBSET_SETTINGS},
+    )
+
+
+def _fit_logged(session: Session, listeners: tuple[Listener, ...]) -> float:
+    """The training loop with its epochs logged and checkpointed; the seconds logging took."""
+    epoch_logger = tracking.EpochLogger(checkpoint=session.config.checkpoint)
+    try:
+        fit(
+            session.state,
+            session.task,
+            *session.loaders[:2],
+            session.device,
+            listeners=(epoch_logger, ConsoleReporter(), *listeners),
         )
-        example = splits.test_x[:8].float().div(255).cpu().numpy()
-        tracking.log_model(served.cpu(), example, spec)
-        tracking.log_onnx_model(served, splits.test_x[:256].cpu().numpy(), spec)  # `onnx`
-        for name, part in report.modules.items():
-            module = getattr(model, part).cpu()
-            tracking.log_torch_model(module, ModelSpec(config.model, options, part=part), name)
-        log.info(
-            "test_accuracy %.4f [%.4f, %.4f]  test_f1_macro %.4f  train_time_s %.1f  run %s",
-            metrics[names.TEST_ACCURACY],
-            metrics[names.TEST_ACCURACY_CI95_LOW],
-            metrics[names.TEST_ACCURACY_CI95_HIGH],
-            metrics[names.TEST_F1_MACRO],
-            metrics[names.TRAIN_TIME_S],
-            tracking.active_run_id(),
-        )
-        return _finish(state, metrics, _predictions(report.predictions or {"test": test}, splits))
+    finally:
+        epoch_logger.wait()
+    raise_if_interrupted()  # a Ctrl-C during the last epoch's logging: KILLED, not tested
+    return epoch_logger.seconds
+
+
+def end_of_run_report(session: Session, flops: float, tracking_seconds: float) -> TestReport:
+    """Everything a run reports once trained, assembled here: the test pass and its metrics,
+    the figures and reports every run has, then what its task adds (calibration, corruptions
+    and explanations for a classifier; detection for the detector)."""
+    state, model, splits = session.state, session.model, session.splits
+    test = session.task.evaluate(model, session.loaders[2], session.config.amp)
+    summary = classification_summary(test.targets, test.predictions)
+    # Before the task's report, so peak memory and the timings are the training's and test's.
+    metrics = _final_metrics(state, test, summary, session.device, tracking_seconds)
+    metrics |= _training_metrics(state, model, flops)
+    start = time.perf_counter()
+    report = session.task.test_report(model, splits, test)
+    report.metrics = {**metrics, **report.metrics, names.TEST_REPORT_S: 0.0}
+    report.reports = {names.REPORT_CLASSIFICATION: summary, **report.reports}
+    report.figures = {
+        names.PLOT_CONFUSION_MATRIX: confusion_matrix_figure(np.array(summary["confusion_matrix"])),
+        names.PLOT_LEARNING_CURVES: learning_curves_figure(state.history),
+        names.PLOT_SAMPLE_PREDICTIONS: sample_predictions_figure(
+            splits.test_x.cpu().numpy(), test.targets, test.predictions, test.probabilities
+        ),
+        **report.figures,
+    }
+    report.predictions = report.predictions or {"test": test}
+    report.metrics[names.TEST_REPORT_S] = time.perf_counter() - start
+    return report
+
+
+def _log_report(session: Session, report: TestReport) -> None:
+    """The report's reports and figures, and the served model (pyfunc and ONNX) with any
+    sub-module the task logs as a model of its own."""
+    for path, data in report.reports.items():
+        tracking.log_dict(data, path)
+    for path, figure in report.figures.items():
+        tracking.log_figure(figure, path)
+    model, config = session.model, session.config
+    served = report.served_model or model  # e.g. with its fitted temperature
+    options = config.resolved_model_options()
+    scaled = isinstance(served, TemperatureScaled)
+    spec = ModelSpec(config.model, options, temperature_scaled=scaled)
+    tracking.log_model(served.cpu(), session.splits.test_x[:8].float().div(255).cpu().numpy(), spec)
+    tracking.log_onnx_model(served, session.splits.test_x[:256].cpu().numpy(), spec)  # `onnx`
+    for name, part in report.modules.items():
+        module = getattr(model, part).cpu()
+        tracking.log_torch_model(module, ModelSpec(config.model, options, part=part), name)
 
 
 def _finish(
@@ -368,24 +440,3 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _log_reports(
-    state: TrainState,
-    test: Evaluation,
-    summary: dict[str, Any],
-    splits: Splits,
-    report: TestReport,
-) -> None:
-    """Every run's reports and figures, then what its task added."""
-    for path, data in {names.REPORT_CLASSIFICATION: summary, **report.reports}.items():
-        tracking.log_dict(data, path)
-    figures = {
-        names.PLOT_CONFUSION_MATRIX: confusion_matrix_figure(np.array(summary["confusion_matrix"])),
-        names.PLOT_LEARNING_CURVES: learning_curves_figure(state.history),
-        names.PLOT_SAMPLE_PREDICTIONS: sample_predictions_figure(
-            splits.test_x.cpu().numpy(), test.targets, test.predictions, test.probabilities
-        ),
-    }
-    for path, figure in {**figures, **report.figures}.items():
-        tracking.log_figure(figure, path)
