@@ -35,8 +35,10 @@ def accuracy_bars_figure(
     x = np.arange(len(labels))
     fig = Figure(figsize=(max(6, 1.2 * len(labels) + 2), 4.5), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
+    tops = {"test accuracy": acc, "test F1 (macro)": f1s}  # where each bar's label sits
     if intervals is not None:
         low, high = (_finite(bound) * 100 for bound in zip(*intervals, strict=True))
+        tops["test accuracy"] = np.fmax(acc, high)  # above the error bar, not through it
         errors = np.nan_to_num(np.vstack([acc - low, high - acc]))
         ax.errorbar(
             x - 0.2, np.nan_to_num(acc), yerr=errors, fmt="none", ecolor="black", capsize=4,
@@ -44,11 +46,11 @@ def accuracy_bars_figure(
         )  # fmt: skip
     for offset, values, name in ((-0.2, acc, "test accuracy"), (0.2, f1s, "test F1 (macro)")):
         bars = ax.bar(x + offset, np.nan_to_num(values), width=0.4, label=name)
-        for bar, value in zip(bars, values, strict=True):
+        for bar, value, top in zip(bars, values, tops[name], strict=True):
             if not math.isnan(value):
                 ax.annotate(
                     f"{value:.2f}",
-                    (bar.get_x() + bar.get_width() / 2, value),
+                    (bar.get_x() + bar.get_width() / 2, top),
                     ha="center",
                     va="bottom",
                     fontsize=8,

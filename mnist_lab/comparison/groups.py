@@ -72,7 +72,8 @@ def select_groups(
     newest configuration (or its best by `best_by`), the lab's models in LAB_MODELS order, then
     each study's winning configuration with `include_tuning`."""
     if run_ids:
-        return _label(by_configuration([tracking.get_run(run_id) for run_id in run_ids]))
+        given = by_configuration([tracking.get_run(run_id) for run_id in run_ids])
+        return _label(sorted(given, key=_table_order))
     query = [f"tags.{names.TAG_KIND} = 'train'", "attributes.status = 'FINISHED'"]
     query += [f"tags.`{k}` = '{v}'" for k, v in (tags or {}).items()]
     runs = tracking.search_runs(experiment, " and ".join(query))
