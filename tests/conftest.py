@@ -3,6 +3,7 @@ PostgreSQL database."""
 
 import os
 import signal
+import sys
 import uuid
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tracking URI here is a fixture's) is left as it is."""
     import mlflow
 
+    # A test that loads a model with mlflow.pyfunc gets the model's code/ first on sys.path;
+    # processes a later test spawns would then import that partial copy of mnist_lab.
+    monkeypatch.setattr(sys, "path", list(sys.path))
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(var, raising=False)  # mlflow.set_experiment of an earlier test sets one
     if os.environ.get("MLFLOW_TRACKING_URI"):

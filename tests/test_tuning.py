@@ -472,7 +472,7 @@ def test_failing_trials_are_fail_with_reason_and_the_study_goes_on(
     tune(opts)
     trials = load(opts).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
-    assert "depth=6 must be in [1, 4]" in trials[0].user_attrs["failure_reason"]
+    assert "cnn: depth must be 1..4" in trials[0].user_attrs["failure_reason"]
     assert "NonFiniteLossError" in trials[1].user_attrs["failure_reason"]
     assert_consistent(load(opts), trial_runs())
     failed = [r for r in trial_runs() if r.data.tags[names.TAG_TRIAL_STATE] == "FAIL"]

@@ -3,6 +3,7 @@ alias, and loading a model by URI. Nothing here trains or logs metrics."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,14 @@ def load_model(uri: str, allow_pickle: bool = False) -> Any:
         ) from None
     digests = verify_folder(folder, allow_pickle)
     _check_recorded_digests(uri, digests)
-    return mlflow.pyfunc.load_model(folder)
+    path = list(sys.path)
+    try:
+        return mlflow.pyfunc.load_model(folder)
+    finally:
+        # MLflow puts the model's code/ first on sys.path. This process already runs the
+        # mnist_lab installed here; left there, the model's partial copy would shadow it for
+        # every process this one starts later (a spawned tuning worker, a torchrun rank).
+        sys.path[:] = path
 
 
 def _check_recorded_digests(uri: str, digests: Digests) -> None:
