@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from lab_helpers import mlflow_at
+from lab_helpers import mlflow_at, new_sqlite_store
 
 # A job started in the background (`nohup make test &`, a script's `make test > log &`) inherits
 # SIGINT as ignored, and the product rightly leaves an ignored signal alone. The Ctrl-C tests need
@@ -61,7 +61,7 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'default-mlflow.db'}"
+    uri = new_sqlite_store(tmp_path / "default-mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
 
@@ -78,6 +78,13 @@ def mnist_dir() -> Path:
 @pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite tracking store in tmp_path, artifacts in tmp_path/mlruns (MLflow's layout)."""
+    with mlflow_at(new_sqlite_store(tmp_path / "mlflow.db"), tmp_path, monkeypatch) as uri:
+        yield uri
+
+
+@pytest.fixture
+def unmade_mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite tracking store in tmp_path that does not exist yet: for tests of its making."""
     with mlflow_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, monkeypatch) as uri:
         yield uri
 

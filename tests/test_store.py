@@ -86,8 +86,10 @@ def test_a_lost_race_to_create_tables_is_opened_again_and_other_errors_are_not(m
     assert len(calls) == 1  # not a collision: raised at once
 
 
-def test_a_store_held_too_long_by_another_process_is_a_clear_error(mlflow_store, monkeypatch):
-    database = sqlite_file(mlflow_store)
+def test_a_store_held_too_long_by_another_process_is_a_clear_error(
+    unmade_mlflow_store, monkeypatch
+):
+    database = sqlite_file(unmade_mlflow_store)
     monkeypatch.setattr(store, "LOCK_WAIT_S", 0.2)
     with FileLock(database.with_name("mlflow.db-lock")), pytest.raises(LabError) as err:
         tracking.open_store()
@@ -103,14 +105,14 @@ def test_a_store_in_a_new_folder_is_made_there_under_its_lock(tmp_path, monkeypa
 
 
 def test_an_unlockable_folder_opens_the_store_unlocked_and_says_so(
-    mlflow_store, monkeypatch, caplog
+    unmade_mlflow_store, monkeypatch, caplog
 ):
     def refused(*args, **kwargs):
         raise PermissionError("read-only folder")
 
     monkeypatch.setattr(store.FileLock, "acquire", refused)
     tracking.open_store()
-    assert sqlite_file(mlflow_store).is_file()
+    assert sqlite_file(unmade_mlflow_store).is_file()
     assert "without its lock" in caplog.text
 
 
