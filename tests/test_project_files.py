@@ -6,6 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mnist_lab.cli import build_parser, setting_names
@@ -60,6 +61,7 @@ def test_the_suite_is_hermetic() -> None:
     assert os.environ["LC_ALL"] == "C.UTF-8"
 
 
+@pytest.mark.slow
 def test_the_suite_passes_with_a_hostile_environment(mnist_dir, tmp_path) -> None:
     """Started from another folder, with MLflow/Optuna variables pointing elsewhere, umask 077
     and the C locale: a test that trains, logs and reads back a run still passes, and nothing
@@ -74,7 +76,7 @@ def test_the_suite_passes_with_a_hostile_environment(mnist_dir, tmp_path) -> Non
         "LC_ALL": "C",
         "LANG": "C",
     }
-    tests = PROJECT_ROOT / "tests" / "test_conventions.py"
+    tests = PROJECT_ROOT / "tests" / "test_tracking_conventions.py"
     chosen = "digests or named_tagged"
     command = (
         f"umask 077 && exec {sys.executable} -m pytest -q -p no:cacheprovider {tests} -k '{chosen}'"
@@ -93,7 +95,6 @@ USED_WITHOUT_IMPORT = {
     "pycocotools": "torchmetrics' COCO mAP backend for the detector",
     "pyarrow": "pandas' parquet engine for predictions/<split>.parquet",
     "psycopg": "SQLAlchemy's PostgreSQL driver for MLflow and Optuna",
-    "onnxscript": "torch.onnx's exporter",
 }
 IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml", "pillow": "PIL"}
 

@@ -1,7 +1,7 @@
 """Ctrl-C during training, delivered where it is safe to stop.
 
-Python raises KeyboardInterrupt wherever the main thread happens to be: inside MLflow's
-async-logging flush, a SQLAlchemy commit of the Optuna storage, or torch's optimizer step, and
+Python raises KeyboardInterrupt wherever the main thread happens to be: inside an MLflow
+write, a SQLAlchemy commit of the Optuna storage, or torch's optimizer step, and
 the cleanup that ends the run KILLED then works on a half-done operation (a Ctrl-C test of the
 tuner once hung there, under load). While training, the first Ctrl-C (or SIGTERM, where it was
 mapped to KeyboardInterrupt) only sets a flag; the training loop raises KeyboardInterrupt at

@@ -114,7 +114,6 @@ def run(
         _end(active.info.run_id, RunStatus.FAILED, f"{type(err).__name__}: {err}")
         raise
     else:
-        mlflow.flush_async_logging()
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
@@ -148,8 +147,6 @@ def mark_model_development(experiment_id: str) -> None:
 
 def _end(run_id: str, status: int, reason: str) -> None:
     """End the active run with `status`, even when the error came from MLflow itself."""
-    with contextlib.suppress(Exception):
-        mlflow.flush_async_logging()
     with contextlib.suppress(Exception):
         store_client().set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
     mlflow.end_run(RunStatus.to_string(status))
@@ -231,8 +228,9 @@ def set_tags(tags: dict[str, Any]) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Queued and sent by MLflow's background thread; `run()` flushes before ending."""
-    mlflow.log_metrics(metrics, step=step, synchronous=False)
+    """Sent at once. Runs log a few times an epoch, a write of milliseconds; MLflow's async
+    queue would cost a second at every run's end (its thread polls in one-second waits)."""
+    mlflow.log_metrics(metrics, step=step)
 
 
 def log_figure(figure: matplotlib.figure.Figure, artifact_file: str) -> None:
