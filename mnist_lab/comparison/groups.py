@@ -146,3 +146,22 @@ def _differing_params(run: RunRecord, others: list[RunRecord]) -> list[str]:
     """The params (configuration only) on which `others` do not all agree with `run`."""
     keys = sorted({k for other in others for k in other.params} - NOT_CONFIGURATION)
     return [k for k in keys if any(o.params.get(k) != run.params.get(k) for o in others)]
+
+
+def config_overrides(run: RunRecord) -> dict[str, str] | None:
+    """The run's settings that differ from those of its config file (tag `config`) read now:
+    what its command line changed. None where the run names no file of experiments/."""
+    from mnist_lab.config import EXPERIMENTS_DIR, load_config
+
+    config = run.tags.get(names.TAG_CONFIG)
+    if not config or not (EXPERIMENTS_DIR / config).is_file():
+        return None
+    try:
+        defaults = load_config(run.model, config_file=EXPERIMENTS_DIR / config).to_params()
+    except ConfigError:
+        return None
+    return {
+        k: v
+        for k, v in sorted(run.params.items())
+        if k not in NOT_CONFIGURATION and k in defaults and v != str(defaults[k])
+    }

@@ -22,7 +22,7 @@ import pandas as pd
 
 from mnist_lab import names, tracking
 from mnist_lab.comparison.compare import SIGNIFICANCE_FORMATS, markdown_table, tables
-from mnist_lab.comparison.groups import LAB_MODELS, Group, group_label
+from mnist_lab.comparison.groups import LAB_MODELS, Group, config_overrides, group_label
 from mnist_lab.database import redact
 from mnist_lab.tracking import RunRecord
 
@@ -90,7 +90,7 @@ def report(output_dir: str | Path = "results", tags: dict[str, str] | None = Non
     table = None
     if benchmark is not None:
         parent, members = benchmark
-        groups = sorted(_labelled(tracking.by_configuration(members)), key=_model_order)
+        groups = sorted(_by_model(tracking.by_configuration(members)), key=_model_order)
         table, significance = tables(groups)
         table = _with_costs(table, groups)[BENCHMARK_COLUMNS]
         title = BENCHMARK_TITLE.format(run=parent.run_id, params=_benchmark_params(parent))
@@ -116,10 +116,27 @@ BENCHMARK_TITLE = (
 
 
 def _labelled(configurations: list[list[RunRecord]]) -> list[Group]:
-    """Rows named by model and config file (`cnn (cnn_fast.yaml)`), told apart by run id where
-    two configurations share both."""
-    return [Group(group_label(runs, configurations, always_config=True), runs)
-            for runs in configurations]  # fmt: skip
+    """Rows named by model, config file and the settings that differ from the file's
+    (`cnn (cnn.yaml + epochs=2, max_train_samples=5000)`); runs without a config file here by
+    the params their rows differ in; told apart by run id where two rows still share a name."""
+    labels = [_label(runs, configurations) for runs in configurations]
+    return [
+        Group(label if labels.count(label) == 1 else f"{label} ({runs[0].run_id[:8]})", runs)
+        for label, runs in zip(labels, configurations, strict=True)
+    ]
+
+
+def _label(runs: list[RunRecord], configurations: list[list[RunRecord]]) -> str:
+    overrides = config_overrides(runs[0])
+    if overrides is None:
+        return group_label(runs, configurations, always_config=True)
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return f"{runs[0].model} ({runs[0].tags[names.TAG_CONFIG]}{' + ' * bool(changed)}{changed})"
+
+
+def _by_model(configurations: list[list[RunRecord]]) -> list[Group]:
+    """A benchmark's rows, one a model, named by it (the title gives the shared settings)."""
+    return [Group(runs[0].model, runs) for runs in configurations]
 
 
 def _model_order(group: Group) -> tuple[int, str]:
