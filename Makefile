@@ -18,10 +18,15 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m mnist_lab train $(ARGS)
 
-## test: lint, then the test suite on JOBS pytest-xdist workers (default: one per usable core;
+## test: lint, then the whole suite on JOBS pytest-xdist workers (default: one per usable core;
 ## a test file stays on one worker, so its module-wide fixtures are built once)
 test: $(STAMP) lint
 	$(BIN)/pytest -n $(JOBS) --dist loadfile $(ARGS)
+
+## test-fast: the inner loop: the in-process tests (not those marked slow: the ones that start
+## processes, servers or torchrun), no lint
+test-fast: $(STAMP)
+	$(BIN)/pytest -n $(JOBS) --dist loadfile -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

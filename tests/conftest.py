@@ -1,14 +1,16 @@
 """Shared fixtures: an isolated MLflow store per test, the real-MNIST location and a fresh
 PostgreSQL database."""
 
+import multiprocessing.process
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from lab_helpers import mlflow_at, new_sqlite_store
+from lab_helpers import mlflow_at, new_sqlite_store, tracking_server
 
 # A job started in the background (`nohup make test &`, a script's `make test > log &`) inherits
 # SIGINT as ignored, and the product rightly leaves an ignored signal alone. The Ctrl-C tests need
@@ -61,9 +63,49 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return
     monkeypatch.chdir(tmp_path)
-    uri = new_sqlite_store(tmp_path / "default-mlflow.db")
+    # Beside the test's folder, not in it: tests that list their folder find only their files.
+    database = tmp_path.with_name(f"{tmp_path.name}-mlflow") / "mlflow.db"
+    database.parent.mkdir()
+    uri = new_sqlite_store(database, artifacts=tmp_path / "mlruns")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+
+
+# Programs an in-process test may still run: quick system tools the product asks about the machine.
+SYSTEM_TOOLS = {"git", "lscpu", "nvidia-smi", "uname", "ldconfig", "sysctl"}
+
+
+@pytest.fixture(autouse=True)
+def in_process_unless_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """`make test-fast` runs the tests not marked `slow`, and promises they stay in this process.
+    So a test that starts a process (the CLI, `mlflow`, torchrun, a server, a spawned worker)
+    without the mark fails, naming what it started: the tiers cannot drift apart."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    started: list[str] = []
+    popen_init = subprocess.Popen.__init__
+    process_start = multiprocessing.process.BaseProcess.start
+
+    def popen(self, args, *more, **options):
+        words = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        if Path(os.fsdecode(words[0]).split()[0]).name not in SYSTEM_TOOLS:
+            started.append(" ".join(os.fsdecode(w) for w in words)[:200])
+        popen_init(self, args, *more, **options)
+
+    def start(self):
+        started.append(f"a {type(self).__name__} ({self.name})")
+        process_start(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start)
+    yield
+    if started:
+        pytest.fail(
+            f"{request.node.nodeid} starts a process ({started[0]}): mark it @pytest.mark.slow, "
+            "or keep it in this process (make test-fast runs only in-process tests)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
@@ -112,3 +154,20 @@ def postgres_db():
         for name in created:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> Path:
+    """A tiny CNN search space (tuning_helpers.TINY_SPACE) in a file: the tuning tests' space."""
+    from tuning_helpers import TINY_SPACE
+
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+@pytest.fixture
+def mlflow_server(postgres_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store; stopped afterwards."""
+    with tracking_server(tmp_path, postgres_db(), monkeypatch) as uri:
+        yield uri

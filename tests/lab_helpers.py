@@ -49,17 +49,18 @@ def mlflow_at(uri: str, folder: Path, mp: pytest.MonkeyPatch) -> Iterator[str]:
 _TEMPLATE: list[Path] = []  # this process's empty store, made once
 
 
-def new_sqlite_store(database: Path) -> str:
-    """The URI of a new, empty SQLite tracking store at `database` (artifacts beside it in
-    mlruns/): a copy of one made once a process. MLflow's table migrations take seconds a store;
-    a copy takes milliseconds, and is the same database."""
+def new_sqlite_store(database: Path, artifacts: Path | None = None) -> str:
+    """The URI of a new, empty SQLite tracking store at `database`, the Default experiment's
+    artifacts in `artifacts`/0 (default: mlruns/ beside the database): a copy of one made once a
+    process. MLflow's table migrations take seconds a store; a copy takes milliseconds, and is
+    the same database."""
     if not _TEMPLATE:
         folder = Path(tempfile.mkdtemp(prefix="mnist-lab-store-"))
         MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
         _TEMPLATE.append(folder / "mlflow.db")
     shutil.copyfile(_TEMPLATE[0], database)
-    with contextlib.closing(sqlite3.connect(database)) as db, db:  # Default's artifacts: here
-        location = str(database.parent / "mlruns" / "0")
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        location = str((artifacts or database.parent / "mlruns") / "0")
         db.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [location]
         )

@@ -73,6 +73,7 @@ def test_bad_benchmark_options_exit_2_before_any_run(mlflow_store, capsys, argv,
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
+@pytest.mark.slow
 def test_the_mlproject_entry_points_benchmark_compare_register(mnist_dir, mlflow_store, tmp_path):
     """The issue's user flow through `mlflow run`, empty-string defaults included."""
     import os

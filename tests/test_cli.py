@@ -107,6 +107,7 @@ def test_underscore_flags_are_accepted(mnist_dir, mlflow_store):
     assert run.data.params["eval_batch_size"] == "50"
 
 
+@pytest.mark.slow
 def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
     """`mlflow run . -e train` creates the run; our code joins it; undeclared -P pass through."""
     client = MlflowClient()
@@ -239,6 +240,7 @@ def test_a_run_config_arrives_through_mlflow_run():
     assert config.model_options["width"] == 16 and config.epochs == 2  # -P over the preset
 
 
+@pytest.mark.slow
 def test_help_needs_neither_torch_nor_mlflow_nor_optuna():
     """`--help` builds the whole parser; nothing it imports may pull in the heavy libraries."""
     import subprocess

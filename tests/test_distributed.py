@@ -157,6 +157,7 @@ def _validate_on_two_ranks(rank: int, port: int, results: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_validation_gives_every_rank_the_whole_splits_figures() -> None:
     """Of rank 0's model (its BatchNorm statistics are broadcast first), on the whole split."""
     model = _validated_model()

@@ -246,7 +246,10 @@ def test_weights_swapped_with_their_spec_are_caught_by_the_runs_record(mlflow_st
 def test_a_pickled_model_loads_only_when_allowed(tmp_path):
     old = tmp_path / "old"
     mlflow.pytorch.save_model(
-        build_model("cnn", depth=1, width=2), str(old), serialization_format="pickle"
+        build_model("cnn", depth=1, width=2),
+        str(old),
+        serialization_format="pickle",
+        pip_requirements=["torch"],  # stated: MLflow would infer them in a child process
     )
     with pytest.raises(ModelFileError, match=r"pickled model.*--allow-pickle"):
         tracking.load_model(str(old))

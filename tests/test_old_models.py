@@ -11,6 +11,8 @@ model carrying its own copy of the package has that copy in `sys.modules` (MLflo
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import sys
 from pathlib import Path
@@ -23,7 +25,8 @@ folder = Path(sys.argv[1])
 torch.manual_seed(0)
 local = folder / "model"
 mlflow.pytorch.save_model(
-    build_model("cnn", depth=1, width=4), str(local), serialization_format="pickle"
+    build_model("cnn", depth=1, width=4), str(local), serialization_format="pickle",
+    pip_requirements=["torch"],
 )
 conf = yaml.safe_load((local / "MLmodel").read_text())
 pyfunc = conf["flavors"]["python_function"]
@@ -38,6 +41,7 @@ print("loaded")
 """
 
 
+@pytest.mark.slow
 def test_a_model_with_the_old_loader_path_loads_and_predicts(mlflow_store, tmp_path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "old")], capture_output=True, text=True

@@ -168,6 +168,7 @@ print(json.dumps({"probs": frame.filter(like="prob_").to_numpy().tolist(),
 """
 
 
+@pytest.mark.slow
 def test_the_model_loads_and_serves_without_mnist_lab(lab, tmp_path):
     """Load, predict and `mlflow models serve` in an environment holding only the model's
     requirements.txt: the loader and architecture come from the model's own code folder."""
@@ -220,6 +221,7 @@ def invoke(url: str, payload) -> requests.Response:
     )
 
 
+@pytest.mark.slow
 def test_the_onnx_model_serves_with_onnxruntime_and_no_torch(lab, tmp_path):
     """The run's `onnx` model (temperature included) was checked against torch when logged; from
     an environment holding only its requirements (no torch), `mlflow models serve` answers the
@@ -300,6 +302,7 @@ def test_mlflow_evaluate_on_the_test_set_gives_the_runs_accuracy(lab):
     assert accuracy == pytest.approx(lab["run"].data.metrics[names.TEST_ACCURACY], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_generate_dockerfile_of_the_registered_model(lab, tmp_path):
     """The Dockerfile MLflow writes for the registered model builds its environment from the
     model's own files: python_env.yaml and requirements.txt (no mnist_lab install), and the

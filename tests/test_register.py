@@ -83,6 +83,7 @@ def test_champion_logic_on_sqlite(mlflow_store, monkeypatch, capsys):
     check_champion_logic(monkeypatch, capsys)
 
 
+@pytest.mark.slow
 def test_champion_logic_on_a_tracking_server(tmp_path, monkeypatch, capsys):
     with tracking_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", monkeypatch):
         check_champion_logic(monkeypatch, capsys)
@@ -91,6 +92,7 @@ def test_champion_logic_on_a_tracking_server(tmp_path, monkeypatch, capsys):
     assert any((tmp_path / "artifacts").rglob("MLmodel"))
 
 
+@pytest.mark.slow
 def test_champion_logic_on_a_tracking_server_backed_by_postgres(
     tmp_path, monkeypatch, capsys, postgres_db
 ):

@@ -14,8 +14,9 @@ MACHINE = {names.TAG_MACHINE: "AMD EPYC, AVX2, 2 cores"}
 def test_report_writes_every_configuration_and_the_newest_benchmark(mlflow_store, tmp_path, capsys):
     rng = np.random.default_rng(0)
     preset = {**MACHINE, names.TAG_CONFIG: "cnn_fast.yaml"}
-    fast = [scored_run("cnn", rng.random(1000) < 0.99, s, tags=preset) for s in range(3)]
-    slow = scored_run("cnn", rng.random(1000) < 0.98, tags=MACHINE, lr="0.01")
+    fast = [scored_run("cnn", rng.random(1000) < 0.99, s, tags=preset, lr="0.01") for s in range(3)]
+    longer = scored_run("cnn", rng.random(1000) < 0.99, tags=preset, lr="0.01", epochs="3")
+    slow = scored_run("cnn", rng.random(1000) < 0.98, tags=MACHINE, lr="0.02")
     parent = fake_run("mnist-lab", "?", {}, {names.TAG_KIND: "benchmark"})
     MlflowClient().log_param(parent, "benchmark_seeds", "2")
     member = {**MACHINE, "benchmark_run": parent}
@@ -27,11 +28,17 @@ def test_report_writes_every_configuration_and_the_newest_benchmark(mlflow_store
     table = pd.read_csv(tmp_path / "configurations.csv").set_index("model")
     assert table.loc["cnn (cnn_fast.yaml)", "n"] == 3
     assert set(table.loc["cnn (cnn_fast.yaml)", "run_ids"].split(",")) == set(fast)
-    # Configurations of one model and config file are told apart by the params they differ in.
+    # A row names its config file and what the run changed of it (cnn_fast.yaml: one epoch);
+    # runs without a config file are told apart by the params their rows differ in.
     assert list(table.index) == [
-        "cnn (cnn_fast.yaml)", "cnn (epochs=1, lr=0.003)", "cnn (epochs=–, lr=0.01)", "vit"
-    ]  # fmt: skip
-    assert table.loc["cnn (epochs=–, lr=0.01)", "run_ids"] == slow
+        "cnn (cnn_fast.yaml + epochs=3)",
+        "cnn (cnn_fast.yaml)",
+        "cnn (epochs=1, lr=0.003)",
+        "cnn (epochs=–, lr=0.02)",
+        "vit",
+    ]
+    assert table.loc["cnn (cnn_fast.yaml + epochs=3)", "run_ids"] == longer
+    assert table.loc["cnn (epochs=–, lr=0.02)", "run_ids"] == slow
     row = table.loc["cnn (cnn_fast.yaml)"]
     assert (
         row[names.TEST_ACCURACY_CI95_LOW]

@@ -102,17 +102,18 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
 
     uri = f"runs:/{result.run_id}/{names.MODEL_ARTIFACT}"
     digits = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
-    answer = mlflow.pyfunc.load_model(uri).predict(digits)
+    served = mlflow.pyfunc.load_model(uri)
+    answer = served.predict(digits)
     assert list(answer.columns) == ["digit"] + [f"prob_{k}" for k in range(10)]
     probs = answer.drop(columns="digit").to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
     assert (answer["digit"].to_numpy() == probs.argmax(axis=1)).all()
     # The same digits as 0-255 values give the same answer.
-    same = mlflow.pyfunc.load_model(uri).predict((digits * 255).astype(np.float32))
+    same = served.predict((digits * 255).astype(np.float32))
     assert (same["digit"] == answer["digit"]).all()
     # The raw module, [B, 1, 28, 28] -> logits, with the temperature fitted on validation
     # applied, so served probabilities are calibrated.
-    module = mlflow.pyfunc.load_model(uri).get_raw_model()
+    module = served.get_raw_model()
     temperature = run.data.metrics[names.TEMPERATURE]
     assert float(module.temperature) == pytest.approx(temperature)
     with torch.no_grad():
