@@ -148,20 +148,31 @@ def third_party_modules() -> set[str]:
 def model_requirements() -> tuple[str, ...]:
     """requirements.txt of a logged model: mlflow and the distribution of every package its
     code imports, pinned to the versions installed here (a local tag such as +cpu dropped).
-    Read once a process: scanning the installed distributions takes seconds."""
-    from importlib.metadata import packages_distributions, version
+    A package's distribution is the one named alike where one is installed (torch, numpy,
+    mlflow rather than mlflow-skinny); only for the others are the installed distributions
+    scanned, which takes seconds. Read once a process."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    providers = packages_distributions()
     dists = {"mlflow"}
     for module in third_party_modules():
-        if module not in providers:
-            raise ModelFileError(f"no installed distribution provides {module!r}")
-        # A module several distributions provide (mlflow, mlflow-skinny): the one named alike.
-        found = providers[module]
-        dists.add(module if module in found else sorted(found)[0])
+        try:
+            version(module)
+            dists.add(module)
+        except PackageNotFoundError:
+            found = _providers().get(module)
+            if not found:
+                raise ModelFileError(f"no installed distribution provides {module!r}") from None
+            dists.add(sorted(found)[0])
     dists -= {"mlflow-skinny", "mlflow-tracing"}  # mlflow brings them
     ordered = ["mlflow", *sorted(dists - {"mlflow"}, key=str.lower)]
     return tuple(f"{name}=={version(name).split('+')[0]}" for name in ordered)
+
+
+@functools.cache
+def _providers() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return packages_distributions()
 
 
 def copy_code(folder: Path) -> Path:
