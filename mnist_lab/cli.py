@@ -21,9 +21,9 @@ from mnist_lab.architectures import OPTION_HELP, model_names, options_by_name
 from mnist_lab.config import SETTINGS, TRAIN_FIELDS
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.serving.options import RobustnessOptions
+from mnist_lab.serving.robustness_options import RobustnessOptions
 from mnist_lab.settings import choices_of, help_of, is_unset, parse_bool, parse_number
-from mnist_lab.tuning.options import DATA_OPTIONS, TuneOptions
+from mnist_lab.tuning.tune_options import DATA_OPTIONS, TuneOptions
 
 log = logging.getLogger("mnist_lab")
 

@@ -171,3 +171,14 @@ def mlflow_server(postgres_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store; stopped afterwards."""
     with tracking_server(tmp_path, postgres_db(), monkeypatch) as uri:
         yield uri
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files with the most process-starting (slow) tests first: `make test` hands whole
+    files to its workers in this order, so the long ones start at once and the many short
+    in-process ones fill the gaps at the end, rather than one long file running alone last."""
+    slow: dict[str, int] = {}
+    for item in items:
+        file = item.nodeid.split("::")[0]
+        slow[file] = slow.get(file, 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])

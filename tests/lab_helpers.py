@@ -165,8 +165,11 @@ def tracking_server(folder: Path, backend_uri: str, monkeypatch) -> Iterator[str
     command += ["--port", str(port), "--workers", "1", "--backend-store-uri", backend_uri]
     command += ["--artifacts-destination", str(folder / "artifacts")]
     uri = f"http://127.0.0.1:{port}"
+    # Without the GenAI job runner (a huey consumer of 5 workers): nothing here queues jobs, and
+    # its processes would take the test's core for the whole test.
+    env = venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     with (
-        server_process(command, f"{uri}/health", folder / "server.log", cwd=folder, env=venv_env()),
+        server_process(command, f"{uri}/health", folder / "server.log", cwd=folder, env=env),
         mlflow_at(uri, folder, monkeypatch),
     ):
         yield uri

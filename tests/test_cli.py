@@ -325,8 +325,8 @@ def test_one_reading_of_unset_and_booleans():
 
 def test_tune_and_robustness_defaults_are_their_options_types():
     from mnist_lab.cli import build_parser, options_from, tune_options
-    from mnist_lab.serving.options import RobustnessOptions
-    from mnist_lab.tuning.options import TuneOptions
+    from mnist_lab.serving.robustness_options import RobustnessOptions
+    from mnist_lab.tuning.tune_options import TuneOptions
 
     parser = build_parser()
     assert tune_options(parser.parse_args(["tune"])) == TuneOptions()

@@ -277,7 +277,7 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
 
     # The detector's own runs skip the corruption suite; `robustness` evaluates its logged
     # model through the classifier wrapper, with the metric names every model has.
-    from mnist_lab.serving.options import RobustnessOptions
+    from mnist_lab.serving.robustness_options import RobustnessOptions
     from mnist_lab.serving.robustness_run import robustness
 
     checked = robustness(

@@ -106,3 +106,12 @@ def test_the_checker_catches_an_upward_import(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(__import__(__name__), "PACKAGE", fake)
     assert len(violations(model)) == 2
     assert violations(engine) == ["bad.py:2 (engine) imports mnist_lab.tuning, a layer above it"]
+
+
+def test_no_two_modules_share_a_file_name():
+    """A name says which module it is: `options.py` in two folders would need a disclaimer."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name not in ("__init__.py", "__main__.py"):
+            seen.setdefault(path.name, []).append(str(path.relative_to(PACKAGE)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}

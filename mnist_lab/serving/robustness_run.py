@@ -25,7 +25,7 @@ from mnist_lab.analysis.robustness import (
 from mnist_lab.data.mnist import load_mnist
 from mnist_lab.engine.device import resolve_device
 from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.serving.options import RobustnessOptions
+from mnist_lab.serving.robustness_options import RobustnessOptions
 
 log = logging.getLogger(__name__)
 

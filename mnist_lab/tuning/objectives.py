@@ -41,7 +41,7 @@ from mnist_lab.engine.classification import CORRUPTION_SEED
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError
 from mnist_lab.train import load_splits, make_task
-from mnist_lab.tuning.options import AUTO_PRUNER, OBJECTIVES
+from mnist_lab.tuning.tune_options import AUTO_PRUNER, OBJECTIVES
 
 DEFAULT_OBJECTIVES = (names.VAL_ACCURACY,)
 MEASURED_AFTER = (names.VAL_ROBUST_ACCURACY, names.INFERENCE_MS_PER_IMAGE)

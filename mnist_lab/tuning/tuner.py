@@ -53,13 +53,6 @@ from mnist_lab.tuning.objectives import (
     parse_objectives,
     trial_metrics,
 )
-from mnist_lab.tuning.options import (
-    DATA_OPTIONS,
-    PRUNERS,
-    RETRAIN_MODES,
-    SAMPLERS,
-    TuneOptions,
-)
 from mnist_lab.tuning.pareto import ATTR_METRICS, ATTR_RUN_ID, Winner, choose, log_choice
 from mnist_lab.tuning.space import SearchSpace, load_space
 from mnist_lab.tuning.study import (
@@ -72,6 +65,13 @@ from mnist_lab.tuning.study import (
     open_study,
     state_counts,
     trials_done,
+)
+from mnist_lab.tuning.tune_options import (
+    DATA_OPTIONS,
+    PRUNERS,
+    RETRAIN_MODES,
+    SAMPLERS,
+    TuneOptions,
 )
 
 log = logging.getLogger(__name__)
