@@ -1,5 +1,6 @@
 """benchmark: every model a child run of one parent; a failing model is a failed row."""
 
+import importlib
 import json
 import math
 
@@ -10,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from mnist_lab import names
 from mnist_lab.cli import main
 from mnist_lab.comparison.benchmark import default_models
+from mnist_lab.measure.__main__ import SCRIPTS as MEASURE_SCRIPTS
 
 TINY = ["--epochs", "1", "--max-train-samples", "200", "--max-test-samples", "100"]
 
@@ -284,3 +286,10 @@ def test_a_bad_profile_request_is_a_clear_error(mnist_dir, capsys, argv, message
         profile.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", sorted(MEASURE_SCRIPTS))
+def test_every_measure_script_imports(script):
+    """`make measure ARGS=<script>` imports its module only when asked: a broken import would
+    go unseen until a user runs it."""
+    importlib.import_module(f"mnist_lab.measure.{MEASURE_SCRIPTS[script]}")

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mnist_lab import names, tracking
-from mnist_lab.measure.hardware import cpu_name
+from mnist_lab.engine.device import cpu_name
 from mnist_lab.models import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
 
