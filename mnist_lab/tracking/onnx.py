@@ -6,10 +6,10 @@ a batch whose maximum exceeds 1 is divided by 255, as the pyfunc does) and answe
 `probabilities` [B, 10] (the served model's: temperature included) and `digit` [B] int64. It is
 exported by torch.onnx's TorchScript-based exporter with a dynamic batch (the torch.export-based
 one answers the same to within 1e-7 but takes 2-4 s a model where this takes 0.1-0.2 s, a cost
-every run would pay), and checked before it is logged: onnxruntime's probabilities against
-torch's on the run's test digits, max |Δ| ≤ TOLERANCE
-(the run's metric `onnx_max_abs_prob_diff`). Unlike the pyfunc it does not refuse bad input
-with a message: MLflow checks the shape and type against its signature, nothing more.
+every run would pay; onnxruntime runs both as fast), and checked before it is logged:
+onnxruntime's probabilities against torch's on the run's test digits, max |Δ| ≤ TOLERANCE (the
+run's metric `onnx_max_abs_prob_diff`). Unlike the pyfunc it does not refuse bad input with a
+message: MLflow checks the shape and type against its signature, nothing more.
 
 faster_rcnn's classifier loops over digits in Python and torchvision's detectors take a list
 of images, so no batch-dynamic graph of it exists; its detector is exported instead
