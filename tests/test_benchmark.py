@@ -153,6 +153,7 @@ def test_the_training_bench_prints_each_runs_share_of_the_machines_matmul_peak(m
     assert "3.0 MFLOP/img  0.050 TFLOP/s = 10.0 % of 0.50" in training.format_row(row)
 
 
+@pytest.mark.slow  # four real trainings, in this process
 def test_time_to_accuracy_runs_the_peer_beside_cnn_fast_and_times_each_model_to_its_target(
     mnist_dir, mlflow_store, tmp_path, monkeypatch, capsys
 ):

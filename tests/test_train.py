@@ -68,8 +68,9 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
     [
         ("cnn", {}),
         ("vit", {"depth": 2}),
-        ("vgg16", {"input_size": 32}),
-        ("alexnet", {"input_size": 32}),
+        # The large convnets take half a minute each: make test runs them, make test-fast not.
+        pytest.param("vgg16", {"input_size": 32}, marks=pytest.mark.slow),
+        pytest.param("alexnet", {"input_size": 32}, marks=pytest.mark.slow),
         ("timm_vit", {"depth": 2}),
         ("timm:resnet18", {}),
     ],
