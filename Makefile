@@ -23,8 +23,8 @@ train: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest -n $(JOBS) --dist loadfile $(ARGS)
 
-## test-fast: the inner loop: the in-process tests (not those marked slow: the ones that start
-## processes, servers or torchrun), no lint
+## test-fast: the inner loop, no lint: the tests not marked slow (slow: those that start a
+## process, a server or torchrun, and three that train for half a minute)
 test-fast: $(STAMP)
 	$(BIN)/pytest -n $(JOBS) --dist loadfile -m "not slow" $(ARGS)
 
