@@ -7,9 +7,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from tuning_helpers import (
-    TINY_SPACE,
-)
+from tuning_helpers import TINY_SPACE
 
 from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.errors import ConfigError
