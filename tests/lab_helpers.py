@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import sqlite3
@@ -46,7 +47,12 @@ def mlflow_at(uri: str, folder: Path, mp: pytest.MonkeyPatch) -> Iterator[str]:
         mlflow.set_tracking_uri(None)
 
 
-_TEMPLATE: list[Path] = []  # this process's empty store, made once
+@functools.cache
+def _empty_store() -> Path:
+    """This process's empty, migrated SQLite store, made once."""
+    database = Path(tempfile.mkdtemp(prefix="mnist-lab-store-")) / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").search_experiments()
+    return database
 
 
 def new_sqlite_store(database: Path, artifacts: Path | None = None) -> str:
@@ -54,11 +60,7 @@ def new_sqlite_store(database: Path, artifacts: Path | None = None) -> str:
     artifacts in `artifacts`/0 (default: mlruns/ beside the database): a copy of one made once a
     process. MLflow's table migrations take seconds a store; a copy takes milliseconds, and is
     the same database."""
-    if not _TEMPLATE:
-        folder = Path(tempfile.mkdtemp(prefix="mnist-lab-store-"))
-        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-        _TEMPLATE.append(folder / "mlflow.db")
-    shutil.copyfile(_TEMPLATE[0], database)
+    shutil.copyfile(_empty_store(), database)
     with contextlib.closing(sqlite3.connect(database)) as db, db:
         location = str((artifacts or database.parent / "mlruns") / "0")
         db.execute(
