@@ -9,11 +9,11 @@ instead; `tags` / `run_ids` narrow the choice; `include_tuning` adds each study'
 
 Every row shows n, the mean test accuracy, its std over the seeds and a 95 % interval that
 counts the seeds and the test digits; every pair of rows gets the difference in test accuracy
-with its interval, a test (exact McNemar for two single runs, a bootstrap over seeds and digits
-for repeats) and Holm-adjusted p-values; rows no other row beats beyond noise share rank 1
-(analysis/statistics.py). The table goes to the terminal and to `comparison.md`,
-`comparison.csv`, `significance.csv` and a self-contained `comparison.html` (plots embedded), all
-logged to a new run tagged `kind=comparison`.
+with its interval, the test the interval inverts, Holm-adjusted p-values and a verdict; the
+rank is 1 + the longest chain of rows above it, each beating the next beyond noise
+(analysis/statistics.py, comparison/significance.py). The table goes to the terminal and to
+`comparison.md`, `comparison.csv`, `significance.csv` and a self-contained `comparison.html`
+(plots embedded), all logged to a new run tagged `kind=comparison`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +35,17 @@ from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.analysis.statistics import ALPHA
 from mnist_lab.comparison import comparison_figures as compare_plots
 from mnist_lab.comparison.groups import Group, check_metric, select_groups
-from mnist_lab.comparison.significance import GroupAccuracy, group_accuracy, pairwise, ranks
+from mnist_lab.comparison.significance import (
+    GroupAccuracy,
+    group_accuracy,
+    p_text,
+    pairwise,
+    ranks,
+)
 from mnist_lab.errors import ConfigError
 
 MISSING = "–"
+Format = str | Callable[[float], str]  # a column's format string, or a function of its value
 CI_LOW = names.TEST_ACCURACY_CI95_LOW
 CI_HIGH = names.TEST_ACCURACY_CI95_HIGH
 ACCURACY_STD = names.aggregate(names.TEST_ACCURACY, "std")
@@ -84,12 +91,12 @@ FORMATS = {
     names.INFERENCE_MS_PER_IMAGE: "{:.3f}",
     names.THROUGHPUT_IMG_PER_S: "{:,.0f}",
 }
-SIGNIFICANCE_FORMATS = {
+SIGNIFICANCE_FORMATS: dict[str, Format] = {
     "difference": "{:+.4f}",
     "ci95_low": "{:+.4f}",
     "ci95_high": "{:+.4f}",
-    "p_value": "{:.3g}",
-    "p_holm": "{:.3g}",
+    "p_value": p_text,
+    "p_holm": p_text,
 }
 PLOTS = {
     "accuracy_f1": "plots/accuracy_f1.png",
@@ -101,16 +108,21 @@ PLOTS = {
     "reliability_diagrams": "plots/reliability_diagrams.png",
 }
 SIGNIFICANCE_TITLE = (
-    "Differences in test accuracy (model_a minus model_b, 95 % interval), tested: exact McNemar "
-    "for two single runs, a bootstrap over seeds and digits for repeats; p_holm adjusted over "
-    "the {pairs} pair(s)."
+    "Differences in test accuracy (model_a minus model_b) with the 95 % interval of the test "
+    "beside it (it excludes 0 exactly when p < 0.05): t over seeds × digits where a side has "
+    "several seeds, exact McNemar on the digits for two single runs (seed noise unmeasured: a "
+    "verdict on those runs, not their configurations); p_holm adjusted over the {pairs} "
+    "pair(s), and the verdict read on it."
 )
 FILES = ("comparison.md", "comparison.csv", "significance.csv", "comparison.html")
 HOW_TO_READ = (
     f"n: runs of the configuration (seeds). test_accuracy: their mean; ci95: a 95 % interval over "
-    f"the seeds and the test digits (one run: Wilson's, over its digits). rank: 1 + the rows that "
-    f"beat this one beyond noise (Holm-adjusted p < {ALPHA}); rows of one rank cannot be told "
-    f"apart. Other metrics: means over the runs."
+    f"the seeds and the test digits (one run: Wilson's over its digits only, seed noise "
+    f"unmeasured). rank: 1 + the longest chain of rows above this one, each beating the next "
+    f"beyond noise (Holm-adjusted p < {ALPHA}); a row never shares a rank with one it beats, and "
+    f"the pairs table says which rows differ. No rank: compared only by digits-only tests "
+    f"(single runs), train --seeds 2 or more to rank. Other metrics: means over the runs; their "
+    f"intervals (report) are t over the seeds."
 )
 
 
@@ -197,12 +209,14 @@ def add_failures(table: pd.DataFrame, failures: Sequence[Failure]) -> pd.DataFra
     return pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
 
 
-def display_table(table: pd.DataFrame, formats: dict[str, str] = FORMATS) -> pd.DataFrame:
-    """Every value as text, missing ones "–"; the `status` column only when a run failed."""
+def display_table(table: pd.DataFrame, formats: dict[str, Format] = FORMATS) -> pd.DataFrame:
+    """Every value as text (`formats`: a format string or a function), missing ones "–"; the
+    `status` column only when a run failed."""
     shown = table.copy().astype(object)
     for column in shown.columns:
         fmt = formats.get(column, "{}")
-        shown[column] = [MISSING if _missing(v) else fmt.format(v) for v in table[column]]
+        text = fmt if callable(fmt) else fmt.format
+        shown[column] = [MISSING if _missing(v) else text(v) for v in table[column]]
     if "status" in table and (table["status"] == "finished").all():
         shown = shown.drop(columns="status")
     return shown
@@ -212,7 +226,7 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def markdown_table(table: pd.DataFrame, formats: dict[str, str] = FORMATS) -> str:
+def markdown_table(table: pd.DataFrame, formats: dict[str, Format] = FORMATS) -> str:
     """`table` as a Markdown table, values shown as `display_table` shows them."""
     shown = display_table(table, formats)
     lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]

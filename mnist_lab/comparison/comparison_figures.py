@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mnist_lab.analysis.calibration import reliability_axes
 from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
+from mnist_lab.comparison.significance import p_text
 
 DPI = 100
 
@@ -58,7 +59,7 @@ def accuracy_bars_figure(
     finite = np.concatenate([acc[~np.isnan(acc)], f1s[~np.isnan(f1s)]])
     low = float(finite.min()) if finite.size else 0.0
     # Zoom in on the top when every model is good (where the differences are), else show all.
-    ax.set_ylim(low - 5 if low > 80 else 0.0, 101)
+    ax.set_ylim(low - 5 if low > 80 else 0.0, 100)  # an accuracy stops at 100 %
     ax.set_xticks(x, labels, rotation=20, ha="right")
     ax.set_ylabel("%")
     ax.set_title("Test accuracy and macro F1 per model")
@@ -68,31 +69,36 @@ def accuracy_bars_figure(
 
 def significance_figure(pairs: pd.DataFrame, alpha: float) -> Figure:
     """Each pair's difference in test accuracy (percentage points, model_a minus model_b) with
-    its 95 % interval; pairs whose Holm-adjusted p-value is under `alpha` in colour, the others
-    (ties: inside the noise) in grey. `pairs`: comparison.significance's table."""
-    fig = Figure(figsize=(8, max(3.2, 1.5 + 0.45 * len(pairs))), dpi=DPI, layout="constrained")
+    the 95 % interval of its test, coloured by that same unadjusted test (the interval excludes
+    0 exactly when p < `alpha`), grey where it does not; each pair is labelled with its
+    Holm-adjusted p and verdict, the table's reading. Digits-only pairs (two single runs) are
+    drawn hollow. `pairs`: comparison.significance's table."""
+    fig = Figure(figsize=(9, max(3.2, 1.5 + 0.45 * len(pairs))), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
-    ax.set_title("Differences in test accuracy, 95 % intervals (coloured: beyond noise)")
+    ax.set_title(
+        "Differences in test accuracy with each test's 95 % interval\n"
+        f"colour: unadjusted p < {alpha}; label: Holm-adjusted p and verdict; hollow: digits only",
+        fontsize=10,
+    )
     if not len(pairs):
         ax.text(0.5, 0.5, "fewer than two rows with a test accuracy", ha="center", va="center")
         ax.set_axis_off()
         return fig
     y = np.arange(len(pairs))[::-1]
     for k, row in enumerate(pairs.itertuples()):
-        real = row.p_holm < alpha
-        colour = ("C2" if row.difference > 0 else "C3") if real else "0.55"
+        colour = ("C2" if row.difference > 0 else "C3") if row.p_value < alpha else "0.55"
         below, above = row.difference - row.ci95_low, row.ci95_high - row.difference
         ax.errorbar(
             100 * row.difference, y[k], xerr=[[100 * below], [100 * above]], fmt="o",
-            color=colour, capsize=4,
+            color=colour, capsize=4, markerfacecolor=colour if row.seed_noise else "white",
         )  # fmt: skip
-        verdict = f"p_holm {row.p_holm:.2g}" + ("" if real else " (tie)")
-        ax.annotate(verdict, (100 * row.ci95_high, y[k]), xytext=(6, -3),
+        label = f"p_holm {p_text(row.p_holm)}: {row.verdict}"[:70]
+        ax.annotate(label, (100 * row.ci95_high, y[k]), xytext=(6, -3),
                     textcoords="offset points", fontsize=8)  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [f"{row.model_a} − {row.model_b}" for row in pairs.itertuples()])
     ax.set_xlabel("difference in test accuracy (percentage points)")
-    ax.margins(x=0.25)
+    ax.margins(x=0.35)
     ax.grid(True, axis="x", alpha=0.3)
     return fig
 
@@ -112,6 +118,7 @@ def accuracy_vs_time_figure(
     ax.set_xscale("log")
     ax.set_xlabel("training time (s, log scale)")
     ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 100))
     ax.set_title("Accuracy vs training time")
     ax.grid(True, which="both", alpha=0.3)
     return fig
@@ -135,6 +142,7 @@ def learning_curves_figure(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 100))
     ax.set_title("Learning curves (validation accuracy)")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
@@ -208,7 +216,7 @@ def robustness_figure(
         offset = (k - (len(shown) - 1) / 2) * width
         ax.bar(x + offset, values, width, label=legend, color=f"C{i % 10}", edgecolor="white")
     # Zoom in on the top when every model resists every corruption, as accuracy_bars_figure.
-    ax.set_ylim(lowest - 5 if lowest > 80 else 0.0, 100.5)
+    ax.set_ylim(lowest - 5 if lowest > 80 else 0.0, 100)
     ax.set_xticks(x, [c.replace("_", " ") for c in order], rotation=30, ha="right")
     ax.set_xlim(-0.5, len(order) - 0.5)
     ax.set_ylabel("accuracy (%)")

@@ -105,13 +105,16 @@ def report(output_dir: str | Path = "results", tags: dict[str, str] | None = Non
 CONFIGURATIONS_TITLE = (
     "# Configurations\n\nEvery configuration of finished train runs (the same settings apart "
     "from the seed), with n seeds: test accuracy's mean, std over the seeds and 95 % interval "
-    "(a bootstrap over seeds and test digits; one run: Wilson's over its digits), the mean "
-    "training and report seconds, the machine and the runs."
+    "(t over seeds × test digits; one run: Wilson's over its digits, seed noise unmeasured), "
+    "the mean training and report seconds, the machine and the runs. "
+    "[docs/comparisons.md](../docs/comparisons.md) says what each number means and assumes."
 )
 BENCHMARK_TITLE = (
     "# Benchmark\n\nThe newest `benchmark` run ({run}; {params}): its models ranked (1 + the "
-    "models that beat one beyond noise, Holm-adjusted p < 0.05), then every pair's difference "
-    "in test accuracy, its 95 % interval and test."
+    "longest chain of models above one, each beating the next beyond noise, Holm-adjusted "
+    "p < 0.05), then every pair's difference in test accuracy, the 95 % interval of its test "
+    "(t over seeds × digits), the p-values and the verdict. "
+    "[docs/comparisons.md](../docs/comparisons.md) says what each number means and assumes."
 )
 
 
@@ -188,6 +191,8 @@ def _benchmark_params(parent: RunRecord) -> str:
 def _source(experiment: str) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     store = redact(tracking.tracking_uri())
+    if store.startswith("sqlite:///"):  # a local file: its name, not this machine's path
+        store = f"sqlite:///{Path(store.removeprefix('sqlite:///')).name}"
     return (
         f"Written by `python -m mnist_lab report` on {now} from experiment `{experiment}` of "
         f"the tracking store `{store}`."

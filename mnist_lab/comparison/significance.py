@@ -2,8 +2,10 @@
 difference with its test, read from the runs' per-digit predictions (analysis/statistics.py).
 
 Groups whose runs all logged `predictions/test.parquet` are compared digit by digit (paired when
-they were scored on the same digits); runs logged before that, by their accuracies alone
-(unpaired, less powerful). Each table row says which test it used.
+they were scored on the same digits); runs without predictions by their accuracies alone
+(unpaired, less powerful). Each table row says which test it used and its verdict; a verdict
+between two single runs is about those runs on these digits (seed noise unmeasured) and never
+ranks their configurations.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mnist_lab import names, tracking
 from mnist_lab.analysis.predictions import INDEX, correct_matrix, same_digits
 from mnist_lab.analysis.statistics import (
     ALPHA,
+    P_BELOW,
     Summary,
     compare_accuracies,
     compare_groups,
@@ -30,7 +33,11 @@ from mnist_lab.analysis.statistics import (
 from mnist_lab.comparison.groups import Group
 
 TEST_DIGITS = 10_000  # MNIST's test split: runs without predictions and no subset scored these
-COLUMNS = ["model_a", "model_b", "difference", "ci95_low", "ci95_high", "test", "p_value", "p_holm"]
+COLUMNS = [
+    "model_a", "model_b", "difference", "ci95_low", "ci95_high", "test", "p_value", "p_holm",
+    "verdict", "seed_noise",
+]  # fmt: skip
+P_SHOWN = 1e-20  # smaller p-values print as "< 1e-20" (see p_text)
 
 
 @dataclass
@@ -71,7 +78,8 @@ def _test_digits(run: tracking.RunRecord) -> int:
 
 def pairwise(labels: Sequence[str], groups: Sequence[GroupAccuracy]) -> pd.DataFrame:
     """One row per pair (COLUMNS): a minus b in test accuracy, its 95 % interval, the test and
-    its p-value, Holm-adjusted over all pairs. Groups without a test accuracy are left out."""
+    its p-value, Holm-adjusted over all pairs, and the verdict at α on the adjusted p. Groups
+    without a test accuracy are left out."""
     rows = []
     shown = [i for i, g in enumerate(groups) if g.summary.n > 0]
     for i, j in combinations(shown, 2):
@@ -83,21 +91,43 @@ def pairwise(labels: Sequence[str], groups: Sequence[GroupAccuracy]) -> pd.DataF
             result = compare_accuracies(a.accuracies, b.accuracies, a.digits, b.digits)
         rows.append(
             [labels[i], labels[j], result.difference, result.low, result.high, result.test,
-             result.p_value, np.nan]
+             result.p_value, np.nan, "", result.seed_noise]
         )  # fmt: skip
     table = pd.DataFrame(rows, columns=COLUMNS)
-    table["p_holm"] = holm(table["p_value"].to_list())
+    # a p under P_BELOW was returned as 0: adjust its bound, never a made-up 0
+    table["p_holm"] = holm([max(p, P_BELOW) for p in table["p_value"]])
+    table["verdict"] = [verdict(row) for row in table.itertuples()]
     return table
 
 
+def verdict(row) -> str:
+    """A pair's reading in words: who is better beyond noise (Holm-adjusted), or a tie."""
+    if not row.p_holm < ALPHA:
+        return "tie"
+    winner = row.model_a if row.difference > 0 else row.model_b
+    if row.seed_noise:
+        return f"{winner} better"
+    return f"{winner}'s run better on these digits; seed noise unmeasured, so not its configuration"
+
+
+def p_text(p_value: float) -> str:
+    """A p-value as printed: three digits, or "< 1e-20" below that (a bound, not a value)."""
+    return f"< {P_SHOWN:g}" if p_value < P_SHOWN else f"{p_value:.3g}"
+
+
 def ranks(labels: Sequence[str], groups: Sequence[GroupAccuracy], pairs: pd.DataFrame) -> list:
-    """Each group's rank: 1 + the groups that beat it beyond noise (Holm-adjusted p < α); NaN
-    for a group without a test accuracy."""
+    """Each group's rank (statistics.significance_ranks): 1 + the longest chain of groups above
+    it, each beating the next beyond noise (Holm-adjusted p < α) in a configuration-level test.
+    NaN for a group without a test accuracy or without any configuration-level comparison
+    (single runs compared only with single runs: their seed noise is unmeasured)."""
     position = {label: k for k, label in enumerate(labels)}
-    found = [
-        (position[row.model_a], position[row.model_b], row.difference, row.p_holm)
-        for row in pairs.itertuples()
-    ]
-    means = [g.summary.mean for g in groups]
-    ranked = significance_ranks(means, found, ALPHA)
-    return [r if g.summary.n > 0 else np.nan for r, g in zip(ranked, groups, strict=True)]
+    beats, ranked = [], [False] * len(groups)
+    for row in pairs.itertuples():
+        a, b = position[row.model_a], position[row.model_b]
+        if not row.seed_noise:
+            continue
+        ranked[a] = ranked[b] = True
+        if row.p_holm < ALPHA and row.difference != 0:
+            beats.append((a, b) if row.difference > 0 else (b, a))
+    ranked = [r and g.summary.n > 0 for r, g in zip(ranked, groups, strict=True)]
+    return significance_ranks(len(groups), beats, ranked)
