@@ -14,11 +14,26 @@ from mlflow.tracking import MlflowClient
 from mnist_lab import names, tracking
 from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.cli import main
+from mnist_lab.errors import LabError
 from mnist_lab.models import ModelSpec
 
 
-def logged_run(experiment: str, val_accuracy: float, test_accuracy: float, monkeypatch) -> str:
-    """A finished cnn `train` run with these metrics and a real (untrained) logged model."""
+def frame_of(right: np.ndarray):
+    """A predictions frame right exactly where `right` says (digit k has label k % 10)."""
+    labels = np.arange(len(right)) % 10
+    guesses = np.where(right, labels, (labels + 1) % 10)
+    return predictions_frame(np.arange(len(right)), labels, guesses, np.eye(10)[guesses])
+
+
+def first_right(accuracy: float, digits: int = 1000) -> np.ndarray:
+    return np.arange(digits) < round(accuracy * digits)
+
+
+def logged_run(
+    experiment: str, val_accuracy: float, test_accuracy: float, monkeypatch, predictions=True
+) -> str:
+    """A finished cnn `train` run with these metrics and a real (untrained) logged model; its
+    predictions on 1000 digits right on the first `accuracy` share of them."""
     import mlflow
 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)  # what `register` reads
@@ -31,6 +46,11 @@ def logged_run(experiment: str, val_accuracy: float, test_accuracy: float, monke
             {names.BEST_VAL_ACCURACY: val_accuracy, names.TEST_ACCURACY: test_accuracy}
         )
         tracking.log_model(tiny, torch.rand(2, 28, 28).numpy(), spec)
+        if predictions:
+            tracking.log_predictions(
+                {"val": frame_of(first_right(val_accuracy)),
+                 "test": frame_of(first_right(test_accuracy))}
+            )  # fmt: skip
     return active.info.run_id
 
 
@@ -55,11 +75,12 @@ def check_champion_logic(monkeypatch, capsys) -> None:
     assert float(version.tags[names.BEST_VAL_ACCURACY]) == pytest.approx(0.90)
     assert float(version.tags[names.TEST_ACCURACY]) == pytest.approx(0.91)
 
-    # A better run, picked by validation accuracy although its test accuracy is lower.
-    b = logged_run("week1", 0.95, 0.80, monkeypatch)
+    # The best by validation accuracy (never by test accuracy), then tested on the test digits.
+    b = logged_run("week1", 0.95, 0.95, monkeypatch)
     logged_run("week1", 0.93, 0.99, monkeypatch)
     out = register(capsys)
     assert f"registered run {b}" in out and "version 2" in out and "it beats version 1" in out
+    assert "40 right only by the challenger, 0 only by the champion" in out
     assert champion_run() == b
 
     # The champion's run again: nothing new.
@@ -67,12 +88,12 @@ def check_champion_logic(monkeypatch, capsys) -> None:
     assert "already is the champion; nothing registered" in out
     assert len(MlflowClient().search_model_versions("name = 'mnist-cnn'")) == 2
 
-    # Another experiment's best is worse than the champion: registered, champion stays.
+    # Another experiment's best scores as the champion on the test digits: a tie, it stays.
     c = logged_run("week2", 0.94, 0.95, monkeypatch)
     out = register(capsys)
     assert f"registered run {c}" in out and "version 3" in out
-    assert "is not @champion: it does not beat version 2" in out and "--force" in out
-    assert champion_run() == b
+    assert "is not @champion: a tie: it cannot be told apart from version 2" in out
+    assert "--force" in out and champion_run() == b
 
     out = register(capsys, "--force")
     assert "version 4" in out and "is now @champion: --force given" in out
@@ -112,15 +133,16 @@ def test_bad_register_input_exits_2(mlflow_store, capsys, model, message):
     assert message in capsys.readouterr().err
 
 
-def scored_run(experiment: str, right: np.ndarray, monkeypatch, seed: int = 0, lr: str = "3e-3"):
-    """A logged cnn run whose validation predictions are right exactly where `right` says."""
-    run_id = logged_run(experiment, float(right.mean()), 0.9, monkeypatch)
-    labels = np.arange(len(right)) % 10
-    guesses = np.where(right, labels, (labels + 1) % 10)
-    frame = predictions_frame(np.arange(len(right)), labels, guesses, np.eye(10)[guesses])
+def scored_run(
+    experiment: str, right: np.ndarray, monkeypatch, seed: int = 0, lr: str = "3e-3", test=None
+) -> str:
+    """A logged cnn run whose validation predictions are right exactly where `right` says, and
+    its test predictions where `test` says (default: `right`)."""
+    run_id = logged_run(experiment, float(right.mean()), 0.9, monkeypatch, predictions=False)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params({"seed": seed, "lr": lr, "val_size": len(right)})
-        tracking.log_predictions({"val": frame})
+        test = right if test is None else test
+        tracking.log_predictions({"val": frame_of(right), "test": frame_of(test)})
     return run_id
 
 
@@ -128,7 +150,7 @@ def version_tags(version: str) -> dict[str, str]:
     return MlflowClient().get_model_version("mnist-cnn", version).tags
 
 
-def test_champion_moves_only_when_beaten_beyond_noise_on_the_same_digits(
+def test_champion_moves_only_when_beaten_beyond_noise_on_the_test_digits(
     mlflow_store, monkeypatch, capsys
 ):
     base = np.array([True] * 900 + [False] * 100)
@@ -136,30 +158,38 @@ def test_champion_moves_only_when_beaten_beyond_noise_on_the_same_digits(
     register(capsys)
     assert champion_run() == champion
 
-    # 6 digits better, 3 worse (one-sided McNemar p = P(X >= 6 | 9) = 0.254): a tie.
+    # Far better on validation (where it was chosen), 6 digits better and 3 worse on the test
+    # digits (one-sided McNemar p = P(X >= 6 | 9) = 0.254): a tie.
     close = base.copy()
     close[900:906], close[:3] = True, False
-    challenger = scored_run("exp", close, monkeypatch, seed=1, lr="1e-2")
+    challenger = scored_run("exp", base | True, monkeypatch, seed=1, lr="1e-2", test=close)
     out = register(capsys)
-    assert f"registered run {challenger}" in out and "is not @champion" in out
-    assert (
-        "paired on the same 1000 validation digits: 6 right only by the challenger, 3 only" in out
-    )
-    assert "p = 0.254" in out and "cannot be told apart" in out
+    assert f"registered run {challenger}" in out and "is not @champion: a tie" in out
+    assert "on the same 1000 test digits, which no choice touched: 6 right only by the " in out
+    assert "p = 0.254 (challenger better)" in out and "cannot be told apart" in out
     assert champion_run() == champion
     tags = version_tags("2")
     assert tags["promotion_decision"] == "kept the champion"
+    assert tags["promotion_outcome"] == "tie"
     assert float(tags["promotion_p_value"]) == pytest.approx(130 / 512, abs=1e-4)
-    assert tags["promotion_test"] == "McNemar exact, one-sided, paired"
+    assert tags["promotion_test"] == "McNemar exact, one-sided, paired, test digits"
     assert "one-sided exact McNemar" in tags["promotion_rule"]
+
+    # Chosen on validation, clearly worse on the test digits (10 better, 60 worse): worse.
+    worse = base.copy()
+    worse[900:910], worse[:60] = True, False
+    scored_run("exp", base | True, monkeypatch, seed=3, lr="3e-2", test=worse)
+    out = register(capsys)
+    assert "is not @champion: version 1 (run" in out and "is better beyond noise" in out
+    assert version_tags("3")["promotion_outcome"] == "worse"
 
     # 12 better, 2 worse: P(X >= 12 | 14) = 106 / 16384 = 0.0065: promoted.
     clear = base.copy()
     clear[900:912], clear[:2] = True, False
-    winner = scored_run("exp", clear, monkeypatch, seed=2, lr="2e-2")
+    winner = scored_run("exp", base | True, monkeypatch, seed=2, lr="2e-2", test=clear)
     out = register(capsys)
     assert "is now @champion: it beats version 1" in out and "p = 0.00647" in out
-    assert champion_run() == winner and version_tags("3")["promotion_decision"] == "promoted"
+    assert champion_run() == winner and version_tags("4")["promotion_decision"] == "promoted"
 
 
 def test_best_configuration_is_chosen_by_its_mean_over_seeds(mlflow_store, monkeypatch, capsys):
@@ -171,13 +201,40 @@ def test_best_configuration_is_chosen_by_its_mean_over_seeds(mlflow_store, monke
     assert lucky[0] not in out and any(f"registered run {r}" in out for r in steady)
 
 
-def test_runs_on_different_validation_digits_are_compared_unpaired(
-    mlflow_store, monkeypatch, capsys
+@pytest.mark.parametrize(
+    ("champion_predictions", "challenger_digits", "why"),
+    [
+        (False, 1000, "the champion logged no test predictions"),
+        (True, 500, "the two were scored on different test digits (500 and 1000"),
+    ],
+)
+def test_no_test_keeps_the_champion_and_tags_no_p_value(
+    mlflow_store, monkeypatch, capsys, champion_predictions, challenger_digits, why
 ):
-    logged_run("exp", 0.90, 0.9, monkeypatch)  # an old run: no predictions, no params
+    champion = logged_run("exp", 0.90, 0.90, monkeypatch, predictions=champion_predictions)
     register(capsys)
-    scored_run("exp", np.array([True] * 905 + [False] * 95), monkeypatch, seed=1)
+    better = np.arange(challenger_digits) < 0.99 * challenger_digits
+    scored_run("exp", better, monkeypatch, seed=1)
     out = register(capsys)
-    assert "unpaired (the two were not scored on the same validation digits)" in out
-    assert "val_accuracy 0.9050 of 1000 vs 0.9000 of 5000" in out and "is not @champion" in out
-    assert version_tags("2")["promotion_test"] == "two-proportion, one-sided, unpaired"
+    assert f"is not @champion: no test could be run against version 1 (run {champion}): " in out
+    assert why in out and "--force" in out and champion_run() == champion
+    tags = version_tags("2")
+    assert tags["promotion_outcome"] == "no test"
+    assert "promotion_p_value" not in tags and "promotion_test" not in tags
+
+
+def test_a_champion_whose_run_is_gone_means_no_test(mlflow_store, monkeypatch, capsys):
+    champion = logged_run("exp", 0.90, 0.90, monkeypatch)
+    register(capsys)
+    scored_run("exp", first_right(0.99), monkeypatch, seed=1)
+    get_run = tracking.get_run
+
+    def gone(run_id: str):  # as after `mlflow gc` of a deleted run
+        if run_id == champion:
+            raise LabError(f"run {run_id} not found")
+        return get_run(run_id)
+
+    monkeypatch.setattr(tracking, "get_run", gone)
+    out = register(capsys)
+    assert f"the champion's run {champion} is gone (deleted)" in out
+    assert champion_run() == champion
