@@ -184,7 +184,7 @@ def test_confirm_seeds_retrains_winner_and_defaults_and_tests_them(
     assert metrics[names.CONFIRM_DIFFERENCE] == pytest.approx(difference)
     assert metrics[names.CONFIRM_CI95_LOW] <= difference <= metrics[names.CONFIRM_CI95_HIGH]
     assert 0 <= metrics[names.CONFIRM_P_VALUE] <= 1
-    assert parent.data.tags[names.TAG_CONFIRM_TEST] == "bootstrap (seeds × digits)"
+    assert parent.data.tags[names.TAG_CONFIRM_TEST] == "t over seeds × digits"
     verdict = parent.data.tags[names.TAG_CONFIRM_VERDICT]
     assert verdict in result.confirmation and ("tie" in verdict or "beyond noise" in verdict)
 

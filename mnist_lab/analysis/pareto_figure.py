@@ -49,16 +49,26 @@ def pareto_figure(
     picked: int | None = None,
     constraints: Sequence[Constraint] = (),
     title: str = "Pareto front",
+    intervals: Sequence[Sequence[tuple[float, float] | None]] | None = None,
+    beyond_noise: Sequence[bool] | None = None,
 ) -> Figure:
     """`points` [N, 2 or 3] (one row per finished trial, in `objectives`' order), `front` the
     indices on the Pareto front, `labels` each point's name (its trial number): those on the
     front are written beside them. `defaults`/`picked`: indices of the defaults' trial and of
-    the trial a rule picked. Budgets on a plotted objective are drawn as dashed lines."""
+    the trial a rule picked. Budgets on a plotted objective are drawn as dashed lines.
+    `intervals` [N][objectives]: each trial's (low, high) noise on each axis (None: none
+    measured), drawn as error bars; `beyond_noise` [N]: trials that beat the defaults beyond
+    noise, ringed. Accuracy axes stop at 100 %."""
     with matplotlib.style.context("default"):  # not the style another plot set (ggplot)
-        return _figure(points, objectives, front, labels, defaults, picked, constraints, title)
+        return _figure(
+            points, objectives, front, labels, defaults, picked, constraints, title,
+            intervals, beyond_noise,
+        )  # fmt: skip
 
 
-def _figure(points, objectives, front, labels, defaults, picked, constraints, title) -> Figure:
+def _figure(
+    points, objectives, front, labels, defaults, picked, constraints, title, intervals, beyond
+) -> Figure:
     values = np.asarray(points, dtype=float).reshape(len(points), len(objectives))
     # (x, y): the earlier objective up, as the first (usually an accuracy) reads best there.
     pairs = [(1, 0)] if len(objectives) == 2 else [(1, 0), (2, 0), (2, 1)]
@@ -69,6 +79,15 @@ def _figure(points, objectives, front, labels, defaults, picked, constraints, ti
     on_front[list(front)] = True
     for ax, (x, y) in zip(axes, pairs, strict=True):
         _panel(ax, values, objectives, x, y, on_front, labels, constraints)
+        if intervals is not None:
+            _error_bars(ax, values, intervals, x, y, on_front)
+        if beyond is not None and any(beyond):
+            ringed = np.flatnonzero(beyond)
+            ax.scatter(
+                values[ringed, x], values[ringed, y], s=150, facecolors="none",
+                edgecolors="black", linewidths=1.2, zorder=5,
+                label="beats the defaults beyond noise (one seed each: digit noise only)",
+            )  # fmt: skip
         if len(objectives) == 2:
             _staircase(ax, values[on_front][:, [x, y]], objectives[x])
         for index, colour, marker, text in (
@@ -87,10 +106,19 @@ def _figure(points, objectives, front, labels, defaults, picked, constraints, ti
                     zorder=4,
                     label=f"{text}: trial {labels[index]}",
                 )
+        for index, get, set_ in ((x, ax.get_xlim, ax.set_xlim), (y, ax.get_ylim, ax.set_ylim)):
+            if objectives[index] in ACCURACIES:
+                low, high = get()
+                set_(low, min(high, 1.0))  # an accuracy stops at 100 %
         ax.legend(fontsize=8, loc="best", framealpha=0.9)
     n_front = int(on_front.sum())
+    bars = (
+        "\nbars: each trial's 95 % interval (accuracy) or timed range (latency)"
+        if intervals
+        else ""
+    )
     figure.suptitle(
-        f"{title}\n{len(values)} finished trials, {n_front} Pareto-optimal (red, numbered)",
+        f"{title}\n{len(values)} finished trials, {n_front} Pareto-optimal (red, numbered){bars}",
         fontsize=11,
     )
     return figure
@@ -144,6 +172,28 @@ def _panel(ax, values, objectives, x, y, on_front, labels, constraints) -> None:
                     label=f"budget {constraint}",
                 )
     ax.grid(True, alpha=0.3)
+
+
+def _error_bars(ax, values, intervals, x, y, on_front) -> None:
+    """Each trial's interval on both axes where it has one, in its point's colour."""
+    for i, spans in enumerate(intervals):
+        errors = []
+        for axis in (x, y):
+            span = spans[axis]
+            if span is None:
+                errors.append(None)
+            else:
+                low, high = span
+                errors.append(
+                    [[max(0.0, values[i, axis] - low)], [max(0.0, high - values[i, axis])]]
+                )
+        if errors[0] is None and errors[1] is None:
+            continue
+        ax.errorbar(
+            values[i, x], values[i, y], xerr=errors[0], yerr=errors[1], fmt="none",
+            ecolor=FRONT_COLOUR if on_front[i] else OTHER_COLOUR, elinewidth=0.8, alpha=0.7,
+            zorder=1,
+        )  # fmt: skip
 
 
 def _staircase(ax, front: np.ndarray, x_name: str) -> None:

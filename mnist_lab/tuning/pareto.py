@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mnist_lab import names, tracking
 from mnist_lab.analysis.pareto_figure import pareto_figure
 from mnist_lab.analysis.selection import gain
+from mnist_lab.analysis.statistics import ALPHA, compare_accuracies, wilson_interval
 from mnist_lab.tuning.defaults import defaults_trial
 from mnist_lab.tuning.objectives import Objectives
 from mnist_lab.tuning.study import ATTR_OVERRIDES
@@ -203,18 +205,66 @@ def log_choice(
 def front_figure(study: optuna.Study, objectives: Objectives, choice: Choice, study_name: str):
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     numbers = [t.number for t in complete]
-    points = [objectives.values(metrics_of(t, objectives)) for t in complete]
+    measured = [metrics_of(t, objectives) for t in complete]
+    points = [objectives.values(m) for m in measured]
     front = [numbers.index(n) for n in choice.pareto if n in numbers]
+    defaults = numbers.index(choice.defaults.trial) if choice.defaults else None
+    beyond = None
+    if defaults is not None:
+        beyond = [beats_beyond_noise(m, measured[defaults], objectives.chosen) for m in measured]
     return pareto_figure(
         points,
         objectives.chosen,
         front,
         [str(n) for n in numbers],
-        defaults=numbers.index(choice.defaults.trial) if choice.defaults else None,
+        defaults=defaults,
         picked=numbers.index(choice.picked) if choice.picked is not None else None,
         constraints=objectives.pick.constraints if objectives.pick else (),
         title=f"Pareto front of study {study_name}",
+        intervals=[trial_intervals(m, objectives.chosen) for m in measured],
+        beyond_noise=beyond,
     )
+
+
+def trial_intervals(
+    metrics: dict[str, float], objectives: Sequence[str]
+) -> list[tuple[float, float] | None]:
+    """Each objective's noise for one trial (one seed): val_accuracy's Wilson interval over the
+    validation digits (digit noise only), the latency's range over its timed passes; None
+    where the trial measured no spread (counts such as num_params have none)."""
+    out: list[tuple[float, float] | None] = []
+    for name in objectives:
+        value, digits = metrics.get(name), metrics.get(names.VAL_DIGITS)
+        slowest = metrics.get(names.INFERENCE_MS_PER_IMAGE_SLOWEST)
+        if name == names.VAL_ACCURACY and value is not None and digits:
+            out.append(wilson_interval(round(value * digits), int(digits)))
+        elif name == names.INFERENCE_MS_PER_IMAGE and value is not None and slowest is not None:
+            out.append((value, slowest))
+        else:
+            out.append(None)
+    return out
+
+
+def beats_beyond_noise(
+    metrics: dict[str, float], defaults: dict[str, float], objectives: Sequence[str]
+) -> bool:
+    """Better than the defaults beyond noise in one objective, worse beyond noise in none:
+    val_accuracy by Newcombe's two-proportion test (digits only: one seed each), latency by
+    timed ranges that do not overlap. Objectives without a measured noise are not judged."""
+    better = worse = False
+    for name in objectives:
+        ours, theirs = trial_intervals(metrics, [name])[0], trial_intervals(defaults, [name])[0]
+        if ours is None or theirs is None:
+            continue
+        if name == names.VAL_ACCURACY:
+            digits = (int(metrics[names.VAL_DIGITS]), int(defaults[names.VAL_DIGITS]))
+            result = compare_accuracies([metrics[name]], [defaults[name]], *digits)
+            better |= result.p_value < ALPHA and result.difference > 0
+            worse |= result.p_value < ALPHA and result.difference < 0
+        else:  # lower is better: ranges of timed passes
+            better |= ours[1] < theirs[0]
+            worse |= theirs[1] < ours[0]
+    return better and not worse
 
 
 def _tag_trial_runs(study: optuna.Study, choice: Choice) -> None:

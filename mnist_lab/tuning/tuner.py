@@ -179,7 +179,7 @@ class Objective:
             measured = measure(listener.state, config, objectives.measured)
             if measured:
                 tracking.log_run_metrics(result.run_id, measured)
-            metrics |= measured
+            metrics |= measured | {names.VAL_DIGITS: float(config.val_size)}
         except optuna.TrialPruned as pruned:
             tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
             raise
@@ -685,6 +685,12 @@ def _confirm(parent_run_id: str, tuned: RepeatsResult, defaults: RepeatsResult) 
     result = compare_groups(tuned_correct, defaults_correct)
     if result.p_value >= ALPHA:
         verdict = "tie: the tuned configuration and the defaults cannot be told apart"
+    elif not result.seed_noise:
+        better = "tuned" if result.difference > 0 else "defaults'"
+        verdict = (
+            f"the {better} run is better on these digits; one seed each, so seed noise is "
+            "unmeasured: confirm with --confirm-seeds 2 or more before choosing"
+        )
     elif result.difference > 0:
         verdict = "the tuned configuration beats the defaults beyond noise"
     else:
