@@ -14,7 +14,7 @@ from PIL import Image
 from mnist_lab import names
 from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.corruptions import CORRUPTIONS
-from mnist_lab.analysis.statistics import holm
+from mnist_lab.analysis.statistics import MCNEMAR, T_SEEDS_DIGITS, holm
 from mnist_lab.cli import main
 from mnist_lab.comparison import comparison_figures as compare_plots
 from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare
@@ -76,9 +76,10 @@ def test_compare_writes_table_files_plots_and_a_comparison_run(trained, tmp_path
     assert "Significance" not in md or "model_a | model_b" in md
     pairs = pd.read_csv(out / "significance.csv")
     assert list(pairs.columns) == [
-        "model_a", "model_b", "difference", "ci95_low", "ci95_high", "test", "p_value", "p_holm"
+        "model_a", "model_b", "difference", "ci95_low", "ci95_high", "test", "p_value", "p_holm",
+        "verdict", "seed_noise",
     ]  # fmt: skip
-    assert len(pairs) == 1 and pairs.loc[0, "test"] == "McNemar exact"
+    assert len(pairs) == 1 and pairs.loc[0, "test"] == MCNEMAR and not pairs.loc[0, "seed_noise"]
 
     html = (out / "comparison.html").read_text()
     assert html.count("data:image/png;base64,") == len(PLOTS)
@@ -288,12 +289,29 @@ def test_a_run_pair_gets_the_mcnemar_p_value_worked_by_hand(mlflow_store, tmp_pa
     ids = [scored_run("cnn", cnn), scored_run("vit", vit)]
     assert main(["compare", "--run-ids", ",".join(ids), "--output-dir", str(tmp_path)]) == 0
     (pair,) = pd.read_csv(tmp_path / "significance.csv").itertuples()
-    assert (pair.model_a, pair.model_b, pair.test) == ("cnn", "vit", "McNemar exact")
+    assert (pair.model_a, pair.model_b, pair.test) == ("cnn", "vit", MCNEMAR)
     assert pair.p_value == pytest.approx(756 / 8192) and pair.p_holm == pytest.approx(756 / 8192)
     assert pair.difference == pytest.approx(7 / 80) and pair.ci95_low <= 0 < pair.ci95_high
+    assert pair.verdict == "tie" and not pair.seed_noise
     table = pd.read_csv(tmp_path / "comparison.csv").set_index("model")
-    assert list(table["rank"]) == [1, 1]  # inside the noise: one rank
-    assert "McNemar exact" in capsys.readouterr().out
+    assert table["rank"].isna().all()  # single runs: their configurations cannot be ranked
+    out = capsys.readouterr().out
+    assert "McNemar exact (digits only; seed noise unmeasured)" in out
+
+
+def test_single_runs_that_differ_on_their_digits_are_not_ranked_as_configurations(
+    mlflow_store, tmp_path
+):
+    # 30 digits only the cnn gets right, 2 only the vit: p < 0.001, a real difference between
+    # these two runs, which says nothing about another seed of either.
+    cnn = np.array([True] * 30 + [False] * 2 + [True] * 60)
+    vit = np.array([False] * 30 + [True] * 2 + [True] * 60)
+    ids = [scored_run("cnn", cnn), scored_run("vit", vit)]
+    result = compare(run_ids=ids, output_dir=tmp_path)
+    (pair,) = result.significance.itertuples()
+    assert pair.p_holm < 0.001 and pair.ci95_low > 0
+    assert pair.verdict.startswith("cnn's run better on these digits; seed noise unmeasured")
+    assert result.table["rank"].isna().all()
 
 
 def test_seed_groups_get_intervals_over_seeds_and_digits_ranks_and_holm(
@@ -318,8 +336,9 @@ def test_seed_groups_get_intervals_over_seeds_and_digits_ranks_and_holm(
         assert row[names.TEST_ACCURACY_CI95_HIGH] > row[names.TEST_ACCURACY]
         assert len(row["run_ids"].split(",")) == 3
     pairs = result.significance.set_index(["model_a", "model_b"])
-    assert set(pairs["test"]) == {"bootstrap (seeds × digits)"}
+    assert set(pairs["test"]) == {T_SEEDS_DIGITS} and pairs["seed_noise"].all()
     assert list(pairs["p_holm"]) == pytest.approx(list(holm(list(pairs["p_value"]))))
     assert pairs.loc[("cnn", "vit"), "p_holm"] < 0.05 < pairs.loc[("cnn", "alexnet"), "p_holm"]
-    assert list(table["rank"]) == [1, 1, 3]  # cnn and alexnet cannot be told apart; vit can
+    assert list(table["rank"]) == [1, 1, 2]  # cnn and alexnet cannot be told apart; vit can
+    assert pairs.loc[("cnn", "vit"), "verdict"] == "cnn better"
     assert Image.open(tmp_path / PLOTS["significance"]).size[1] >= 300

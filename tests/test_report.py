@@ -18,10 +18,10 @@ def test_report_writes_every_configuration_and_the_newest_benchmark(mlflow_store
     longer = scored_run("cnn", rng.random(1000) < 0.99, tags=preset, lr="0.01", epochs="3")
     slow = scored_run("cnn", rng.random(1000) < 0.98, tags=MACHINE, lr="0.02")
     parent = fake_run("mnist-lab", "?", {}, {names.TAG_KIND: "benchmark"})
-    MlflowClient().log_param(parent, "benchmark_seeds", "2")
+    MlflowClient().log_param(parent, "benchmark_seeds", "3")
     member = {**MACHINE, "benchmark_run": parent}
     bench = [scored_run(m, rng.random(1000) < a, s, tags=member, epochs="1")
-             for m, a in (("cnn", 0.99), ("vit", 0.9)) for s in range(2)]  # fmt: skip
+             for m, a in (("cnn", 0.99), ("vit", 0.9)) for s in range(3)]  # fmt: skip
 
     assert main(["report", "--output-dir", str(tmp_path)]) == 0
     assert "wrote" in capsys.readouterr().out
@@ -50,12 +50,12 @@ def test_report_writes_every_configuration_and_the_newest_benchmark(mlflow_store
     assert "Written by `python -m mnist_lab report`" in page and fast[0][:8] in page
 
     bench_table = pd.read_csv(tmp_path / "benchmark.csv")
-    assert list(bench_table["n"]) == [2, 2] and list(bench_table["rank"]) == [1, 2]
+    assert list(bench_table["n"]) == [3, 3] and list(bench_table["rank"]) == [1, 2]
     assert set(bench_table["run_ids"].str.split(",").sum()) == set(bench)
     pairs = pd.read_csv(tmp_path / "benchmark_significance.csv")
     assert len(pairs) == 1 and pairs.loc[0, "p_holm"] < 0.05
     text = (tmp_path / "benchmark.md").read_text()
-    assert parent in text and "seeds 2" in text and "| model_a | model_b |" in text
+    assert parent in text and "seeds 3" in text and "| model_a | model_b |" in text
 
 
 def test_report_without_runs_says_how_to_make_some(mlflow_store, tmp_path, capsys):
