@@ -10,6 +10,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from mnist_lab.errors import LabError
 from mnist_lab.tracking.spool import Spool, SpoolWriter, replay_all, spools
 
 
@@ -149,3 +150,9 @@ def test_replay_sends_each_record_once_and_leaves_a_live_runs_spool_alone(tmp_pa
     assert replay_all(lambda uri: server, tmp_path)[0].run_id == "live"  # nothing sent twice
     assert len(server.calls) == 4
     assert live.close(1.0)
+
+
+def test_a_spool_folder_that_cannot_be_made_says_which_setting_moves_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LabError, match="MNIST_LAB_SPOOL_DIR to a writable folder"):
+        Spool.create(tmp_path / "file", "run1", "http://x")

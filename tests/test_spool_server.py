@@ -1,6 +1,8 @@
 """A run on a real `mlflow server` that is stopped mid-training: the run goes on, and the
 server ends up with all of it, either when it returns during the run or by `runs --sync`."""
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -139,3 +141,46 @@ def test_a_server_that_does_not_return_leaves_a_spool_that_sync_sends_once(
     assert main(["runs", "--sync"]) == 0
     assert "nothing spooled" in capsys.readouterr().out
     assert_whole(run_id, "FAILED")  # nothing sent twice
+
+
+def spooled_steps(spool: Path) -> set[int]:
+    """The epochs whose `val_accuracy` a spool holds."""
+    lines = (spool / "records.jsonl").read_text().splitlines() if spool.exists() else []
+    records = [json.loads(line) for line in lines if line.endswith("}")]
+    return {
+        r["data"]["step"]
+        for r in records
+        if r["kind"] == "metrics" and names.VAL_ACCURACY in r["data"]["values"]
+    }
+
+
+@pytest.mark.slow
+def test_kill_9_during_an_outage_loses_nothing_spooled(server, tmp_path, mnist_dir):
+    command = [sys.executable, "-m", "mnist_lab", "train", "--model", "cnn", "--epochs", "30"]
+    command += ["--max-train-samples", "300", "--val-size", "100", "--max-test-samples", "100"]
+    log = (tmp_path / "train.log").open("w")
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    client = MlflowClient()
+    run_id, deadline = None, time.monotonic() + 300
+    while run_id is None or not client.get_metric_history(run_id, names.VAL_ACCURACY):
+        assert child.poll() is None and time.monotonic() < deadline, (
+            tmp_path / "train.log"
+        ).read_text()
+        time.sleep(0.2)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        run_id = runs[0].info.run_id if runs else None
+    server.stop()
+    spool = tmp_path / "spool" / run_id
+    while len(spooled_steps(spool)) < 3:  # epochs recorded while the server was away
+        assert child.poll() is None, (tmp_path / "train.log").read_text()
+        time.sleep(0.1)
+    child.kill()
+    child.wait()
+    spooled = spooled_steps(spool)
+    server.start()
+    assert main(["runs", "--sync"]) == 0
+    steps = {m.step for m in client.get_metric_history(run_id, names.VAL_ACCURACY)}
+    assert spooled <= steps and len(steps) == len(
+        client.get_metric_history(run_id, names.VAL_ACCURACY)
+    )
+    assert not spool.exists()

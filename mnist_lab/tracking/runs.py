@@ -125,9 +125,9 @@ def run(
     mark_model_development(active.info.experiment_id)
     run_id = active.info.run_id
     uri = mlflow.get_tracking_uri()
-    if is_remote(uri):
-        _writers[run_id] = SpoolWriter(Spool.create(spool_root(), run_id, uri), store_client())
     try:
+        if is_remote(uri):
+            _writers[run_id] = SpoolWriter(Spool.create(spool_root(), run_id, uri), store_client())
         set_tags(process_tags())
         with Heartbeat(run_id):
             yield active

@@ -44,6 +44,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mnist_lab.errors import LabError
+
 log = logging.getLogger(__name__)
 
 SPOOL_DIR_ENV = "MNIST_LAB_SPOOL_DIR"
@@ -103,9 +105,16 @@ class Spool:
     def create(cls, root: Path, run_id: str, tracking_uri: str) -> Spool:
         """The run's spool, made if new (a resumed run appends to the one it left)."""
         folder = root / run_id
-        (folder / "files").mkdir(parents=True, exist_ok=True)
-        if not (folder / "run.json").exists():
-            _write_synced(folder / "run.json", {"run_id": run_id, "tracking_uri": tracking_uri})
+        try:
+            (folder / "files").mkdir(parents=True, exist_ok=True)
+            if not (folder / "run.json").exists():
+                info = {"run_id": run_id, "tracking_uri": tracking_uri}
+                _write_synced(folder / "run.json", info)
+        except OSError as err:
+            raise LabError(
+                f"cannot make the spool of run {run_id} in {folder} ({err.strerror}): set "
+                f"{SPOOL_DIR_ENV} to a writable folder on a local disk"
+            ) from None
         return cls(folder)
 
     def lock(self) -> FileLock:
