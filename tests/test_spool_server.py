@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.cli import main
-from mnist_lab.config import load_config
+from mnist_lab.config import PROJECT_ROOT, load_config
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import StoreUnreachable
 from mnist_lab.train import train
@@ -143,14 +143,20 @@ def test_a_server_that_does_not_return_leaves_a_spool_that_sync_sends_once(
     assert_whole(run_id, "FAILED")  # nothing sent twice
 
 
-def spooled_steps(spool: Path) -> set[int]:
-    """The epochs whose `val_accuracy` a spool holds."""
-    lines = (spool / "records.jsonl").read_text().splitlines() if spool.exists() else []
-    records = [json.loads(line) for line in lines if line.endswith("}")]
+def unsent_steps(spool: Path) -> set[int]:
+    """The epochs whose `val_accuracy` the spool holds and the server does not have yet."""
+
+    def lines(name: str) -> list[dict]:
+        text = (spool / name).read_text() if (spool / name).exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    sent = {line["seq"] for line in lines("sent.jsonl")}
     return {
         r["data"]["step"]
-        for r in records
-        if r["kind"] == "metrics" and names.VAL_ACCURACY in r["data"]["values"]
+        for r in lines("records.jsonl")
+        if r["seq"] not in sent
+        and r["kind"] == "metrics"
+        and names.VAL_ACCURACY in r["data"]["values"]
     }
 
 
@@ -159,7 +165,8 @@ def test_kill_9_during_an_outage_loses_nothing_spooled(server, tmp_path, mnist_d
     command = [sys.executable, "-m", "mnist_lab", "train", "--model", "cnn", "--epochs", "30"]
     command += ["--max-train-samples", "300", "--val-size", "100", "--max-test-samples", "100"]
     log = (tmp_path / "train.log").open("w")
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}  # this checkout's mnist_lab
+    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     client = MlflowClient()
     run_id, deadline = None, time.monotonic() + 300
     while run_id is None or not client.get_metric_history(run_id, names.VAL_ACCURACY):
@@ -171,16 +178,15 @@ def test_kill_9_during_an_outage_loses_nothing_spooled(server, tmp_path, mnist_d
         run_id = runs[0].info.run_id if runs else None
     server.stop()
     spool = tmp_path / "spool" / run_id
-    while len(spooled_steps(spool)) < 3:  # epochs recorded while the server was away
+    while len(unsent_steps(spool)) < 2:  # epochs recorded while the server was away
         assert child.poll() is None, (tmp_path / "train.log").read_text()
         time.sleep(0.1)
     child.kill()
     child.wait()
-    spooled = spooled_steps(spool)
+    spooled = unsent_steps(spool)
     server.start()
     assert main(["runs", "--sync"]) == 0
-    steps = {m.step for m in client.get_metric_history(run_id, names.VAL_ACCURACY)}
-    assert spooled <= steps and len(steps) == len(
-        client.get_metric_history(run_id, names.VAL_ACCURACY)
-    )
+    history = client.get_metric_history(run_id, names.VAL_ACCURACY)
+    steps = {m.step for m in history}
+    assert spooled <= steps and len(steps) == len(history)  # all there, none twice
     assert not spool.exists()

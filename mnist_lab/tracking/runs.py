@@ -182,11 +182,13 @@ def _end(
 
     A spooled run's end is its last record; the run waits up to `wait` s (default
     `store_wait_s()`) for an away server to take the spool. If it does not, the spool stays for
-    `mnist-lab runs --sync`, and a run that was `failing` anyway keeps its own error; any other
-    raises StoreUnreachable.
+    `mnist-lab runs --sync`, and a run that was `failing` anyway keeps its own error (and does
+    not wait for a server known to be away); any other raises StoreUnreachable.
     """
     name = RunStatus.to_string(status)
     writer = _writers.pop(run_id, None)
+    if writer is not None and failing and writer.away_since is not None:
+        wait = 0.0  # a failing or interrupted run does not wait for an away server
     if writer is not None:
         try:
             if reason:
