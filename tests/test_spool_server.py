@@ -190,3 +190,22 @@ def test_kill_9_during_an_outage_loses_nothing_spooled(server, tmp_path, mnist_d
     steps = {m.step for m in history}
     assert spooled <= steps and len(steps) == len(history)  # all there, none twice
     assert not spool.exists()
+
+
+@pytest.mark.slow
+def test_a_studys_trials_record_through_the_spool(server, tmp_path, mnist_dir):
+    from tuning_helpers import TINY_SPACE, assert_consistent, load, options, trial_runs
+
+    from mnist_lab.tuning.tuner import tune
+
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE)
+    opts = options(tmp_path, space, n_trials=2)
+    result = tune(opts)
+    runs = trial_runs(result.parent_run_id)
+    assert len(runs) == 2
+    assert_consistent(load(opts), runs)
+    for run in runs:
+        history = MlflowClient().get_metric_history(run.info.run_id, names.VAL_ACCURACY)
+        assert [m.step for m in history] == [1, 2]
+    assert not any((tmp_path / "spool").iterdir())  # every trial's spool was sent and removed
