@@ -319,8 +319,13 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from mnist_lab import tracking
 
+    if _flag_true(args.sync, "sync"):
+        return _sync_spools(tracking)
     if not _flag_true(args.stale, "stale"):
-        raise LabError("runs: say what to list: --stale (RUNNING runs whose process is gone)")
+        raise LabError(
+            "runs: say what to do: --stale (list RUNNING runs whose process is gone) or --sync "
+            "(send spooled records to their tracking server)"
+        )
     stale = tracking.stale_runs()
     for run in stale:
         print(f"{run.run_id}  experiment {run.experiment_id}  {run.run_name}: {run.reason}")
@@ -331,6 +336,23 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"ended {len(stale)} run(s) KILLED")
     else:
         print(f"{len(stale)} stale run(s); --fix ends them KILLED (train, tune and benchmark do)")
+    return 0
+
+
+def _sync_spools(tracking: Any) -> int:
+    """`runs --sync`: send what runs spooled while their tracking server was away."""
+    results = tracking.replay_all()
+    for result in results:
+        state = f"still spooled: {result.error}" if result.error else "complete on the server"
+        print(f"{result.run_id}  {result.tracking_uri}: sent {result.sent} record(s); {state}")
+    if not results:
+        print(f"nothing spooled in {tracking.spool_root()}: every run's records are on its server")
+    left = [r for r in results if r.error]
+    if left:
+        raise LabError(
+            f"{len(left)} run(s) still have records in {tracking.spool_root()}: once their "
+            "tracking server answers, run `mnist-lab runs --sync` again"
+        )
     return 0
 
 
@@ -437,9 +459,20 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     add_option_flags(robust, dataclasses.fields(RobustnessOptions))
     robust.set_defaults(handler=cmd_robustness)
 
-    runs = commands.add_parser("runs", help="RUNNING runs whose process is gone (--stale)")
+    runs = commands.add_parser(
+        "runs",
+        help="RUNNING runs whose process is gone (--stale); records spooled while a tracking "
+        "server was away (--sync)",
+    )
     add_flag(runs, "stale", "list them (default: false)", boolean=True)
     add_flag(runs, "fix", "and end them KILLED (default: false)", boolean=True)
+    add_flag(
+        runs,
+        "sync",
+        "send the records runs spooled while their tracking server was away (MNIST_LAB_SPOOL_DIR, "
+        "default ~/.mnist-lab/spool) to it, in order, each once (default: false)",
+        boolean=True,
+    )
     runs.set_defaults(handler=cmd_runs)
 
 

@@ -23,3 +23,7 @@ class WeightsError(LabError):
 
 class ModelFileError(LabError):
     """A logged model's files cannot be trusted or rebuilt (changed weights, unknown format)."""
+
+
+class StoreUnreachable(LabError):
+    """The tracking server did not answer in time; what a run recorded waits in its spool."""

@@ -60,6 +60,8 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "path", list(sys.path))
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(var, raising=False)  # mlflow.set_experiment of an earlier test sets one
+    # A run on a tracking server spools beside the test's folder, never in the user's home.
+    monkeypatch.setenv("MNIST_LAB_SPOOL_DIR", str(tmp_path.with_name(f"{tmp_path.name}-spool")))
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,8 @@ logs epochs and checkpoints), `pyfunc` (logging the model, whose loader is mnist
 checking one before it loads), `onnx` (the same model as ONNX),
 `query` (reading runs back), `model_registry` (MLflow's registered models and the `champion` alias),
 `liveness` (the process behind a RUNNING run, its heartbeat, and ending runs whose process is
-gone) and `store` (opening the store: a fresh SQLite store's tables made one process at a
+gone), `spool` (a run's records kept and sent in order while its tracking server is away) and
+`store` (opening the store: a fresh SQLite store's tables made one process at a
 time). It may import everything below it (engine, analysis, models, data, config); nothing
 below imports it.
 """
@@ -74,6 +75,7 @@ from mnist_lab.tracking.runs import (
     set_tags,
     use_default_experiment,
 )
+from mnist_lab.tracking.spool import Replayed, replay_all, spool_root
 from mnist_lab.tracking.store import open_store
 
 __all__ = [
@@ -81,6 +83,7 @@ __all__ = [
     "NOT_CONFIGURATION",
     "EpochLogger",
     "NoRunsError",
+    "Replayed",
     "RunRecord",
     "StaleRun",
     "Version",
@@ -126,6 +129,7 @@ __all__ = [
     "register",
     "registered_model_name",
     "reopen_for_resume",
+    "replay_all",
     "run",
     "run_model_uri",
     "run_tags",
@@ -134,6 +138,7 @@ __all__ = [
     "set_run_tags",
     "set_tags",
     "source_run_id",
+    "spool_root",
     "stale_runs",
     "sweep_stale_runs",
     "tracking_uri",

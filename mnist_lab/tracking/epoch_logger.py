@@ -16,7 +16,7 @@ from mnist_lab.engine.checkpoint import save_checkpoint
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import LabError
 from mnist_lab.tracking.liveness import process_tags
-from mnist_lab.tracking.runs import active_run_id, log_metrics
+from mnist_lab.tracking.runs import active_run_id, log_metrics, log_run_artifact
 from mnist_lab.tracking.store import store_client
 
 
@@ -26,7 +26,9 @@ class EpochLogger:
     The state is copied to host memory on the training thread; writing and uploading run on a
     background thread so the next epoch does not wait for them. The file is written atomically
     and `wait()` (called before the run ends, also on Ctrl-C) lets the upload finish, so the run's
-    checkpoint is always a whole one. Time spent here is kept to report tracking overhead.
+    checkpoint is always a whole one. On a tracking server both go through the run's spool
+    (runs.py), so an away server delays neither. Time spent here is kept to report tracking
+    overhead.
     """
 
     def __init__(self, checkpoint: bool = True) -> None:
@@ -50,7 +52,7 @@ class EpochLogger:
     def _write_and_upload(self, snapshot: dict[str, Any]) -> None:
         path = self._dir / Path(names.CHECKPOINT_LAST).name
         save_checkpoint(snapshot, path)
-        store_client().log_artifact(self._run_id, str(path), names.CHECKPOINT_DIR)
+        log_run_artifact(self._run_id, path, names.CHECKPOINT_DIR, move=True)
 
     def wait(self) -> None:
         """Block until the last checkpoint is uploaded; re-raise its error, if any."""

@@ -39,6 +39,7 @@ from mnist_lab import names
 from mnist_lab.models import ModelSpec
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.models.faster_rcnn import top_box_probabilities
+from mnist_lab.tracking.runs import await_store, log_metrics, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +172,9 @@ def log_onnx_model(served: nn.Module, digits: np.ndarray, spec: ModelSpec) -> st
     except Exception as err:  # an architecture the exporter cannot take: the run still stands
         reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}"
         log.warning("no ONNX model logged: %s", reason)
-        mlflow.set_tag(names.TAG_ONNX_ERROR, reason[:4000])
+        set_tags({names.TAG_ONNX_ERROR: reason})
         return None
-    mlflow.log_metrics(
+    log_metrics(
         {names.ONNX_MAX_PROB_DIFF: difference, names.ONNX_SIZE_BYTES: float(len(onnx_bytes))}
     )
     return _log(onnx_bytes, example, name)
@@ -183,6 +184,7 @@ def _log(onnx_bytes: bytes, example: np.ndarray, name: str) -> str:
     import mlflow.onnx
     import onnx
 
+    await_store()
     ort = session(onnx_bytes)
     outputs = ort.run(None, {ort.get_inputs()[0].name: example})
     output_names = [o.name for o in ort.get_outputs()]

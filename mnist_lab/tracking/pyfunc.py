@@ -55,6 +55,7 @@ from mnist_lab.inference import (  # noqa: F401  (the names older code and old m
     save_weights,
 )
 from mnist_lab.models import ModelSpec
+from mnist_lab.tracking.runs import await_store
 
 PACKAGE = Path(inference.__file__).resolve().parent  # mnist_lab/
 # Loaders of the models this mnist-lab logs and logged: the current one carries its code; the
@@ -218,6 +219,7 @@ def log_torch_model(module: nn.Module, spec: ModelSpec, name: str) -> str:
 
 
 def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
+    await_store()  # a logged model is made on the server: it waits for an away one
     with tempfile.TemporaryDirectory() as tmp:
         code = copy_code(Path(tmp) / "code")
         code_digest = inference.code_sha256(code.parent)

@@ -6,12 +6,19 @@ Where runs land follows MLflow's own rules: `MLFLOW_TRACKING_URI` if set, else M
 experiment `mnist-lab`; an active `MLFLOW_RUN_ID` (set by `mlflow run`) is joined, not duplicated.
 A run that raises is ended FAILED (KILLED on Ctrl-C) with a `failure_reason` tag: never left
 RUNNING.
+
+On a tracking server, a run's params, tags, metrics and artifacts go through its spool
+(spool.py): recorded at once, sent in order, kept while the server is away. What the spool
+cannot hold (the logged model, its datasets, tables) waits for the server (`await_store`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -24,20 +31,33 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from mlflow.entities import RunStatus
 
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
 from mnist_lab.data.mnist import SplitRecord
 from mnist_lab.engine.device import amp_dtype, machine_name
-from mnist_lab.errors import LabError
+from mnist_lab.errors import LabError, StoreUnreachable
 from mnist_lab.names import IMAGE_SIZE
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
+from mnist_lab.tracking.spool import (
+    STORE_WAIT_ENV,
+    Spool,
+    SpoolWriter,
+    fail_fast,
+    is_remote,
+    spool_root,
+    store_wait_s,
+)
 from mnist_lab.tracking.store import open_store, store_client
 
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+log = logging.getLogger(__name__)
+# The spool writer of each open run on a tracking server, by run id.
+_writers: dict[str, SpoolWriter] = {}
 
 
 def use_default_experiment() -> None:
@@ -103,18 +123,24 @@ def run(
         run_name = None  # a run resumed or started by `mlflow run --run-name` keeps its name
     active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
     mark_model_development(active.info.experiment_id)
+    run_id = active.info.run_id
+    uri = mlflow.get_tracking_uri()
     try:
-        mlflow.set_tags(process_tags())
-        with Heartbeat(active.info.run_id):
+        if is_remote(uri):
+            _writers[run_id] = SpoolWriter(Spool.create(spool_root(), run_id, uri), store_client())
+        set_tags(process_tags())
+        with Heartbeat(run_id):
             yield active
     except KeyboardInterrupt:
-        _end(active.info.run_id, RunStatus.KILLED, "interrupted by the user (Ctrl-C)")
+        _end(run_id, RunStatus.KILLED, "interrupted by the user (Ctrl-C)", failing=True)
         raise
     except BaseException as err:
-        _end(active.info.run_id, RunStatus.FAILED, f"{type(err).__name__}: {err}")
+        # A run that already waited for its server and gave up does not wait again.
+        wait = 0.0 if isinstance(err, StoreUnreachable) else None
+        _end(run_id, RunStatus.FAILED, f"{type(err).__name__}: {err}", failing=True, wait=wait)
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        _end(run_id, RunStatus.FINISHED)
 
 
 def _generated_name(name: str | None) -> bool:
@@ -145,11 +171,96 @@ def mark_model_development(experiment_id: str) -> None:
             raise
 
 
-def _end(run_id: str, status: int, reason: str) -> None:
-    """End the active run with `status`, even when the error came from MLflow itself."""
-    with contextlib.suppress(Exception):
-        store_client().set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
-    mlflow.end_run(RunStatus.to_string(status))
+def _end(
+    run_id: str,
+    status: int,
+    reason: str | None = None,
+    failing: bool = False,
+    wait: float | None = None,
+) -> None:
+    """End the active run with `status`, even when the error came from MLflow itself.
+
+    A spooled run's end is its last record; the run waits up to `wait` s (default
+    `store_wait_s()`) for an away server to take the spool. If it does not, the spool stays for
+    `mnist-lab runs --sync`, and a run that was `failing` anyway keeps its own error (and does
+    not wait for a server known to be away); any other raises StoreUnreachable.
+    """
+    name = RunStatus.to_string(status)
+    writer = _writers.pop(run_id, None)
+    if writer is not None and failing and writer.away_since is not None:
+        wait = 0.0  # a failing or interrupted run does not wait for an away server
+    if writer is not None:
+        try:
+            if reason:
+                writer.add("tags", {"values": {names.TAG_FAILURE_REASON: reason[:MAX_TAG_LENGTH]}})
+            writer.add("end", {"status": name, "end_time": int(time.time() * 1000)})
+            sent = writer.close(store_wait_s() if wait is None else wait)
+        except Exception as err:  # the server refused a record: end the run directly
+            with contextlib.suppress(Exception):
+                writer.close(0)
+            reason = reason or f"{type(err).__name__}: {err}"
+            name = RunStatus.to_string(RunStatus.FAILED)
+        else:
+            if not sent:
+                with fail_fast(), contextlib.suppress(Exception):
+                    mlflow.end_run(name)  # no longer the active run; the spool ends it later
+                message = unreachable_message(writer, "ended")
+                if failing:
+                    log.error("%s", message)
+                    return
+                raise StoreUnreachable(message)
+            mlflow.end_run(name)  # the server has the end already: this one only closes it here
+            return
+    if reason:
+        with contextlib.suppress(Exception):
+            store_client().set_tag(run_id, names.TAG_FAILURE_REASON, reason[:MAX_TAG_LENGTH])
+    mlflow.end_run(name)
+
+
+def unreachable_message(writer: SpoolWriter, what: str) -> str:
+    spool = writer.spool
+    return (
+        f"the tracking server {spool.tracking_uri} did not answer for {store_wait_s():.0f} s "
+        f"({STORE_WAIT_ENV} sets how long a run waits): run {spool.run_id} {what} with "
+        f"{len(spool.pending())} "
+        f"record(s) not yet on the server, kept in {spool.folder}; once the server answers, "
+        "send them with `mnist-lab runs --sync`"
+    )
+
+
+def await_store() -> None:
+    """Before a record the spool cannot hold (a logged model, datasets, a table): wait until
+    the active run's server has every spooled record, up to `store_wait_s()`; else a
+    StoreUnreachable naming the spool. Immediate for a local store or a server that answers."""
+    run = mlflow.active_run()
+    writer = _writers.get(run.info.run_id) if run else None
+    if writer is not None and not writer.wait_sent(store_wait_s()):
+        raise StoreUnreachable(unreachable_message(writer, "could not go on"))
+
+
+def _writer(run_id: str | None = None) -> SpoolWriter | None:
+    """The spool writer of `run_id` (default: the active run), or None: write directly."""
+    if run_id is None:
+        run = mlflow.active_run()
+        run_id = run.info.run_id if run else None
+    return _writers.get(run_id) if run_id else None
+
+
+def _spool_file(writer: SpoolWriter, path: Path, artifact_dir: str | None) -> None:
+    """Hand the file at `path` (moved: a temporary one) to the spool as an artifact."""
+    writer.add("artifact", {"name": path.name, "dir": artifact_dir}, file=path)
+
+
+@contextlib.contextmanager
+def _artifact_file(artifact_file: str) -> Iterator[Path]:
+    """A temporary file named as `artifact_file`'s last part, gone afterwards."""
+    with tempfile.TemporaryDirectory(prefix="mnist-lab-artifact-") as folder:
+        yield Path(folder) / Path(artifact_file).name
+
+
+def _parent(artifact_file: str) -> str | None:
+    parent = Path(artifact_file).parent.as_posix()
+    return None if parent == "." else parent
 
 
 def fail_launcher_run(reason: str, killed: bool = False) -> None:
@@ -181,7 +292,11 @@ def log_params(params: dict[str, Any]) -> None:
                 f"parameter {key}: the run already has {key}={existing[key]!r} but the resolved "
                 f"config says {value!r}; start a new run rather than reusing this one"
             )
-    mlflow.log_params(fresh)
+    writer = _writer()
+    if writer is None:
+        mlflow.log_params(fresh)
+    elif fresh:
+        writer.add("params", {"values": {k: str(v) for k, v in fresh.items()}})
 
 
 def _same_param(logged: str, value: Any) -> bool:
@@ -206,6 +321,7 @@ def log_datasets(records: list[SplitRecord], source: Path, tags: dict[str, Any])
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.types import Schema, TensorSpec
 
+    await_store()
     schema = Schema(
         [
             TensorSpec(np.dtype(np.uint8), (-1, IMAGE_SIZE, IMAGE_SIZE), "image"),
@@ -224,27 +340,58 @@ def log_datasets(records: list[SplitRecord], source: Path, tags: dict[str, Any])
 
 
 def set_tags(tags: dict[str, Any]) -> None:
-    mlflow.set_tags({k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()})
+    values = {k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}
+    writer = _writer()
+    if writer is None:
+        mlflow.set_tags(values)
+    else:
+        writer.add("tags", {"values": values})
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    """Sent at once. Runs log a few times an epoch, a write of milliseconds; MLflow's async
-    queue would cost a second at every run's end (its thread polls in one-second waits)."""
-    mlflow.log_metrics(metrics, step=step)
+    """Sent at once to a local store. Runs log a few times an epoch, a write of milliseconds;
+    MLflow's async queue would cost a second at every run's end (its thread polls in one-second
+    waits). A tracking server gets them through the run's spool, with their time and step."""
+    writer = _writer()
+    if writer is None:
+        mlflow.log_metrics(metrics, step=step)
+        return
+    values = {k: float(v) for k, v in metrics.items()}
+    writer.add(
+        "metrics", {"values": values, "timestamp": int(time.time() * 1000), "step": step or 0}
+    )
 
 
 def log_figure(figure: matplotlib.figure.Figure, artifact_file: str) -> None:
-    mlflow.log_figure(figure, artifact_file)
+    writer = _writer()
+    if writer is None:
+        mlflow.log_figure(figure, artifact_file)
+        return
+    with _artifact_file(artifact_file) as path:
+        figure.savefig(path)
+        _spool_file(writer, path, _parent(artifact_file))
 
 
 def log_dict(data: dict[str, Any], artifact_file: str) -> None:
-    mlflow.log_dict(data, artifact_file)
+    """Written as MLflow's `log_dict` writes it: YAML for .yml/.yaml, else JSON."""
+    writer = _writer()
+    if writer is None:
+        mlflow.log_dict(data, artifact_file)
+        return
+    with _artifact_file(artifact_file) as path:
+        with path.open("w") as f:
+            if path.suffix in (".yml", ".yaml"):
+                yaml.dump(data, f, indent=2, default_flow_style=False)
+            else:
+                json.dump(data, f, indent=2, default=str)
+        _spool_file(writer, path, _parent(artifact_file))
 
 
 def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
     """A table artifact (MLflow's JSON table format, shown as a table in the UI): one row per
     dict, the first row's keys as the columns."""
     columns = list(rows[0]) if rows else []
+    await_store()
     mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file)
 
 
@@ -261,7 +408,27 @@ def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
 
 
 def log_artifact(path: Path, artifact_dir: str | None = None) -> None:
-    mlflow.log_artifact(str(path), artifact_dir)
+    log_run_artifact(None, path, artifact_dir)
+
+
+def log_run_artifact(
+    run_id: str | None, path: Path, artifact_dir: str | None = None, move: bool = False
+) -> None:
+    """The file at `path` as an artifact of `run_id` (default: the active run), from any
+    thread; `move` hands over a temporary file rather than copying it into a run's spool."""
+    writer = _writer(run_id)
+    if writer is None:
+        if run_id is None:
+            mlflow.log_artifact(str(path), artifact_dir)
+        else:
+            store_client().log_artifact(run_id, str(path), artifact_dir)
+        return
+    if move:
+        _spool_file(writer, path, artifact_dir)
+        return
+    with _artifact_file(path.name) as copy:
+        shutil.copyfile(path, copy)
+        _spool_file(writer, copy, artifact_dir)
 
 
 def log_predictions(frames: dict[str, pd.DataFrame]) -> None:
@@ -272,7 +439,7 @@ def log_predictions(frames: dict[str, pd.DataFrame]) -> None:
             path = Path(folder) / names.predictions_artifact(split)
             path.parent.mkdir(exist_ok=True)
             frame.to_parquet(path, index=False)
-            mlflow.log_artifact(str(path), str(Path(names.predictions_artifact(split)).parent))
+            log_run_artifact(None, path, str(Path(names.predictions_artifact(split)).parent), True)
 
 
 def active_run_id() -> str:

@@ -1,0 +1,158 @@
+"""The spool of a run on a tracking server, against a fake client: records kept durably and in
+order while the server is away, sent once when it answers."""
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from mnist_lab.errors import LabError
+from mnist_lab.tracking.spool import Spool, SpoolWriter, replay_all, spools
+
+
+class FakeServer:
+    """MlflowClient's writing calls, into lists; `down` makes every call fail as an outage."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.refuse = False
+        self.calls: list[tuple] = []
+        self.lock = threading.Lock()
+
+    def _check(self) -> None:
+        if self.refuse:
+            raise MlflowException("bad value", INVALID_PARAMETER_VALUE)
+        if self.down:
+            raise MlflowException("API request failed: Max retries exceeded (connection refused)")
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self._check()
+        with self.lock:
+            for m in metrics:
+                self.calls.append(("metric", run_id, m.key, m.value, m.timestamp, m.step))
+            for p in params:
+                self.calls.append(("param", run_id, p.key, p.value))
+            for t in tags:
+                self.calls.append(("tag", run_id, t.key, t.value))
+
+    def log_artifact(self, run_id, local_path, artifact_path=None):
+        self._check()
+        with self.lock:
+            self.calls.append(("artifact", run_id, Path(local_path).read_text(), artifact_path))
+
+    def set_terminated(self, run_id, status, end_time=None):
+        self._check()
+        with self.lock:
+            self.calls.append(("end", run_id, status, end_time))
+
+
+def metrics_record(step: int) -> dict:
+    return {"values": {"val_accuracy": step / 10}, "timestamp": 1000 + step, "step": step}
+
+
+def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.01)
+
+
+def test_records_reach_an_answering_server_in_order_and_the_spool_goes(tmp_path):
+    server = FakeServer()
+    writer = SpoolWriter(Spool.create(tmp_path, "run1", "http://x"), server)
+    writer.add("params", {"values": {"lr": "0.001"}})
+    for step in range(3):
+        writer.add("metrics", metrics_record(step))
+    assert writer.close(5.0)
+    assert server.calls == [
+        ("param", "run1", "lr", "0.001"),
+        *[("metric", "run1", "val_accuracy", s / 10, 1000 + s, s) for s in range(3)],
+    ]
+    assert not (tmp_path / "run1").exists()
+
+
+def test_an_away_server_does_not_hold_add_and_gets_everything_in_order_when_back(tmp_path):
+    server = FakeServer()
+    spool = Spool.create(tmp_path, "run1", "http://x")
+    writer = SpoolWriter(spool, server, retry_s=0.05, probe=lambda uri: not server.down)
+    writer.add("metrics", metrics_record(1))
+    until(lambda: len(server.calls) == 1)
+    server.down = True
+    start = time.perf_counter()
+    artifact = tmp_path / "last.pt"
+    for step in range(2, 6):
+        writer.add("metrics", metrics_record(step))
+        artifact.write_text(f"checkpoint {step}")
+        writer.add("artifact", {"name": "last.pt", "dir": "checkpoints"}, file=artifact)
+    writer.add("end", {"status": "FINISHED", "end_time": 99})
+    assert time.perf_counter() - start < 2.0  # no waiting on the server (fsyncs only)
+    assert not writer.wait_sent(0.2)
+    assert len(server.calls) == 1 and writer.away_since is not None
+    server.down = False
+    assert writer.close(10.0)
+    expected = [("metric", "run1", "val_accuracy", 0.1, 1001, 1)]
+    for step in range(2, 6):
+        expected.append(("metric", "run1", "val_accuracy", step / 10, 1000 + step, step))
+        expected.append(("artifact", "run1", f"checkpoint {step}", "checkpoints"))
+    assert server.calls == [*expected, ("end", "run1", "FINISHED", 99)]
+
+
+def test_a_record_the_server_refuses_is_raised_to_the_run(tmp_path):
+    server = FakeServer()
+    writer = SpoolWriter(Spool.create(tmp_path, "run1", "http://x"), server, retry_s=0.05)
+    server.refuse = True
+    writer.add("params", {"values": {"lr": "x"}})
+    with pytest.raises(MlflowException, match="bad value"):
+        writer.wait_sent(5.0)
+    with pytest.raises(MlflowException, match="bad value"):
+        writer.add("metrics", metrics_record(1))
+    with pytest.raises(MlflowException):
+        writer.close(0)
+
+
+def test_a_killed_process_loses_nothing_it_spooled_and_a_torn_line_is_cut(tmp_path):
+    spool = Spool.create(tmp_path, "run1", "http://server:5000")
+    for step in range(3):
+        spool.add("metrics", metrics_record(step))
+    spool.mark_sent(spool.pending()[0])
+    with (tmp_path / "run1" / "records.jsonl").open("a") as f:
+        f.write('{"seq": 3, "kind": "metr')  # killed mid-write: never acknowledged
+    reopened = Spool(tmp_path / "run1")
+    assert reopened.tracking_uri == "http://server:5000"
+    assert [r.data["step"] for r in reopened.pending()] == [1, 2]
+    reopened.add("metrics", metrics_record(7))  # appends after the cut, on a line of its own
+    lines = (tmp_path / "run1" / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [0, 1, 2, 3]
+
+
+def test_replay_sends_each_record_once_and_leaves_a_live_runs_spool_alone(tmp_path):
+    server = FakeServer()
+    left = Spool.create(tmp_path, "left", "http://x")
+    for step in range(3):
+        left.add("metrics", metrics_record(step))
+    left.add("end", {"status": "FINISHED", "end_time": 5})
+    live = SpoolWriter(Spool.create(tmp_path, "live", "http://x"), FakeServer())
+    server.down = True
+    failed = replay_all(lambda uri: server, tmp_path)
+    assert {r.run_id: (r.sent, r.error is not None) for r in failed} == {
+        "left": (0, True),
+        "live": (0, True),
+    }
+    server.down = False
+    first = {r.run_id: r for r in replay_all(lambda uri: server, tmp_path)}
+    assert first["left"].sent == 4 and first["left"].error is None
+    assert first["live"].error == "a live process holds it"
+    assert [s.run_id for s in spools(tmp_path)] == ["live"]
+    assert replay_all(lambda uri: server, tmp_path)[0].run_id == "live"  # nothing sent twice
+    assert len(server.calls) == 4
+    assert live.close(1.0)
+
+
+def test_a_spool_folder_that_cannot_be_made_says_which_setting_moves_it(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LabError, match="MNIST_LAB_SPOOL_DIR to a writable folder"):
+        Spool.create(tmp_path / "file", "run1", "http://x")
