@@ -62,7 +62,7 @@ from statsmodels.stats.proportion import (
 from mnist_lab import names
 
 ALPHA = 0.05
-P_BELOW = 1e-30  # smaller p-values are reported as "< 1e-30": t quantiles lose precision past it
+P_BELOW = 1e-30  # t_test returns 0 for a p below this (t quantiles lose precision past it)
 
 DIGITS_ONLY = "digits only; seed noise unmeasured"
 WILSON = f"Wilson ({DIGITS_ONLY})"
