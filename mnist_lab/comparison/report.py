@@ -40,6 +40,7 @@ COLUMNS = [
     TRAIN_TIME_STD,
     names.TEST_REPORT_S,
     "machine",
+    "precision",
     "run_ids",
 ]
 FORMATS = {
@@ -106,7 +107,8 @@ CONFIGURATIONS_TITLE = (
     "# Configurations\n\nEvery configuration of finished train runs (the same settings apart "
     "from the seed), with n seeds: test accuracy's mean, std over the seeds and 95 % interval "
     "(a bootstrap over seeds and test digits; one run: Wilson's over its digits), the mean "
-    "training and report seconds, the machine and the runs."
+    "training and report seconds, the machine, the precision it trained in (bf16 and fp32 "
+    "runs are two configurations) and the runs."
 )
 BENCHMARK_TITLE = (
     "# Benchmark\n\nThe newest `benchmark` run ({run}; {params}): its models ranked (1 + the "
