@@ -273,12 +273,27 @@ def test_the_profile_lists_a_training_steps_operators_by_self_time(mnist_dir, ca
     assert "convolution" in printed and "Self CPU %" in printed
 
 
+def test_compare_precision_times_each_models_step_in_fp32_and_bf16(mnist_dir, capsys):
+    """Both precisions whatever the rule says here: the table is what the rule is decided from."""
+    from mnist_lab.measure import profile
+
+    argv = ["--model", "cnn", "vit", "--compare-precision", "--steps", "1", "--warmup", "0"]
+    assert profile.main([*argv, "--repeats", "1", "--batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model (config) | batch | fp32 step | bf16 autocast step | bf16 / fp32 |" in printed
+    rows = [line for line in printed.splitlines() if line.startswith(("| cnn ", "| vit "))]
+    assert [row.split(" | ")[1] for row in rows] == ["8", "8"]
+    assert "the rule's precision where amp is on: " in printed and "hardware: " in printed
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--model", "cnn", "--steps", "100000"], "need 100003: ask for fewer steps"),
         (["--model", "cnn", "--trace", "/no/such/dir/t.json"], "its folder does not exist"),
         (["--steps", "3"], "give --config FILE or --model NAME"),
+        (["--model", "cnn", "vit"], "several with --compare-precision"),
+        (["--model", "cnn", "--compare-precision", "--repeats", "0"], "must be >= 1"),
     ],
 )
 def test_a_bad_profile_request_is_a_clear_error(mnist_dir, capsys, argv, message):
