@@ -73,7 +73,8 @@ CPU_PRECISION = (
         "avx512_bf16",
         "AVX-512, avx512_bf16",
         torch.bfloat16,
-        "bf16 dot products: a training step 0.5-0.8x fp32's on 2 AMD EPYC cores",
+        "bf16 dot products: the CNN's, ViT's and AlexNet's training step 0.76-0.90x fp32's "
+        "on 2 shared AMD EPYC cores (results/precision.md; VGG16's not settled there)",
     ),
     CpuPrecision("avx512f", "AVX-512", None, "no bf16 multiply"),
     CpuPrecision("avx2", "AVX2", None, "no bf16 multiply"),
