@@ -126,13 +126,15 @@ TAG_NNODES = "nnodes"
 TAG_ELASTIC_JOB = "torchelastic_run_id"  # the torchrun job: a restarted job resumes this run
 TAG_KIND = "kind"
 TAG_DEVICE = "device"
-# What a run's figures ran on: the CPU's model, vector units (AVX2, AVX-512, AMX) and cores, or
-# the GPU. Timings compare only between runs of one machine.
+# What a run's figures ran on: the CPU's model, units (AVX2, AVX-512, "AVX-512, avx512_bf16",
+# AMX) and cores, or the GPU. Timings compare only between runs of one machine.
 TAG_MACHINE = "machine"
 # `train --seeds N`: the parent run of the N seed runs (kind "repeats"), named on each of them.
 TAG_REPEATS_RUN_ID = "repeats_run_id"
 TAG_TORCH_VERSION = "torch_version"
 TAG_PRECISION = "precision"  # bf16 (autocast) or fp32: what `amp` meant on this hardware
+# The same as a param: the precision separates configurations (compare, register, report).
+PARAM_PRECISION = "precision"
 TAG_GIT_COMMIT = "git_commit"
 TAG_FAILURE_REASON = "failure_reason"
 # The process holding a RUNNING run, and its heartbeat (tracking/liveness.py).

@@ -64,13 +64,14 @@ def train_seeds(
     if n_seeds == 1:
         result = train(config, nested=nested, tags=tags, run_name=run_name)
         return RepeatsResult(None, [result], {})
+    device = resolve_device(config.device)
     parent_tags = {
-        **tracking.run_tags(config, resolve_device(config.device)),
+        **tracking.run_tags(config, device),
         names.TAG_KIND: "repeats",
         **(tags or {}),
     }
     with tracking.run(nested=nested, run_name=f"{name}-x{n_seeds}", tags=parent_tags) as parent:
-        tracking.log_params({**config.to_params(), "seeds": n_seeds})
+        tracking.log_params({**tracking.run_params(config, device), "seeds": n_seeds})
         child_tags = {**(tags or {}), names.TAG_REPEATS_RUN_ID: parent.info.run_id}
         runs = []
         for seed in range(config.seed, config.seed + n_seeds):

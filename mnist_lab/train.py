@@ -204,7 +204,7 @@ def _train(
     run_tags = _run_tags(config, device, rank, tags)
     with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):
         if checkpoint is None:
-            _log_inputs(config, session.splits, evaluate_test)
+            _log_inputs(config, device, session.splits, evaluate_test)
         tracking_seconds = _fit_logged(session, listeners)
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
@@ -279,9 +279,11 @@ def _run_tags(
     return run_tags
 
 
-def _log_inputs(config: TrainConfig, splits: Splits, evaluate_test: bool) -> None:
+def _log_inputs(
+    config: TrainConfig, device: torch.device, splits: Splits, evaluate_test: bool
+) -> None:
     """A new run's params and the splits it sees (a trial never sees the test split)."""
-    tracking.log_params(config.to_params())
+    tracking.log_params(tracking.run_params(config, device))
     tracking.log_datasets(
         split_records(splits, SPLIT_NAMES if evaluate_test else ("train", "val")),
         resolve_data_dir(config.data_dir) / "MNIST" / "raw",

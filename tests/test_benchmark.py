@@ -216,9 +216,9 @@ def test_the_bf16_peer_runs_only_where_amp_means_bf16(monkeypatch):
 
     from mnist_lab.measure import time_to_accuracy as tta
 
-    monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_flags", lambda: frozenset({"avx2"}))
     assert tta.peer_variants(torch.device("cpu")) == ["peer", "peer_channels_last"]
-    monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_flags", lambda: frozenset({"amx_bf16"}))
     assert tta.peer_variants(torch.device("cpu")) == ["peer", "peer_channels_last", "peer_bf16"]
 
 
@@ -231,7 +231,7 @@ def test_the_amp_peer_computes_in_bf16_and_the_published_one_in_fp32(mnist_dir, 
     from mnist_lab.measure import reference_recipe as peer
     from mnist_lab.train import load_splits
 
-    monkeypatch.setattr("mnist_lab.engine.device.cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_flags", lambda: frozenset({"amx_bf16"}))
     splits = load_splits(
         TrainConfig(max_train_samples=512, max_test_samples=100, val_size=100, device="cpu")
     )
@@ -269,7 +269,21 @@ def test_the_profile_lists_a_training_steps_operators_by_self_time(mnist_dir, ca
     printed = capsys.readouterr().out
     assert "cnn (experiments/cnn_fast.yaml), batch 32" in printed
     assert "ms a step, " in printed and "TFLOP/s achieved" in printed
-    assert "aten::convolution_backward" in printed and "Self CPU %" in printed
+    # fp32 lists aten::convolution_backward, bf16 autocast aten::mkldnn_convolution
+    assert "convolution" in printed and "Self CPU %" in printed
+
+
+def test_compare_precision_times_each_models_step_in_fp32_and_bf16(mnist_dir, capsys):
+    """Both precisions whatever the rule says here: the table is what the rule is decided from."""
+    from mnist_lab.measure import profile
+
+    argv = ["--model", "cnn", "vit", "--compare-precision", "--steps", "1", "--warmup", "0"]
+    assert profile.main([*argv, "--repeats", "1", "--batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "| model (config) | batch | fp32 step | bf16 autocast step | bf16 / fp32 |" in printed
+    rows = [line for line in printed.splitlines() if line.startswith(("| cnn ", "| vit "))]
+    assert [row.split(" | ")[1] for row in rows] == ["8", "8"]
+    assert "the rule's precision where amp is on: " in printed and "hardware: " in printed
 
 
 @pytest.mark.parametrize(
@@ -278,6 +292,8 @@ def test_the_profile_lists_a_training_steps_operators_by_self_time(mnist_dir, ca
         (["--model", "cnn", "--steps", "100000"], "need 100003: ask for fewer steps"),
         (["--model", "cnn", "--trace", "/no/such/dir/t.json"], "its folder does not exist"),
         (["--steps", "3"], "give --config FILE or --model NAME"),
+        (["--model", "cnn", "vit"], "several with --compare-precision"),
+        (["--model", "cnn", "--compare-precision", "--repeats", "0"], "must be >= 1"),
     ],
 )
 def test_a_bad_profile_request_is_a_clear_error(mnist_dir, capsys, argv, message):

@@ -286,17 +286,55 @@ def test_weight_decay_skips_biases_and_norms():
     assert all(p.ndim < 2 for p in plain["params"]) and plain["weight_decay"] == 0
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_bf16_autocast_only_where_the_hardware_computes_in_bf16(monkeypatch, amx):
-    monkeypatch.setattr(engine_device, "cpu_has_bf16_units", lambda: amx)
+AMD_ZEN4 = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
+XEON_SPR = AMD_ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "units", "dtype"),
+    [
+        (XEON_SPR, "AMX", torch.bfloat16),
+        (AMD_ZEN4, "AVX-512, avx512_bf16", torch.bfloat16),
+        ({"avx2", "avx512f"}, "AVX-512", None),
+        ({"sse4_2", "avx", "avx2", "fma"}, "AVX2", None),
+        ({"fp", "asimd", "bf16", "sve"}, None, None),  # ARM: bf16 not measured, fp32
+        (set(), None, None),  # no /proc/cpuinfo
+    ],
+)
+def test_the_cpu_precision_rule_reads_the_cpus_flags(monkeypatch, flags, units, dtype):
+    rule = engine_device.cpu_precision(frozenset(flags))
+    assert rule.dtype == dtype and rule.why
+    assert units is None or rule.units == units
+    monkeypatch.setattr(engine_device, "cpu_flags", lambda: frozenset(flags))
     cpu = torch.device("cpu")
-    assert amp_dtype(cpu, enabled=True) == (torch.bfloat16 if amx else None)
-    assert amp_dtype(cpu, enabled=False) is None
+    assert amp_dtype(cpu, enabled=True) == dtype
+    assert engine_device.precision(cpu, enabled=True) == ("bf16" if dtype else "fp32")
+    assert amp_dtype(cpu, enabled=False) is None  # --amp false forces fp32
+    assert engine_device.precision(cpu, enabled=False) == "fp32"
     assert amp_dtype(torch.device("cuda"), enabled=True) == torch.bfloat16
+    assert f", {rule.units}, " in engine_device.machine_name(cpu)
+
+
+def test_this_cpus_flags_are_read_without_torch_internals():
+    flags = engine_device.cpu_flags()
+    assert isinstance(flags, frozenset)
+    assert engine_device.cpu_precision(flags).units in engine_device.machine_name(
+        torch.device("cpu")
+    )
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_autocast_only_where_the_hardware_computes_in_bf16(monkeypatch, bf16):
+    monkeypatch.setattr(
+        engine_device, "cpu_flags", lambda: frozenset(XEON_SPR if bf16 else {"avx2"})
+    )
+    cpu = torch.device("cpu")
     model = torch.nn.Linear(4, 2)
     with autocast(cpu, enabled=True):
         out = model(torch.ones(1, 4))
-    assert out.dtype == (torch.bfloat16 if amx else torch.float32)
+    assert out.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    with autocast(cpu, enabled=False):
+        assert model(torch.ones(1, 4)).dtype == torch.float32
 
 
 def test_place_model_keeps_the_function_and_stores_conv_weights_channels_last():

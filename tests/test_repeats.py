@@ -70,6 +70,8 @@ def test_the_seeds_are_child_runs_of_one_configuration(seeds_run):
         assert child.data.tags[names.TAG_REPEATS_RUN_ID] == parent.info.run_id
         assert child.data.params["split_seed"] == "0"
         assert child.data.tags[names.TAG_MACHINE] == parent.data.tags[names.TAG_MACHINE]
+        precision = child.data.params[names.PARAM_PRECISION]
+        assert precision == parent.data.params[names.PARAM_PRECISION] in ("bf16", "fp32")
         low = child.data.metrics[names.TEST_ACCURACY_CI95_LOW]
         high = child.data.metrics[names.TEST_ACCURACY_CI95_HIGH]
         assert low < child.data.metrics[names.TEST_ACCURACY] < high
@@ -158,3 +160,22 @@ def test_split_seed_draws_the_split_and_seed_the_training():
     c = train_module.load_splits(load_config("cnn", {**SMALL, "split_seed": 1}))
     assert torch.equal(a.val_index, b.val_index) and torch.equal(a.test_index, b.test_index)
     assert not torch.equal(a.val_index, c.val_index)
+
+
+def test_runs_in_bf16_and_in_fp32_are_two_configurations():
+    """Precision separates configurations; a run logged with only the precision tag (before
+    the param) joins the configuration its tag names."""
+
+    def record(run_id: str, seed: int, params: dict, tags: dict) -> tracking.RunRecord:
+        given = {"seed": str(seed), "lr": "0.01", **params}
+        return tracking.RunRecord(run_id, "cnn", "FINISHED", 0, {}, given, tags)
+
+    runs = [
+        record("a", 0, {names.PARAM_PRECISION: "bf16"}, {}),
+        record("b", 1, {names.PARAM_PRECISION: "bf16"}, {}),
+        record("c", 0, {names.PARAM_PRECISION: "fp32"}, {}),
+        record("d", 1, {}, {names.TAG_PRECISION: "fp32"}),
+        record("e", 0, {}, {}),
+    ]
+    groups = [[run.run_id for run in group] for group in tracking.by_configuration(runs)]
+    assert groups == [["a", "b"], ["c", "d"], ["e"]]

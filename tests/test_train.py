@@ -87,7 +87,8 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert run.data.tags[names.TAG_MODEL] == model
     assert {names.TAG_DEVICE, names.TAG_TORCH_VERSION, names.TAG_GIT_COMMIT} <= set(run.data.tags)
     amp = amp_dtype(torch.device("cpu"), enabled=run.data.params["amp"] == "True")
-    assert run.data.tags[names.TAG_PRECISION] == ("bf16" if amp else "fp32")
+    precision = "bf16" if amp else "fp32"
+    assert run.data.tags[names.TAG_PRECISION] == run.data.params[names.PARAM_PRECISION] == precision
     assert run.data.params["model"] == model
     assert run.data.params["max_train_samples"] == "300"
     assert set(names.EPOCH_METRICS) | set(names.FINAL_METRICS) | TRUST_METRICS <= set(
@@ -262,3 +263,19 @@ def test_joins_the_run_mlflow_run_created(mnist_dir, mlflow_store, monkeypatch):
 
 def flags(settings: dict) -> list[str]:
     return [part for k, v in settings.items() for part in (f"--{k.replace('_', '-')}", str(v))]
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_the_precision_is_a_param_and_the_cpus_units_are_in_the_machine_tag(
+    mnist_dir, mlflow_store, monkeypatch, amp
+):
+    """On a CPU whose flags say AMX, amp trains in bf16 and `--amp false` in fp32; the run says
+    which as a param (so the two are two configurations) and names the units it ran on."""
+    from mnist_lab.engine import device as engine_device
+
+    monkeypatch.setattr(engine_device, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    result = train(load_config("cnn", {**SMALL, "amp": amp, "robustness_samples": 0}))
+    run = MlflowClient().get_run(result.run_id)
+    precision = "bf16" if amp else "fp32"
+    assert run.data.params[names.PARAM_PRECISION] == run.data.tags[names.TAG_PRECISION] == precision
+    assert ", AMX, " in run.data.tags[names.TAG_MACHINE]

@@ -71,6 +71,7 @@ COLUMNS = [
     "epochs",
     *COST_COLUMNS,
     "machine",
+    "precision",
     "run_ids",
 ]
 FORMATS = {
@@ -174,6 +175,7 @@ def build_table(
                 **{c: group.mean(c) for c in (*METRIC_COLUMNS, *COST_COLUMNS)},
                 "epochs": epochs,
                 "machine": run.tags.get(names.TAG_MACHINE, run.tags.get(names.TAG_DEVICE, np.nan)),
+                "precision": run.precision or np.nan,
                 "run_ids": ",".join(group.run_ids),
                 "status": run.status.lower(),
             }

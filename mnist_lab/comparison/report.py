@@ -40,6 +40,7 @@ COLUMNS = [
     TRAIN_TIME_STD,
     names.TEST_REPORT_S,
     "machine",
+    "precision",
     "run_ids",
 ]
 FORMATS = {
@@ -106,7 +107,8 @@ CONFIGURATIONS_TITLE = (
     "# Configurations\n\nEvery configuration of finished train runs (the same settings apart "
     "from the seed), with n seeds: test accuracy's mean, std over the seeds and 95 % interval "
     "(t over seeds × test digits; one run: Wilson's over its digits, seed noise unmeasured), "
-    "the mean training and report seconds, the machine and the runs. "
+    "the mean training and report seconds, the machine, the precision it trained in (bf16 and "
+    "fp32 runs are two configurations) and the runs. "
     "[docs/comparisons.md](../docs/comparisons.md) says what each number means and assumes."
 )
 BENCHMARK_TITLE = (

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import platform
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,43 +49,90 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_vector_units() -> str:
-    """The widest vector units the CPU has, which set its arithmetic rate: AMX, AVX-512, AVX2.
-    One model name ("AMD EPYC") covers CPUs of each kind."""
+@dataclass(frozen=True)
+class CpuPrecision:
+    """One row of the CPU precision rule: the CPU flag that selects it, how the machine tag
+    names the CPU's units, what `amp` trains in there (None: no autocast, fp32), and why."""
+
+    flag: str
+    units: str
+    dtype: torch.dtype | None
+    why: str
+
+
+# The CPU precision rule, one place: the first row whose flag the CPU has (Linux's
+# /proc/cpuinfo) decides; a CPU with none of them trains in fp32. bf16 pays only where the CPU
+# multiplies bf16 in hardware; elsewhere autocast only adds casts around fp32 arithmetic.
+# Per architecture: Faster R-CNN keeps fp32 on every device (`amp: false` in its config: bf16
+# gave a NaN validation loss in a short run).
+CPU_PRECISION = (
+    CpuPrecision(
+        "amx_bf16", "AMX", torch.bfloat16, "AMX tiles: the CNN's epoch 1.5x faster on 2 Xeon cores"
+    ),
+    CpuPrecision(
+        "avx512_bf16",
+        "AVX-512, avx512_bf16",
+        torch.bfloat16,
+        "bf16 dot products: the CNN's, ViT's and AlexNet's training step 0.76-0.90x fp32's "
+        "on 2 shared AMD EPYC cores (results/precision.md; VGG16's not settled there)",
+    ),
+    CpuPrecision("avx512f", "AVX-512", None, "no bf16 multiply"),
+    CpuPrecision("avx2", "AVX2", None, "no bf16 multiply"),
+)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux's /proc/cpuinfo lists them (`flags` on x86, `Features`
+    on ARM); empty where there is no such file."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
-        flags = []
-    for flag, units in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
-        if flag in flags:
-            return units
-    return platform.machine()
+        pass
+    return frozenset()
+
+
+def cpu_precision(flags: frozenset[str]) -> CpuPrecision:
+    """The row of CPU_PRECISION a CPU with `flags` falls under; fp32 where no row matches
+    (ARM, unknown CPUs: bf16 not measured there)."""
+    for row in CPU_PRECISION:
+        if row.flag in flags:
+            return row
+    return CpuPrecision("", platform.machine(), None, "bf16 not measured on this CPU")
+
+
+def cpu_vector_units() -> str:
+    """The CPU's units that set its arithmetic rate and precision ("AVX-512, avx512_bf16",
+    "AMX", "AVX2"): one model name ("AMD EPYC") covers CPUs of each kind."""
+    return cpu_precision(cpu_flags()).units
 
 
 def machine_name(device: torch.device) -> str:
-    """What a figure ran on: the GPU's name, or the CPU's model, vector units and usable cores
-    ("AMD EPYC, AVX2, 2 cores")."""
+    """What a figure ran on: the GPU's name, or the CPU's model, units and usable cores
+    ("AMD EPYC, AVX-512, avx512_bf16, 2 cores")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()}, {cpu_vector_units()}, {usable_cpus()} cores"
 
 
-@functools.cache
-def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX tiles)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where it was measured to pay: CUDA, and CPUs with AMX tiles (the CNN's epoch 1.6×
-    faster on 2 Xeon cores). Other CPUs, with no bf16 units or only AVX512-BF16 dot products,
-    were not measured faster, so None: no autocast, fp32."""
-    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())):
+    """What `amp` trains in: bf16 on CUDA, on a CPU what CPU_PRECISION says for its flags;
+    None (no autocast, fp32) where `enabled` is False or on other devices."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
         return torch.bfloat16
+    if device.type == "cpu":
+        return cpu_precision(cpu_flags()).dtype
     return None
+
+
+def precision(device: torch.device, enabled: bool) -> str:
+    """The precision a run with `amp=enabled` trains in on `device`: "bf16" or "fp32"."""
+    return "bf16" if amp_dtype(device, enabled) == torch.bfloat16 else "fp32"
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -6,13 +6,23 @@ optimizer), then runs them again under `torch.profiler`; prints the milliseconds
 images a second and the achieved TFLOP/s (from the unprofiled pass), and the operators by self
 time. Under a CUDA-graph compile mode the table shows graph replays, not the kernels inside
 them. No MLflow run: a diagnostic.
+
+`--compare-precision --model cnn vit …` times each model's step in fp32 and under bf16
+autocast instead, alternating, and prints a Markdown table: what the CPU precision rule
+(engine/device.py) is decided from.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import functools
 import itertools
+import math
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mnist_lab import names
 from mnist_lab.config import TrainConfig, load_config
-from mnist_lab.engine.device import place_model, resolve_device, synchronize
+from mnist_lab.engine.device import place_model, precision, resolve_device, synchronize
 from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.loop import (
     TrainState,
@@ -43,7 +53,24 @@ PROG = "python -m mnist_lab.measure profile"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="a run config, e.g. experiments/vit.yaml")
-    parser.add_argument("--model", default=None, help="else experiments/<model>.yaml")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=None,
+        help="else experiments/<model>.yaml (several with --compare-precision)",
+    )
+    parser.add_argument(
+        "--compare-precision",
+        action="store_true",
+        help="instead of the operator table: each model's step in fp32 and in bf16 autocast, "
+        "side by side, as a Markdown table",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="alternating timings of each precision (--compare-precision; default 2)",
+    )
     parser.add_argument("--steps", type=int, default=12, help="profiled steps (default 12)")
     parser.add_argument(
         "--warmup", type=int, default=3, help="steps run first (default 3; compiling takes 3)"
@@ -53,16 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="override the config's device")
     parser.add_argument("--trace", default=None, help="also write a Chrome trace to this file")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.rows < 1:
-        parser.error("--steps and --rows must be >= 1, --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rows < 1 or args.repeats < 1:
+        parser.error("--steps, --rows and --repeats must be >= 1, --warmup >= 0")
     if args.config is None and args.model is None:
         parser.error("give --config FILE or --model NAME")
+    models = args.model or [None]
+    if len(models) > 1 and not args.compare_precision:
+        parser.error("--model takes one name, or several with --compare-precision")
     if args.trace and not Path(args.trace).resolve().parent.is_dir():
         parser.error(f"--trace {args.trace}: its folder does not exist; create it first")
     try:
         overrides = {"batch_size": args.batch_size, "device": args.device}
-        config = load_config(args.model, overrides, args.config)
-        print(profile_steps(config, args.steps, args.warmup, args.rows, args.trace))
+        configs = [load_config(model, overrides, args.config) for model in models]
+        if args.compare_precision:
+            for line in compare_precision(configs, args.steps, args.warmup, args.repeats):
+                print(line, flush=True)
+        else:
+            print(profile_steps(configs[0], args.steps, args.warmup, args.rows, args.trace))
     except LabError as err:
         parser.exit(2, f"{PROG}: error: {err}\n")
     return 0
@@ -73,6 +107,40 @@ def profile_steps(
 ) -> str:
     """The report: a header of figures from `steps` timed steps after `warmup` ones, then
     torch.profiler's table of the top `rows` operators by self time over those steps rerun."""
+    prepared = _prepare(config, steps, warmup)
+    state, task, step_module, batches, device = prepared.steps
+    for batch in batches[:warmup]:
+        optimisation_step(state, task, step_module, batch, device)
+    timed = _time_steps(state, task, step_module, batches[warmup:], device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:  # the same batches again, now recorded
+        _time_steps(state, task, step_module, batches[warmup:], device)
+    if trace:
+        prof.export_chrome_trace(trace)
+    seconds, images = timed
+    flops = prepared.flops
+    unit = "scene" if config.model == names.DETECTOR_MODEL else "image"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    header = (
+        f"{config.model} ({config.config_file}), batch {images:.0f}, {hardware(device)}\n"
+        f"{seconds * 1000:.1f} ms a step, {images / seconds:.0f} {unit}s/s, "
+        f"{flops / 1e6:.1f} MFLOP per {unit} trained, "
+        f"{flops * images / seconds / 1e12:.3f} TFLOP/s achieved"
+    )
+    return header + "\n" + prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
+@dataclass
+class Prepared:
+    """A run's first `warmup + steps` batches and what steps them, ready to time."""
+
+    steps: tuple[TrainState, Task, nn.Module, list[Any], torch.device]
+    flops: float  # per image (scene) trained
+
+
+def _prepare(config: TrainConfig, steps: int, warmup: int) -> Prepared:
+    """The model, optimizer, schedule and batches of the run `config` describes, as the
+    engine builds and places them."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     splits = load_splits(config).to(device)
@@ -91,24 +159,55 @@ def profile_steps(
     flops = train_flops_per_sample(task, model, batches[0])
     step_module = training_module(task, model, config, device)
     model.train()
-    for batch in batches[:warmup]:
-        optimisation_step(state, task, step_module, batch, device)
-    timed = _time_steps(state, task, step_module, batches[warmup:], device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:  # the same batches again, now recorded
-        _time_steps(state, task, step_module, batches[warmup:], device)
-    if trace:
-        prof.export_chrome_trace(trace)
-    seconds, images = timed
-    unit = "scene" if config.model == names.DETECTOR_MODEL else "image"
-    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    header = (
-        f"{config.model} ({config.config_file}), batch {images:.0f}, {hardware(device)}\n"
-        f"{seconds * 1000:.1f} ms a step, {images / seconds:.0f} {unit}s/s, "
-        f"{flops / 1e6:.1f} MFLOP per {unit} trained, "
-        f"{flops * images / seconds / 1e12:.3f} TFLOP/s achieved"
-    )
-    return header + "\n" + prof.key_averages().table(sort_by=sort, row_limit=rows)
+    return Prepared((state, task, step_module, batches, device), flops)
+
+
+def compare_precision(
+    configs: list[TrainConfig], steps: int, warmup: int, repeats: int
+) -> Iterator[str]:
+    """The lines of a Markdown table, a row as each config is timed: its training step (the
+    engine's own: forward, backward, the optimizer) in fp32 and under bf16 autocast, whatever
+    the precision rule says for this device, on the same model and batches. The two
+    alternate `repeats` times after `warmup` steps of each; a cell is the fastest mean of
+    `steps` steps."""
+    device = resolve_device(configs[0].device)
+    yield from [
+        f"hardware: {hardware(device)}; the rule's precision where amp is on: "
+        f"{precision(device, enabled=True)}",
+        f"n: the fastest of {repeats} alternating timings, each the mean of {steps} steps "
+        f"after {warmup} warm-up steps in each precision",
+        "",
+        "| model (config) | batch | fp32 step | bf16 autocast step | bf16 / fp32 |",
+        "|---|---|---|---|---|",
+    ]
+    for config in configs:
+        fp32_config = dataclasses.replace(config, amp=False)  # autocast only where asked below
+        prepared = _prepare(fp32_config, steps, warmup)
+        state, task, step_module, batches, _ = prepared.steps
+        best = {"fp32": math.inf, "bf16": math.inf}
+        casts = {
+            "fp32": contextlib.nullcontext,
+            "bf16": functools.partial(torch.autocast, device.type, dtype=torch.bfloat16),
+        }
+        for cast in casts.values():
+            with cast():
+                for batch in batches[:warmup]:
+                    optimisation_step(state, task, step_module, batch, device)
+        for _ in range(repeats):
+            for name, cast in casts.items():
+                with cast():
+                    seconds, images = _time_steps(
+                        state, task, step_module, batches[warmup:], device
+                    )
+                best[name] = min(best[name], seconds)
+        yield (
+            f"| {config.model} ({Path(config.config_file or '-').name}) | {images:.0f} | "
+            f"{_ms(best['fp32'])} | {_ms(best['bf16'])} | {best['bf16'] / best['fp32']:.2f} |"
+        )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _time_steps(

@@ -32,17 +32,26 @@ class RunRecord:
     params: dict[str, str]
     tags: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def precision(self) -> str | None:
+        """What the run trained in (bf16, fp32): its param, else (runs logged before the
+        param) its tag; None where it has neither."""
+        return self.params.get(names.PARAM_PRECISION) or self.tags.get(names.TAG_PRECISION)
+
 
 # Params that change no result: a run's configuration is its model and its other params.
 NOT_CONFIGURATION = frozenset({"seed", "data_dir", "checkpoint", "eval_batch_size", "config_file"})
 
 
 def configuration(run: RunRecord) -> tuple:
-    """What a run trained, apart from its seed: its model and its params but NOT_CONFIGURATION.
-    A run without a `seed` param (not a train run of this lab) is a configuration of its own."""
+    """What a run trained, apart from its seed: its model, its precision (bf16 and fp32 runs of
+    one config are two configurations) and its params but NOT_CONFIGURATION. A run without a
+    `seed` param (not a train run of this lab) is a configuration of its own."""
     if "seed" not in run.params:
         return ("run", run.run_id)
-    params = sorted((k, v) for k, v in run.params.items() if k not in NOT_CONFIGURATION)
+    precision = {names.PARAM_PRECISION: run.precision} if run.precision else {}
+    given = {**precision, **run.params}
+    params = sorted((k, v) for k, v in given.items() if k not in NOT_CONFIGURATION)
     return run.model, tuple(params)
 
 

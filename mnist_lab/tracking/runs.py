@@ -37,7 +37,7 @@ from mlflow.entities import RunStatus
 from mnist_lab import names
 from mnist_lab.config import PROJECT_ROOT, TrainConfig
 from mnist_lab.data.mnist import SplitRecord
-from mnist_lab.engine.device import amp_dtype, machine_name
+from mnist_lab.engine.device import machine_name, precision
 from mnist_lab.errors import LabError, StoreUnreachable
 from mnist_lab.names import IMAGE_SIZE
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
@@ -77,10 +77,17 @@ def run_tags(config: TrainConfig, device: torch.device) -> dict[str, str]:
         names.TAG_KIND: "train",
         names.TAG_DEVICE: device_name,
         names.TAG_MACHINE: machine_name(device),
-        names.TAG_PRECISION: "bf16" if amp_dtype(device, config.amp) else "fp32",
+        names.TAG_PRECISION: precision(device, config.amp),
         names.TAG_TORCH_VERSION: torch.__version__,
         names.TAG_GIT_COMMIT: git_commit(),
     }
+
+
+def run_params(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """Params every training run logs: its settings and the precision it trains in on this
+    device (what `amp` means depends on the hardware, so runs in bf16 and in fp32 are two
+    configurations, not one)."""
+    return {**config.to_params(), names.PARAM_PRECISION: precision(device, config.amp)}
 
 
 def git_commit() -> str:
