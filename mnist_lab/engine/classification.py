@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
+from mnist_lab.analysis.corruptions import ALL_CORRUPTIONS, DEFAULT_SEVERITY, SEVERITIES
 from mnist_lab.analysis.explanations import (
     METHOD_TITLES,
     explanation_examples,
@@ -115,9 +115,10 @@ class ClassificationTask:
 
     def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
         """How the model fails: calibration (temperature fitted on validation, so the logged
-        model serves calibrated probabilities), the MNIST-C corruptions of the first
-        `robustness_samples` test digits, and heat maps of what it looks at. All in fp32, as
-        the logged model serves; corruptions seeded with CORRUPTION_SEED, as `robustness` is."""
+        model serves calibrated probabilities), the MNIST-C corruptions and large shifts of the
+        first `robustness_samples` test digits at every severity, and heat maps of what it looks
+        at. All in fp32, as the logged model serves; corruptions seeded with CORRUPTION_SEED, as
+        `robustness` is. The per-corruption metrics are MNIST-C's severity's."""
         config = self.config
         report = calibration_report(self, model, splits, test)
         try:
@@ -131,14 +132,17 @@ class ClassificationTask:
                 model_predict(model),
                 images,
                 splits.test_y[:samples],
+                corruptions=ALL_CORRUPTIONS,
+                severities=SEVERITIES,
                 seed=CORRUPTION_SEED,
                 batch_size=config.eval_batch_size,
             )
             report.metrics |= {
                 **result.metrics(DEFAULT_SEVERITY),
+                **result.graded_metrics(),
                 names.ROBUSTNESS_EVAL_S: result.seconds,
             }
-            report.figures[names.PLOT_CORRUPTIONS] = corruptions_figure(images[0])
+            report.figures[names.PLOT_CORRUPTIONS] = corruptions_figure(images[0], SEVERITIES)
             report.figures[names.PLOT_ROBUSTNESS] = robustness_figure(result)
             report.reports[names.REPORT_ROBUSTNESS] = result.to_report()
         return report
