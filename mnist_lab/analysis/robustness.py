@@ -28,6 +28,7 @@ from mnist_lab.analysis.corruptions import (
     LARGE_SHIFTS,
     corrupt,
 )
+from mnist_lab.data.cleaning import clean
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B, 1, 28, 28] in [0, 1] → scores [B, 10]
 
@@ -97,13 +98,15 @@ class RobustnessResult:
         return sorted(self.accuracy, key=lambda c: self.accuracy[c][severity])[:k]
 
 
-def model_predict(model: nn.Module) -> Predict:
-    """`model` as a `Predict`: eval mode, no gradients, scores in fp32."""
+def model_predict(model: nn.Module, cleaned: bool = True) -> Predict:
+    """`model` as a `Predict`: eval mode, no gradients, scores in fp32; with `cleaned`, each
+    digit is first cleaned as the logged model cleans it (`mnist_lab.data.cleaning.clean`), so
+    the figures are those of the served model."""
     model.eval()
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return model(x).float()
+        return model(clean(x) if cleaned else x).float()
 
     return predict
 

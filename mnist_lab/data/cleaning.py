@@ -50,16 +50,37 @@ def centre_of_mass(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(blank, centre, row), torch.where(blank, centre, col)
 
 
+INK = 0.1  # pixels above this count as the digit's when no ink may be pushed out of the frame
+
+
+def ink_room(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """How far each image's ink (pixels > INK) may move without leaving the frame: (up, down,
+    left, right), four int64 [B] >= 0 (the size of the field for a blank image)."""
+    size = x.shape[-1]
+    index = torch.arange(size, device=x.device)
+    ink = x[:, 0] > INK  # [B, H, W]
+    room = []
+    for hit in (ink.any(2), ink.any(1)):  # [B, H]: rows with ink; [B, W]: columns with ink
+        first = torch.where(hit, index, size).amin(1)
+        last = torch.where(hit, index, -1).amax(1)
+        room += [first, size - 1 - last]
+    return tuple(room)
+
+
 def centre_by_mass(x: torch.Tensor) -> torch.Tensor:
-    """Each digit moved by whole pixels so its centre of mass is where MNIST's are.
+    """Each digit moved by whole pixels so its centre of mass is where MNIST's are, as far as
+    that pushes none of its ink (pixels > INK) out of the frame.
 
     x: float [B, 1, 28, 28] in [0, 1], light digit on black. Returns the same shape; a digit
     whose centre of mass is within 0.5 px of MNIST_CENTRE along both axes is returned as is.
     Whole pixels, as MNIST's construction: no resampling blur.
     """
     row, col = centre_of_mass(x)
+    up, down, left, right = ink_room(x)
     dy = torch.round(MNIST_CENTRE - row).to(torch.int64)
     dx = torch.round(MNIST_CENTRE - col).to(torch.int64)
+    dy = torch.minimum(torch.maximum(dy, -up), down)
+    dx = torch.minimum(torch.maximum(dx, -left), right)
     return shift(x, dy, dx)
 
 
