@@ -26,6 +26,7 @@ from mnist_lab.analysis.robustness import (
     model_predict,
     robustness_figure,
 )
+from mnist_lab.analysis.sources import evaluate_sources, source_sets, sources_figure
 from mnist_lab.config import TrainConfig
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.mnist import Splits
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 # The corrupted test digits are the same for every run, whatever its training seed, and the
 # same as the `robustness` command's default: runs and models compare image for image.
 CORRUPTION_SEED = 0
+# Digits per class of each other source (fonts, handwriting) in the report: robustness_samples
+# over this (20 a class, 200 a source, at the default 2 000).
+SOURCE_SHARE = 100
 
 
 class ClassificationTask:
@@ -118,7 +122,9 @@ class ClassificationTask:
         model serves calibrated probabilities), the MNIST-C corruptions and large shifts of the
         first `robustness_samples` test digits at every severity, and heat maps of what it looks
         at. All in fp32, as the logged model serves; corruptions seeded with CORRUPTION_SEED, as
-        `robustness` is. The per-corruption metrics are MNIST-C's severity's."""
+        `robustness` is. The per-corruption metrics are MNIST-C's severity's. Then digits from
+        other sources (fonts, handwriting scanned at 8-32 px) read as `predict` reads photos,
+        each source's accuracy with its Wilson interval (`reports/sources.json`)."""
         config = self.config
         report = calibration_report(self, model, splits, test)
         try:
@@ -145,6 +151,13 @@ class ClassificationTask:
             report.figures[names.PLOT_CORRUPTIONS] = corruptions_figure(images[0], SEVERITIES)
             report.figures[names.PLOT_ROBUSTNESS] = robustness_figure(result)
             report.reports[names.REPORT_ROBUSTNESS] = result.to_report()
+            start = time.perf_counter()
+            sets = source_sets(per_class=max(1, samples // SOURCE_SHARE), seed=CORRUPTION_SEED)
+            scores = evaluate_sources(model_predict(model), sets, images.device)
+            report.metrics |= {names.source_accuracy(s): v.accuracy for s, v in scores.items()}
+            report.metrics[names.SOURCES_EVAL_S] = time.perf_counter() - start
+            report.figures[names.PLOT_SOURCES] = sources_figure(sets, scores)
+            report.reports[names.REPORT_SOURCES] = {s: v.to_report() for s, v in scores.items()}
         return report
 
 

@@ -13,7 +13,7 @@ SCRIPTS = {
     "real-digits": "real_digits",
     "serving": "serving",
     "onnx": "onnx_speed",
-    "cleaning": "cleaning",
+    "cleaning": "cleaning_cost",
 }
 
 
