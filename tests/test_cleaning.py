@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from mnist_lab.analysis.corruptions import corrupt
-from mnist_lab.data.cleaning import MNIST_CENTRE, centre_of_mass, clean, shift
+from mnist_lab.data.cleaning import (
+    MNIST_CENTRE,
+    TOLERANCE,
+    centre_by_mass,
+    centre_of_mass,
+    clean,
+    shift,
+)
 from mnist_lab.data.mnist import load_mnist
 from mnist_lab.inference import DigitClassifier
 
@@ -41,10 +48,18 @@ def test_every_mnist_test_digit_is_left_as_it_is(mnist_dir):
 
 @pytest.mark.parametrize("severity", [3, 4, 5])  # 6, 7 and 8 px in a random direction
 def test_a_digit_moved_6_to_8_px_comes_back_where_it_was(severity):
-    centred = clean(squares(32))
+    centred = centre_by_mass(squares(32))
     moved = corrupt(centred, "shift", severity, seed=severity)
     assert not torch.equal(moved, centred)
     assert torch.equal(clean(moved), centred)
+
+
+def test_a_digit_within_the_tolerance_is_left_where_it_is():
+    centred = centre_by_mass(squares(4))
+    near = shift(centred, torch.tensor([TOLERANCE, -TOLERANCE, 0, 1]), torch.tensor([0, 1, 2, -2]))
+    assert torch.equal(clean(near), near)
+    far = shift(centred, torch.tensor([TOLERANCE + 1, 0, 0, 0]), torch.tensor([0, 0, 0, 0]))
+    assert torch.equal(clean(far)[0], centred[0])
 
 
 def test_no_ink_is_pushed_out_and_blank_digits_pass():
@@ -61,7 +76,7 @@ def test_the_pyfunc_reads_a_moved_digit_as_the_centred_one():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     classifier = DigitClassifier(model, chunk=5)
-    centred = clean(squares(12) * torch.rand(12, 1, 1, 1))
+    centred = centre_by_mass(squares(12) * torch.rand(12, 1, 1, 1))
     moved = corrupt(centred, "shift", 5, seed=1)
     assert np.allclose(
         classifier.predict(moved.numpy()).to_numpy(), classifier.predict(centred.numpy()).to_numpy()
@@ -79,7 +94,7 @@ def test_the_onnx_graph_cleans_as_the_pyfunc_does():
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).eval()
-    centred = clean(squares(16) * torch.rand(16, 1, 1, 1))
+    centred = centre_by_mass(squares(16) * torch.rand(16, 1, 1, 1))
     moved = corrupt(centred, "shift", 4, seed=2)[:, 0]
     onnx_bytes = export_classifier(model, moved[:4].numpy())
     digits = (moved * 255).round().to(torch.uint8).numpy()

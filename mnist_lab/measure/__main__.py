@@ -14,6 +14,7 @@ SCRIPTS = {
     "serving": "serving",
     "onnx": "onnx_speed",
     "cleaning": "cleaning_cost",
+    "off-centre": "off_centre",
 }
 
 
