@@ -112,7 +112,12 @@ def sources_figure(
             given.imshow(np.asarray(found.photos[k]))
             shown.imshow(seen[col], cmap="gray", vmin=0, vmax=1)
             read = int(scores[name].predicted[k])
-            shown.set_title(f"read {read}", fontsize=8, color="black" if read == col else "red")
+            right = read == int(found.labels[k])
+            shown.set_title(
+                f"read {read}" + ("" if right else " ✗"),
+                fontsize=8,
+                color="black" if right else "red",
+            )
             for ax in (given, shown):
                 ax.set_xticks([])
                 ax.set_yticks([])

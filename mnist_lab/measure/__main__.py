@@ -1,5 +1,5 @@
 """`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx|
-cleaning …`: see `mnist_lab.measure`."""
+cleaning|off-centre|sources-figure …`: see `mnist_lab.measure`."""
 
 import importlib
 import sys
@@ -15,6 +15,7 @@ SCRIPTS = {
     "onnx": "onnx_speed",
     "cleaning": "cleaning_cost",
     "off-centre": "off_centre",
+    "sources-figure": "sources_figure",
 }
 
 
