@@ -3,9 +3,10 @@ that rebuild its module. Nothing here trains or writes runs.
 
 A logged `model` is weights (`data/mnist_lab_model/weights.safetensors`), a spec that rebuilds
 the module (`spec.json`) and, under its `code/` folder (MLflow's `code_paths`), this module and
-the mnist_lab modules it imports: models/, errors, names and the scene pasting the detector
-uses. Its MLmodel names this module as the loader, so the model loads wherever the packages of
-its requirements.txt are installed (mlflow, torch, torchvision, timm, numpy, pandas,
+the mnist_lab modules it imports: models/, errors, names, the scene pasting the detector
+uses and the cleaning every digit gets (data/cleaning.py: centred by its centre of mass, as
+MNIST's digits are). Its MLmodel names this module as the loader, so the model loads wherever
+the packages of its requirements.txt are installed (mlflow, torch, torchvision, timm, numpy, pandas,
 safetensors), with no mnist_lab checkout or install: MLflow puts `code/` on sys.path. In a
 process that imported mnist_lab before loading, that mnist_lab's modules are the ones used.
 
@@ -16,11 +17,13 @@ folder; loading checks both (tracking.load_model also checks them against the lo
 tags before MLflow imports anything). No pickle is read: safetensors holds no code.
 
 - `mlflow.pyfunc.load_model(uri).predict(images)` takes any number of 28×28 digits, uint8 0–255
-  or float 0–1, runs them CHUNK at a time (bounded memory), and answers `digit` and `prob_0` …
+  or float 0–1, centres each by its centre of mass (`mnist_lab.data.cleaning.clean`: a digit
+  anywhere in the frame reaches the network where MNIST's are; MNIST's own digits are left as
+  they are), runs them CHUNK at a time (bounded memory), and answers `digit` and `prob_0` …
   `prob_9` (`model_config={"output": "digit"}`: the digits alone, as mlflow.models.evaluate
   wants them). Served (`mlflow models serve`), a request holds at most `request_limit()` digits.
 - `mlflow.pyfunc.load_model(uri).get_raw_model()` is the `nn.Module`: [B, 1, 28, 28] float in
-  [0, 1] → [B, 10] logits.
+  [0, 1] → [B, 10] logits, no cleaning (apply `clean` first for digits that may be off-centre).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 from torch import nn
 
 from mnist_lab import __version__
+from mnist_lab.data.cleaning import clean
 from mnist_lab.errors import ModelFileError
 from mnist_lab.models import ModelSpec
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
@@ -175,7 +179,7 @@ class DigitClassifier:
                     x = digit_tensor(digits[start : start + self.chunk], divisor)
                 except ValueError as err:
                     raise _bad_request(err) from None
-                logits = self.model(x.to(self.device))
+                logits = self.model(clean(x.to(self.device)))
                 probs[start : start + len(x)] = logits.float().softmax(dim=1).cpu().numpy()
         digits_out = probs.argmax(axis=1).astype(np.int64)
         if self.output == "digit":

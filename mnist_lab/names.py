@@ -68,6 +68,10 @@ ROBUST_ACCURACY_PREFIX = "robust_accuracy_"  # + corruption name, e.g. robust_ac
 ROBUST_ACCURACY_MEAN = "robust_accuracy_mean"
 ROBUST_ERROR_RATIO = "robust_error_ratio"  # mean corrupted error / clean error
 ROBUSTNESS_EVAL_S = "robustness_eval_s"
+# Digits from other sources (fonts, handwriting at each scan resolution), read as `predict`
+# reads photos: + source name, e.g. source_accuracy_handwriting_8px.
+SOURCE_ACCURACY_PREFIX = "source_accuracy_"
+SOURCES_EVAL_S = "sources_eval_s"
 TEST_ECE = "test_ece"  # top-label expected calibration error, 15 equal-width bins
 TEST_ECE_CALIBRATED = "test_ece_calibrated"  # after temperature scaling fitted on validation
 TEST_BRIER = "test_brier"
@@ -98,6 +102,10 @@ def robust_accuracy(corruption: str) -> str:
     return ROBUST_ACCURACY_PREFIX + corruption
 
 
+def source_accuracy(source: str) -> str:
+    return SOURCE_ACCURACY_PREFIX + source
+
+
 # Artifacts.
 PLOT_CONFUSION_MATRIX = "plots/confusion_matrix.png"
 PLOT_LEARNING_CURVES = "plots/learning_curves.png"
@@ -111,6 +119,8 @@ PLOT_ROBUSTNESS = "plots/robustness.png"  # accuracy per corruption
 PLOT_RELIABILITY = "plots/reliability_diagram.png"
 PLOT_EXPLANATIONS = "plots/explanations.png"  # Grad-CAM / attention rollout heat maps
 REPORT_ROBUSTNESS = "reports/robustness.json"
+PLOT_SOURCES = "plots/sources.png"  # per source: digits as given, as the model saw them, read
+REPORT_SOURCES = "reports/sources.json"  # per source: accuracy, Wilson interval, n
 REPORT_CALIBRATION = "reports/calibration.json"
 PLOT_DETECTIONS = "plots/detections.png"  # faster_rcnn: predicted vs true boxes on test scenes
 DETECTOR_ARTIFACT = "detector"  # faster_rcnn: the raw torchvision detector (get_raw_model())

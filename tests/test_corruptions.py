@@ -13,8 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.analysis.corruptions import (
+    ALL_CORRUPTIONS,
     CORRUPTIONS,
     DEFAULT_SEVERITY,
+    LARGE_SHIFTS,
     SEVERITIES,
     check_corruptions,
     check_severities,
@@ -85,6 +87,7 @@ def matches_one_of(out: torch.Tensor, candidates: list[np.ndarray]) -> bool:
 
 def test_names_and_levels():
     assert CORRUPTIONS == MNIST_C
+    assert LARGE_SHIFTS == ("shift", "border_cut") and ALL_CORRUPTIONS == MNIST_C + LARGE_SHIFTS
     assert SEVERITIES == (1, 2, 3, 4, 5)
     assert DEFAULT_SEVERITY in SEVERITIES
     assert check_corruptions(reversed(CORRUPTIONS)) == tuple(reversed(CORRUPTIONS))
@@ -96,7 +99,7 @@ def test_names_and_levels():
 def test_unknown_corruption_lists_the_valid_ones(images, names):
     with pytest.raises(ConfigError) as error:
         check_corruptions(names)
-    assert all(name in str(error.value) for name in CORRUPTIONS)
+    assert all(name in str(error.value) for name in ALL_CORRUPTIONS)
     with pytest.raises(ConfigError, match="valid corruptions"):
         corrupt(images, names[-1])
 
@@ -120,7 +123,7 @@ def test_bad_images():
 # --- Every corruption -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MNIST_C)
+@pytest.mark.parametrize("name", ALL_CORRUPTIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_keeps_shape_dtype_and_range(images, name, dtype):
     x = images.to(dtype)
@@ -131,7 +134,7 @@ def test_keeps_shape_dtype_and_range(images, name, dtype):
         assert (out - x).abs().amax((1, 2, 3)).min() > 0.1, "some image left untouched"
 
 
-@pytest.mark.parametrize("name", MNIST_C)
+@pytest.mark.parametrize("name", ALL_CORRUPTIONS)
 def test_deterministic_for_a_seed(images, name):
     torch.manual_seed(1)
     first = corrupt(images, name, seed=7)
@@ -142,10 +145,60 @@ def test_deterministic_for_a_seed(images, name):
     assert torch.equal(other, first) == (name in NOT_RANDOM)
 
 
-@pytest.mark.parametrize("name", MNIST_C)
+@pytest.mark.parametrize("name", MNIST_C)  # the large shifts: by their own tests below
 def test_severity_is_graded(images, name):
     change = [(corrupt(images, name, s) - images).abs().mean().item() for s in SEVERITIES]
     assert change == sorted(change) and len(set(change)) == len(change), change
+
+
+def ink_centre(x: torch.Tensor) -> torch.Tensor:
+    """[B, 2]: each image's centre of mass (row, column)."""
+    grid = torch.arange(28.0)
+    mass = x.sum((1, 2, 3))
+    return (
+        torch.stack([(x.sum((1, 3)) * grid).sum(1), (x.sum((1, 2)) * grid).sum(1)], 1)
+        / mass[:, None]
+    )
+
+
+@pytest.mark.parametrize(("severity", "pixels"), [(1, 2), (3, 6), (5, 8)])
+def test_shift_moves_each_digit_by_its_length_in_any_direction(severity, pixels):
+    digits = torch.zeros(64, 1, 28, 28)
+    digits[:, :, 12:16, 12:16] = 1.0  # a small square: nothing reaches the border
+    moved = corrupt(digits, "shift", severity, seed=3)
+    step = ink_centre(moved) - ink_centre(digits)
+    assert torch.equal(step, step.round()), "whole pixels only"
+    assert ((step.norm(dim=1) - pixels).abs() <= 0.75).all()
+    assert (moved.sum((1, 2, 3)) == 16).all(), "no ink lost or blurred"
+    angles = torch.atan2(step[:, 0], step[:, 1])
+    assert (angles > 1).any() and (angles < -1).any() and (angles.abs() < 0.5).any()
+
+
+@pytest.mark.parametrize(("severity", "share"), [(1, 0.05), (3, 0.15), (5, 0.3)])
+def test_border_cut_cuts_a_share_of_the_ink_box(severity, share):
+    digits = torch.zeros(64, 1, 28, 28)
+    digits[:, :, 4:24, 8:20] = 1.0  # a 20 x 12 box
+    cut = corrupt(digits, "border_cut", severity, seed=5)
+    rows, cols = (cut[:, 0] > 0).any(2).sum(1), (cut[:, 0] > 0).any(1).sum(1)
+    kept_rows = rows == 20
+    assert (cols[kept_rows] == 12 - math.ceil(share * 12)).all()
+    assert (rows[~kept_rows] == 20 - math.ceil(share * 20)).all()
+    assert 0 < kept_rows.sum() < 64, "both axes' sides drawn"
+    blank = torch.zeros(2, 1, 28, 28)
+    assert torch.equal(corrupt(blank, "border_cut", severity), blank)
+
+
+def test_large_shifts_are_graded(images):
+    kept = [corrupt(images, "border_cut", s).sum().item() for s in SEVERITIES]
+    assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept), kept
+    moved = [
+        (ink_centre(corrupt(images, "shift", s, seed=1)) - ink_centre(images))
+        .norm(dim=1)
+        .mean()
+        .item()
+        for s in SEVERITIES
+    ]
+    assert moved == sorted(moved), moved
 
 
 # --- Spot checks against MNIST-C's definitions (default severity = MNIST-C's parameter) -------

@@ -11,7 +11,12 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
-from mnist_lab.analysis.corruptions import CORRUPTIONS, DEFAULT_SEVERITY
+from mnist_lab.analysis.corruptions import (
+    ALL_CORRUPTIONS,
+    CORRUPTIONS,
+    DEFAULT_SEVERITY,
+    SEVERITIES,
+)
 from mnist_lab.analysis.robustness import (
     RobustnessResult,
     corruptions_figure,
@@ -61,12 +66,28 @@ def test_error_ratio_is_corrupted_error_over_clean_error() -> None:
     assert result.worst(1, 3) == ["rotate"]
 
 
+def test_the_mean_is_mnist_cs_and_the_shifts_are_graded_beside_it() -> None:
+    accuracy = {c: {1: 0.9, 3: 0.8} for c in CORRUPTIONS}
+    accuracy |= {"shift": {1: 0.5, 3: 0.1}, "border_cut": {1: 0.4, 3: 0.2}}
+    result = RobustnessResult(0.99, accuracy, 100, 1.0)
+    assert result.mean_accuracy(3) == pytest.approx(0.8)
+    metrics = result.metrics(3)
+    assert metrics[names.ROBUST_ACCURACY_MEAN] == pytest.approx(0.8)
+    assert metrics[names.robust_accuracy("shift")] == 0.1
+    graded = result.graded_metrics()
+    assert graded["robust_accuracy_mean_severity_1"] == pytest.approx(0.9)
+    assert graded["robust_accuracy_shift_severity_1"] == 0.5
+    assert graded["robust_accuracy_border_cut_severity_3"] == 0.2
+    assert RobustnessResult(0.99, {"fog": {3: 0.5}}, 10, 1.0).graded_metrics() == {}
+
+
 def test_figures_render(tmp_path) -> None:
     digit = torch.zeros(1, 28, 28)
     digit[0, 6:22, 12:16] = 1.0
     grid = corruptions_figure(digit, severities=(1, DEFAULT_SEVERITY, 5))
-    assert isinstance(grid, Figure) and len(grid.axes) == 3 * (len(CORRUPTIONS) + 1)
-    result = RobustnessResult(0.99, {c: {1: 0.9, 5: 0.5} for c in CORRUPTIONS}, 100, 1.0)
+    assert isinstance(grid, Figure) and len(grid.axes) == 3 * (len(ALL_CORRUPTIONS) + 1)
+    accuracy = {c: {s: 1 - 0.1 * s for s in SEVERITIES} for c in ALL_CORRUPTIONS}
+    result = RobustnessResult(0.99, accuracy, 100, 1.0)
     bars = robustness_figure(result)
     bars.savefig(tmp_path / "robustness.png")
     assert (tmp_path / "robustness.png").stat().st_size > 10_000

@@ -51,6 +51,16 @@ MNIST-C has no levels for stripe, dotted_line, zigzag and canny_edges; their cur
 stripe width; line intensity (1-2) then two lines (4-5); the share of the digit kept under the
 edges (1-2) then a wider smoothing sigma (4-5). Spatter's levels vary only the liquid mean
 (MNIST-C's own spatter list is not monotone in the area it covers).
+
+Beyond MNIST-C (`LARGE_SHIFTS`, not in `CORRUPTIONS` nor in MNIST-C's mean): digits far from
+where MNIST puts them, as a crop that missed or a box drawn around a form field leaves them.
+MNIST-C's translate stops at 3 px per axis; users' digits do not.
+
+- shift: the digit moved by whole pixels, `d` px in a uniformly random direction (d = 2, 4, 6,
+  7, 8 at severities 1-5), zero fill: from 6 px on, wide digits lose a column or more to the
+  border.
+- border_cut: the digit pushed over a random side of the frame (left, right, top or bottom)
+  until a share of its ink box is cut off (5, 10, 15, 20, 30 % at severities 1-5).
 """
 
 import math
@@ -62,6 +72,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from mnist_lab.data.cleaning import shift
 from mnist_lab.errors import ConfigError
 from mnist_lab.names import DEFAULT_SEVERITY, IMAGE_SIZE
 
@@ -82,6 +93,9 @@ CORRUPTIONS: tuple[str, ...] = (
     "zigzag",
     "canny_edges",
 )
+# Beyond MNIST-C: digits far off centre, or partly cut by the frame (see the module's notes).
+LARGE_SHIFTS: tuple[str, ...] = ("shift", "border_cut")
+ALL_CORRUPTIONS = CORRUPTIONS + LARGE_SHIFTS
 SEVERITIES = (1, 2, 3, 4, 5)
 
 _BILINEAR = {"interpolation": InterpolationMode.BILINEAR}
@@ -124,6 +138,10 @@ _LEVELS: dict[str, tuple] = {
     "zigzag": ((1, 0.5), (1, 0.75), (1, 1.0), (2, 0.6), (2, 0.8)),
     # (smoothing sigma, share of the digit kept under the edges) (MNIST-C: (1, 0))
     "canny_edges": ((1.0, 0.5), (1.0, 0.25), (1.0, 0.0), (1.5, 0.0), (2.0, 0.0)),
+    # Not MNIST-C's. Shift length in pixels, random direction.
+    "shift": (2, 4, 6, 7, 8),
+    # Not MNIST-C's. Share of the ink box pushed over a random side of the frame.
+    "border_cut": (0.05, 0.1, 0.15, 0.2, 0.3),
 }
 
 
@@ -133,9 +151,9 @@ def check_corruptions(names: Iterable[str]) -> tuple[str, ...]:
         names = (names,)
     checked: list[str] = []
     for name in names:
-        if name not in CORRUPTIONS:
+        if name not in ALL_CORRUPTIONS:
             raise ConfigError(
-                f"unknown corruption {name!r}; valid corruptions: {', '.join(CORRUPTIONS)}"
+                f"unknown corruption {name!r}; valid corruptions: {', '.join(ALL_CORRUPTIONS)}"
             )
         if name not in checked:
             checked.append(name)
@@ -161,7 +179,7 @@ def check_severities(levels: Iterable[int]) -> tuple[int, ...]:
 def corrupt(
     images: torch.Tensor, name: str, severity: int = DEFAULT_SEVERITY, seed: int = 0
 ) -> torch.Tensor:
-    """One MNIST-C corruption of a batch, on the images' device.
+    """One corruption of a batch (MNIST-C's or a large shift), on the images' device.
 
     images: float [B, 1, 28, 28] in [0, 1], white digit on black.
     Returns float [B, 1, 28, 28] in [0, 1], same device and dtype; the same for the same
@@ -390,6 +408,41 @@ def _translate(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor
     return _by_sign(x, signs, shift)
 
 
+def _shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
+    """Each digit moved `pixels` px (rounded to whole pixels) in a uniformly random direction."""
+    angle = _uniform((x.shape[0],), g, 0.0, 2 * math.pi)
+    dy = torch.round(pixels * torch.sin(angle)).to(torch.int64)
+    dx = torch.round(pixels * torch.cos(angle)).to(torch.int64)
+    return shift(x, dy, dx)
+
+
+def _border_cut(x: torch.Tensor, share: float, g: torch.Generator) -> torch.Tensor:
+    """Each digit pushed over a random side until `share` of its ink box is outside the frame.
+
+    The ink box is the pixels above 0.1; the digit keeps its place along the other axis.
+    """
+    ink = x[:, 0] > 0.1  # [B, H, W]
+    size = x.shape[-1]
+    index = torch.arange(size, device=x.device)
+    box = []  # first and last row, first and last column with ink: four [B]
+    for axis in (2, 1):
+        hit = ink.any(axis)  # [B, size]
+        first = torch.where(hit, index, size).amin(1)
+        last = torch.where(hit, index, -1).amax(1)
+        box += [first, last]
+    top, bottom, left, right = box
+    cut_rows = torch.ceil(share * (bottom - top + 1).clamp(min=1)).to(torch.int64)
+    cut_cols = torch.ceil(share * (right - left + 1).clamp(min=1)).to(torch.int64)
+    side = torch.randint(0, 4, (x.shape[0],), generator=g, device=g.device)
+    zero = torch.zeros_like(side)
+    dy = torch.where(side == 0, -(top + cut_rows), zero)  # up: rows above 0 are gone
+    dy = torch.where(side == 1, size - 1 - bottom + cut_rows, dy)  # down
+    dx = torch.where(side == 2, -(left + cut_cols), zero)  # left
+    dx = torch.where(side == 3, size - 1 - right + cut_cols, dx)  # right
+    blank = ~ink.flatten(1).any(1)
+    return shift(x, torch.where(blank, zero, dy), torch.where(blank, zero, dx))
+
+
 # ---------------------------------------------------------------------------------------------
 # Photometric and occlusion
 
@@ -597,4 +650,6 @@ _FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "dotted_line": _dotted_line,
     "zigzag": _zigzag,
     "canny_edges": _canny_edges,
+    "shift": _shift,
+    "border_cut": _border_cut,
 }

@@ -1,9 +1,12 @@
-"""How a classifier holds up under the MNIST-C corruptions, and the figures that show it.
+"""How a classifier holds up under the MNIST-C corruptions and large shifts, and the figures
+that show it.
 
 `evaluate_robustness` runs the model over the same test sample once clean and once per
 (corruption, severity), each corrupted batch made on the model's device from a fixed seed, so
 two runs (and two models) see exactly the same images. `robust_error_ratio` is ImageNet-C's mean
 corruption error idea without its AlexNet baseline: mean corrupted error over clean error.
+`robust_accuracy_mean` averages MNIST-C's 15 corruptions only (the large shifts are reported
+beside it, not in it), so it stays comparable with MNIST-C's figures and earlier runs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.analysis.corruptions import CORRUPTIONS, DEFAULT_SEVERITY, corrupt
+from mnist_lab.analysis.corruptions import (
+    ALL_CORRUPTIONS,
+    CORRUPTIONS,
+    DEFAULT_SEVERITY,
+    LARGE_SHIFTS,
+    corrupt,
+)
+from mnist_lab.data.cleaning import clean
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # [B, 1, 28, 28] in [0, 1] → scores [B, 10]
 
@@ -37,7 +47,9 @@ class RobustnessResult:
         return sorted(next(iter(self.accuracy.values())))
 
     def mean_accuracy(self, severity: int) -> float:
-        return float(np.mean([by_level[severity] for by_level in self.accuracy.values()]))
+        """Mean over MNIST-C's corruptions evaluated (over all, when none of them was)."""
+        mnist_c = [c for c in self.accuracy if c in CORRUPTIONS] or list(self.accuracy)
+        return float(np.mean([self.accuracy[c][severity] for c in mnist_c]))
 
     def metrics(self, severity: int) -> dict[str, float]:
         """`robust_accuracy_<corruption>`, `robust_accuracy_mean`, `robust_error_ratio` at one
@@ -48,6 +60,24 @@ class RobustnessResult:
             **{names.robust_accuracy(c): acc[severity] for c, acc in self.accuracy.items()},
             names.ROBUST_ACCURACY_MEAN: mean,
             names.ROBUST_ERROR_RATIO: (1.0 - mean) / clean_error if clean_error else float("inf"),
+        }
+
+    def graded_metrics(self) -> dict[str, float]:
+        """With several severities: `robust_accuracy_mean_severity_<k>` (MNIST-C's mean at each)
+        and `robust_accuracy_<c>_severity_<k>` of each large shift evaluated; else none."""
+        if len(self.severities) < 2:
+            return {}
+        shifts = [c for c in self.accuracy if c in LARGE_SHIFTS]
+        return {
+            **{
+                f"{names.ROBUST_ACCURACY_MEAN}_severity_{k}": self.mean_accuracy(k)
+                for k in self.severities
+            },
+            **{
+                f"{names.robust_accuracy(c)}_severity_{k}": self.accuracy[c][k]
+                for c in shifts
+                for k in self.severities
+            },
         }
 
     def to_report(self) -> dict:
@@ -68,13 +98,15 @@ class RobustnessResult:
         return sorted(self.accuracy, key=lambda c: self.accuracy[c][severity])[:k]
 
 
-def model_predict(model: nn.Module) -> Predict:
-    """`model` as a `Predict`: eval mode, no gradients, scores in fp32."""
+def model_predict(model: nn.Module, cleaned: bool = True) -> Predict:
+    """`model` as a `Predict`: eval mode, no gradients, scores in fp32; with `cleaned`, each
+    digit is first cleaned as the logged model cleans it (`mnist_lab.data.cleaning.clean`), so
+    the figures are those of the served model."""
     model.eval()
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return model(x).float()
+        return model(clean(x) if cleaned else x).float()
 
     return predict
 
@@ -115,10 +147,12 @@ def evaluate_robustness(
 
 
 def corruptions_figure(
-    image: torch.Tensor, severities: Sequence[int] = (DEFAULT_SEVERITY,)
+    image: torch.Tensor,
+    severities: Sequence[int] = (DEFAULT_SEVERITY,),
+    corruptions: Sequence[str] = ALL_CORRUPTIONS,
 ) -> Figure:
     """One digit [1, 28, 28] clean and under every corruption: a row per severity."""
-    columns = ["clean", *CORRUPTIONS]
+    columns = ["clean", *corruptions]
     figure = Figure(figsize=(1.1 * len(columns), 1.35 * len(severities) + 0.4))
     axes = figure.subplots(len(severities), len(columns), squeeze=False)
     x = image[None].float()
@@ -139,24 +173,27 @@ def corruptions_figure(
 
 
 def robustness_figure(result: RobustnessResult, title: str = "Accuracy per corruption") -> Figure:
-    """Horizontal bars of accuracy per corruption (one bar group per severity), worst at the
-    bottom, with the clean accuracy of the same sample as a line."""
+    """A table of accuracy (%) per corruption (rows, worst first at the first severity) and
+    severity (columns), coloured by accuracy, with MNIST-C's mean and the clean accuracy of the
+    same sample as the last rows. MNIST-C's own severity is marked in its column title."""
     severities = result.severities
-    order = sorted(result.accuracy, key=lambda c: -result.accuracy[c][severities[0]])
-    figure = Figure(figsize=(7, 0.32 * len(order) * max(1, len(severities) ** 0.5) + 1.5))
+    order = sorted(result.accuracy, key=lambda c: result.accuracy[c][severities[0]])
+    rows = [c.replace("_", " ") for c in order] + ["MNIST-C mean", "clean"]
+    values = np.array(
+        [[result.accuracy[c][s] for s in severities] for c in order]
+        + [[result.mean_accuracy(s) for s in severities]]
+        + [[result.clean_accuracy] * len(severities)]
+    )
+    figure = Figure(figsize=(1.0 * len(severities) + 3.0, 0.3 * len(rows) + 1.4))
     ax = figure.subplots()
-    height = 0.8 / len(severities)
-    y = np.arange(len(order))
-    for k, severity in enumerate(severities):
-        values = [100 * result.accuracy[c][severity] for c in order]
-        label = f"severity {severity} (mean {100 * result.mean_accuracy(severity):.1f} %)"
-        ax.barh(y + k * height, values, height, label=label)
-    ax.axvline(100 * result.clean_accuracy, color="black", ls="--", lw=1, label="clean")
-    ax.set_yticks(y + 0.4 - height / 2, [c.replace("_", " ") for c in order], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 100)
-    ax.set_xlabel(f"accuracy (%) on {result.samples} test digits")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+    ax.imshow(100 * values, cmap="RdYlGn", vmin=50, vmax=100, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        ax.text(j, i, f"{100 * value:.1f}", ha="center", va="center", fontsize=7)
+    ax.axhline(len(order) - 0.5, color="black", lw=1)
+    columns = [f"{s} (MNIST-C)" if s == DEFAULT_SEVERITY else str(s) for s in severities]
+    ax.set_xticks(range(len(severities)), columns, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel(f"severity; accuracy (%) on {result.samples} test digits")
+    ax.set_title(title, fontsize=10)
     figure.tight_layout()
     return figure

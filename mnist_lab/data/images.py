@@ -11,8 +11,10 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from mnist_lab.data.cleaning import centre_by_mass
 from mnist_lab.data.mnist import read_idx
 from mnist_lab.errors import DataError, LabError
 from mnist_lab.names import IMAGE_SIZE
@@ -24,10 +26,6 @@ IDX_UBYTE_MAGIC = b"\x00\x00\x08"  # then 3 (images) or 1 (labels)
 
 
 BOX = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
-
-
-# Where MNIST's centres of mass sit (row and column, pixel-centre coordinates): 14, not 13.5.
-MNIST_CENTRE = IMAGE_SIZE / 2
 
 
 INK = 0.1  # pixels above this (in [0, 1], after inversion) count as the digit
@@ -71,7 +69,7 @@ def mnist_style(image: Image.Image) -> np.ndarray:
     field = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
     top, left = (IMAGE_SIZE - digit.shape[0]) // 2, (IMAGE_SIZE - digit.shape[1]) // 2
     field[top : top + digit.shape[0], left : left + digit.shape[1]] = digit
-    return _centre_by_mass(field)
+    return centre_by_mass(torch.from_numpy(field)[None, None])[0, 0].numpy()
 
 
 NOISE_FLOOR = 4.0  # robust standard deviations of the paper that still count as paper
@@ -105,18 +103,6 @@ def _ink_mask(grey: np.ndarray) -> np.ndarray:
     eight = Image.fromarray((grey * 255).astype(np.uint8))
     kept = eight.filter(ImageFilter.MedianFilter(3)).point(lambda v: 255 if v > INK * 255 else 0)
     return (grey > INK) & (np.asarray(kept.filter(ImageFilter.MaxFilter(3))) > 0)
-
-
-def _centre_by_mass(field: np.ndarray) -> np.ndarray:
-    """Shift [28, 28] by whole pixels so its centre of mass is where MNIST's are, nothing cut."""
-    ys, xs = np.indices(field.shape)
-    total = field.sum()
-    dy = round(MNIST_CENTRE - (ys * field).sum() / total)
-    dx = round(MNIST_CENTRE - (xs * field).sum() / total)
-    rows, cols = np.nonzero(field)
-    dy = int(np.clip(dy, -rows.min(), IMAGE_SIZE - 1 - rows.max()))
-    dx = int(np.clip(dx, -cols.min(), IMAGE_SIZE - 1 - cols.max()))
-    return np.roll(field, (dy, dx), axis=(0, 1))
 
 
 def read_image(path: Path) -> np.ndarray:

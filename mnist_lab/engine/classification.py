@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
+from mnist_lab.analysis.corruptions import ALL_CORRUPTIONS, DEFAULT_SEVERITY, SEVERITIES
 from mnist_lab.analysis.explanations import (
     METHOD_TITLES,
     explanation_examples,
@@ -26,6 +26,7 @@ from mnist_lab.analysis.robustness import (
     model_predict,
     robustness_figure,
 )
+from mnist_lab.analysis.sources import evaluate_sources, source_sets, sources_figure
 from mnist_lab.config import TrainConfig
 from mnist_lab.data.loader import BatchLoader
 from mnist_lab.data.mnist import Splits
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 # The corrupted test digits are the same for every run, whatever its training seed, and the
 # same as the `robustness` command's default: runs and models compare image for image.
 CORRUPTION_SEED = 0
+# Digits per class of each other source (fonts, handwriting) in the report: robustness_samples
+# over this (20 a class, 200 a source, at the default 2 000).
+SOURCE_SHARE = 100
 
 
 class ClassificationTask:
@@ -115,9 +119,12 @@ class ClassificationTask:
 
     def test_report(self, model: nn.Module, splits: Splits, test: Evaluation) -> TestReport:
         """How the model fails: calibration (temperature fitted on validation, so the logged
-        model serves calibrated probabilities), the MNIST-C corruptions of the first
-        `robustness_samples` test digits, and heat maps of what it looks at. All in fp32, as
-        the logged model serves; corruptions seeded with CORRUPTION_SEED, as `robustness` is."""
+        model serves calibrated probabilities), the MNIST-C corruptions and large shifts of the
+        first `robustness_samples` test digits at every severity, and heat maps of what it looks
+        at. All in fp32, as the logged model serves; corruptions seeded with CORRUPTION_SEED, as
+        `robustness` is. The per-corruption metrics are MNIST-C's severity's. Then digits from
+        other sources (fonts, handwriting scanned at 8-32 px) read as `predict` reads photos,
+        each source's accuracy with its Wilson interval (`reports/sources.json`)."""
         config = self.config
         report = calibration_report(self, model, splits, test)
         try:
@@ -131,16 +138,26 @@ class ClassificationTask:
                 model_predict(model),
                 images,
                 splits.test_y[:samples],
+                corruptions=ALL_CORRUPTIONS,
+                severities=SEVERITIES,
                 seed=CORRUPTION_SEED,
                 batch_size=config.eval_batch_size,
             )
             report.metrics |= {
                 **result.metrics(DEFAULT_SEVERITY),
+                **result.graded_metrics(),
                 names.ROBUSTNESS_EVAL_S: result.seconds,
             }
-            report.figures[names.PLOT_CORRUPTIONS] = corruptions_figure(images[0])
+            report.figures[names.PLOT_CORRUPTIONS] = corruptions_figure(images[0], SEVERITIES)
             report.figures[names.PLOT_ROBUSTNESS] = robustness_figure(result)
             report.reports[names.REPORT_ROBUSTNESS] = result.to_report()
+            start = time.perf_counter()
+            sets = source_sets(per_class=max(1, samples // SOURCE_SHARE), seed=CORRUPTION_SEED)
+            scores = evaluate_sources(model_predict(model), sets, images.device)
+            report.metrics |= {names.source_accuracy(s): v.accuracy for s, v in scores.items()}
+            report.metrics[names.SOURCES_EVAL_S] = time.perf_counter() - start
+            report.figures[names.PLOT_SOURCES] = sources_figure(sets, scores)
+            report.reports[names.REPORT_SOURCES] = {s: v.to_report() for s, v in scores.items()}
         return report
 
 

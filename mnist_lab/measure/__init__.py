@@ -7,7 +7,11 @@
 - `tuning`: a tuning study's speed;
 - `real-digits`: the models on font-rendered photos of digits (data/font_digits.py);
 - `serving`: `mlflow models serve` under concurrent clients and malformed payloads;
-- `onnx`: a run's ONNX model's size, and onnxruntime's speed beside the pyfunc's.
+- `onnx`: a run's ONNX model's size, and onnxruntime's speed beside the pyfunc's;
+- `cleaning`: the cost per digit of the cleaning every digit gets (data/cleaning.py);
+- `off-centre`: models on the same digits with and without the cleaning (shifts, MNIST-C,
+  fonts, handwriting), paired;
+- `sources-figure`: per source, digits as given, as seen after cleaning, and as read.
 
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

@@ -1,5 +1,5 @@
 """`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx|
-calibration …`: see `mnist_lab.measure`."""
+calibration|cleaning|off-centre|sources-figure …`: see `mnist_lab.measure`."""
 
 import importlib
 import sys
@@ -14,6 +14,9 @@ SCRIPTS = {
     "serving": "serving",
     "onnx": "onnx_speed",
     "calibration": "error_rates",
+    "cleaning": "cleaning_cost",
+    "off-centre": "off_centre",
+    "sources-figure": "sources_figure",
 }
 
 

@@ -17,6 +17,7 @@ from mnist_lab.analysis.explanations import (
     heatmaps,
     method_name,
 )
+from mnist_lab.data.cleaning import clean
 from mnist_lab.tracking.pyfunc import DIGIT, MAX_BATCH, PROB_COLUMNS
 
 
@@ -63,7 +64,7 @@ def explain(
     module = model.get_raw_model()
     device = next(module.parameters()).device
     k = min(len(images), MAX_EXPLAINED)
-    x = torch.from_numpy(images[:k]).float().unsqueeze(1).to(device)
+    x = clean(torch.from_numpy(images[:k]).float().unsqueeze(1).to(device))  # what it read
     digits = torch.tensor([p.digit for p in predictions[:k]])
     maps = heatmaps(module, x, digits.to(device))
     figure = explanations_figure(

@@ -14,7 +14,12 @@ import re
 from dataclasses import dataclass
 
 from mnist_lab import names, tracking
-from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY, SEVERITIES, check_severities
+from mnist_lab.analysis.corruptions import (
+    ALL_CORRUPTIONS,
+    DEFAULT_SEVERITY,
+    SEVERITIES,
+    check_severities,
+)
 from mnist_lab.analysis.robustness import (
     RobustnessResult,
     corruptions_figure,
@@ -59,11 +64,13 @@ def parse_severities(text: str) -> tuple[int, ...]:
 
 def robustness(options: RobustnessOptions) -> RobustnessRun:
     """Evaluate the model of `options.run_id` (its `model` artifact) or at `model_uri` on the
-    first `samples` MNIST test digits under every corruption at each severity.
+    first `samples` MNIST test digits under every corruption (MNIST-C's and the large shifts) at
+    each severity.
 
     The metrics are those of the default severity (3, MNIST-C's own), or of the highest one
     asked for when 3 is not among them. With several severities, `robust_accuracy_mean_severity_<k>`
-    gives the graded curve; the per-corruption values of every severity are in the report and the
+    gives the graded curve (and `robust_accuracy_shift_severity_<k>`, `..._border_cut_...`); the
+    per-corruption values of every severity are in the report and the
     plot.
     """
     run_id, model_uri, samples, seed = (
@@ -102,16 +109,18 @@ def robustness(options: RobustnessOptions) -> RobustnessRun:
             | ({"run_id": run_id} if run_id else {"model_uri": model_uri})
         )
         result = evaluate_robustness(
-            model_predict(model), images, labels, severities=levels, seed=seed
+            model_predict(model),
+            images,
+            labels,
+            corruptions=ALL_CORRUPTIONS,
+            severities=levels,
+            seed=seed,
         )
-        graded = {
-            f"{names.ROBUST_ACCURACY_MEAN}_severity_{k}": result.mean_accuracy(k) for k in levels
-        }
         tracking.log_metrics(
             {
                 **result.metrics(headline),
                 names.ROBUSTNESS_EVAL_S: result.seconds,
-                **(graded if len(levels) > 1 else {}),
+                **result.graded_metrics(),
             }
         )
         tracking.log_figure(corruptions_figure(images[0], levels), names.PLOT_CORRUPTIONS)

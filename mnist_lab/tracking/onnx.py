@@ -2,7 +2,8 @@
 onnxruntime, and its requirements hold no torch.
 
 A classifier's logged model `onnx` takes `digits` [B, 28, 28] float32 (pixels in 0–1, or 0–255:
-a batch whose maximum exceeds 1 is divided by 255, as the pyfunc does) and answers
+a batch whose maximum exceeds 1 is divided by 255, as the pyfunc does), centres each by its
+centre of mass in the graph (`mnist_lab.data.cleaning.clean`, the pyfunc's cleaning) and answers
 `probabilities` [B, 10] (the served model's: temperature included) and `digit` [B] int64. It is
 exported by torch.onnx's TorchScript-based exporter with a dynamic batch (the torch.export-based
 one answers the same to within 1e-7 but takes 2-4 s a model where this takes 0.1-0.2 s, a cost
@@ -36,6 +37,7 @@ from mlflow.models import infer_signature
 from torch import nn
 
 from mnist_lab import names
+from mnist_lab.data.cleaning import clean
 from mnist_lab.models import ModelSpec
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.models.faster_rcnn import top_box_probabilities
@@ -52,8 +54,9 @@ CHECKED_SCENES = 16  # the detector's check: scenes of this many test digits
 
 
 class OnnxDigits(nn.Module):
-    """What the ONNX model computes: digits [B, 28, 28] (0–1, or 0–255) → probabilities
-    [B, 10] and digit [B] of `model` (raw digits [B, 1, 28, 28] → logits)."""
+    """What the ONNX model computes: digits [B, 28, 28] (0–1, or 0–255) → cleaned as the
+    pyfunc cleans them → probabilities [B, 10] and digit [B] of `model` (raw digits
+    [B, 1, 28, 28] → logits)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -62,7 +65,7 @@ class OnnxDigits(nn.Module):
     def forward(self, digits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = digits.float()
         x = torch.where(x.amax(dim=(0, 1, 2)) > 1, x / 255, x)
-        probs = self.model(x.unsqueeze(1)).float().softmax(dim=1)
+        probs = self.model(clean(x.unsqueeze(1))).float().softmax(dim=1)
         return probs, probs.argmax(dim=1)
 
 
@@ -92,11 +95,11 @@ def session(onnx_bytes: bytes):
 
 def classifier_difference(onnx_bytes: bytes, model: nn.Module, digits: np.ndarray) -> float:
     """max |onnxruntime - torch| of the probabilities over `digits` (uint8 [N, 28, 28]), sent
-    as 0–255 and as 0–1 floats."""
+    as 0–255 and as 0–1 floats; torch's are the pyfunc's (cleaned digits)."""
     ort = session(onnx_bytes)
     x = torch.from_numpy(digits.astype(np.float32) / 255)
     with torch.no_grad():
-        expected = model.eval()(x.unsqueeze(1)).float().softmax(dim=1).numpy()
+        expected = model.eval()(clean(x.unsqueeze(1))).float().softmax(dim=1).numpy()
     worst = 0.0
     for sent in (digits.astype(np.float32), x.numpy()):
         probs, digit = ort.run([PROBABILITIES, DIGIT], {INPUT: sent})
