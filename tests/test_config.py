@@ -151,12 +151,12 @@ def test_model_and_a_run_config_for_another_model_is_an_error(tmp_path):
         load_config("cnn", config_file=preset)
 
 
-def test_train_with_a_bad_config_exits_2_before_any_run(tmp_path, capsys):
+def test_train_with_a_bad_config_exits_1_before_any_run(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     from mnist_lab.cli import main
 
-    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml: no such file" in capsys.readouterr().err
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]

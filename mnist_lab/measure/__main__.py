@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
             "(add --help after any of them for its options)",
             file=sys.stderr,
         )
-        return 2
+        return 2  # usage, as argparse's
     script = importlib.import_module(f"mnist_lab.measure.{SCRIPTS[argv[0]]}")
     return script.main(argv[1:])
 
