@@ -7,7 +7,8 @@
 - `tuning`: a tuning study's speed;
 - `real-digits`: the models on font-rendered photos of digits (data/font_digits.py);
 - `serving`: `mlflow models serve` under concurrent clients and malformed payloads;
-- `onnx`: a run's ONNX model's size, and onnxruntime's speed beside the pyfunc's.
+- `onnx`: a run's ONNX model's size, and onnxruntime's speed beside the pyfunc's;
+- `onnx-exporters`: torch's two ONNX exporters' export time, answers and onnxruntime speed.
 
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -38,6 +39,12 @@ from mnist_lab.tracking.store import open_store, store_client
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# MLflow's system tags, as its docs name them (https://mlflow.org/docs/latest/ml/tracking/
+# tracking-api/#system-tags): a run's name and the parent of a nested run.
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+# The shape of a name MLflow makes up for an unnamed run: adjective-noun-number (0 to 1000).
+GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,4}")
 
 
 def use_default_experiment() -> None:
@@ -118,16 +125,10 @@ def run(
 
 
 def _generated_name(name: str | None) -> bool:
-    """Whether `name` is one MLflow made up (`bright-owl-123`), not one a user chose."""
-    from mlflow.utils import name_utils
-
-    parts = (name or "").split("-")
-    return not name or (
-        len(parts) == 3
-        and parts[0] in name_utils._GENERATOR_PREDICATES
-        and parts[1] in name_utils._GENERATOR_NOUNS
-        and parts[2].isdigit()
-    )
+    """Whether `name` is one MLflow made up (`bright-owl-123`: two lowercase words and a
+    number), not one a user chose. The lab names its own runs `<model>-<n>ep…`, with a digit
+    in the second part, so they never look made up; a user's name of that shape would."""
+    return not name or GENERATED_NAME.fullmatch(name) is not None
 
 
 def mark_model_development(experiment_id: str) -> None:
@@ -295,11 +296,9 @@ def active_experiment_id() -> str:
 def child_run_tags(parent_run_id: str, run_name: str | None = None) -> dict[str, str]:
     """Tags that nest a run under `parent_run_id` (and name it), also from a worker process
     with no active run (MLflow's active run is per thread and process: `nested=True` cannot)."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
-    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id}
+    tags = {PARENT_RUN_ID_TAG: parent_run_id}
     if run_name:
-        tags[MLFLOW_RUN_NAME] = run_name
+        tags[RUN_NAME_TAG] = run_name
     return tags
 
 
