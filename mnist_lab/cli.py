@@ -474,7 +474,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     options = tune_options(args)
     result = tune(options)
-    if len(result.objectives) == 1 and result.picked is None:
+    if len(result.objectives) == 1 and result.picked is None and result.winners:
         print(
             f"study {result.study_name}: {result.counts}, best {result.objectives[0]} "
             f"{result.best_value:.4f} with {result.best_overrides} (parent run "

@@ -190,6 +190,7 @@ TUNE_VALUES = [
     ("study_name", "s1"), ("heartbeat_interval", "30"), ("device", "cpu"),
     ("sampler", "nsga2"), ("pruner", "auto"), ("objectives", "val_accuracy,num_params"),
     ("pick", "val_accuracy, inference_ms_per_image<=0.1"),
+    ("constraint", "num_params<=40000, inference_ms_per_image<=0.1"),
 ]  # fmt: skip
 
 

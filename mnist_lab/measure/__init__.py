@@ -8,7 +8,9 @@
 - `real-digits`: the models on font-rendered photos of digits (data/font_digits.py);
 - `serving`: `mlflow models serve` under concurrent clients and malformed payloads;
 - `onnx`: a run's ONNX model's size, and onnxruntime's speed beside the pyfunc's;
-- `onnx-exporters`: torch's two ONNX exporters' export time, answers and onnxruntime speed.
+- `onnx-exporters`: torch's two ONNX exporters' export time, answers and onnxruntime speed;
+- `constraints`: the share of a CNN study's trials within a budget, with and without
+  `--constraint`.
 
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

@@ -1,5 +1,5 @@
 """`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx|
-onnx-exporters …`: see `mnist_lab.measure`."""
+onnx-exporters|constraints …`: see `mnist_lab.measure`."""
 
 import importlib
 import sys
@@ -13,6 +13,7 @@ SCRIPTS = {
     "real-digits": "real_digits",
     "serving": "serving",
     "onnx": "onnx_speed",
+    "constraints": "constraints",
     "onnx-exporters": "onnx_exporters",
 }
 

@@ -69,7 +69,14 @@ class TuneOptions:
     pick: str | None = setting(
         None,
         "the trial to retrain by a rule, e.g. 'val_accuracy, inference_ms_per_image<=0.1' "
-        "(unset: the best trial; with several objectives, every Pareto-optimal one)",
+        "(unset: the best trial; with several objectives, every Pareto-optimal one); its "
+        "budgets also steer the sampler, as --constraint's",
+    )
+    constraint: str | None = setting(
+        None,
+        "budgets the sampler steers trials into and every winner meets, e.g. "
+        "'inference_ms_per_image<=0.1' (a comma list of metric<=value, also <, >=, >; unset: "
+        "none beyond --pick's)",
     )
 
     @property
