@@ -99,6 +99,11 @@ class TrainConfig:
         "auto", "torchrun's c10d backend (auto: NCCL on GPUs, Gloo on CPUs)", DIST_BACKENDS
     )
     sync_bn: bool = setting(False, "synchronise BatchNorm statistics across ranks (CUDA only)")
+    system_metrics: bool = setting(
+        True,
+        "log CPU, memory, disk and network use (and GPU, with nvidia-ml-py) over the run as "
+        "system/* metrics, every 10 s (MLflow's system metrics)",
+    )
     robustness_samples: int = setting(
         2000, "test digits per MNIST-C corruption in the end-of-run report; 0: none"
     )

@@ -11,6 +11,9 @@ RUNNING.
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
+import logging
 import os
 import re
 import subprocess
@@ -36,6 +39,7 @@ from mnist_lab.names import IMAGE_SIZE
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
 from mnist_lab.tracking.store import open_store, store_client
 
+log = logging.getLogger(__name__)
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -91,6 +95,7 @@ def run(
     nested: bool = False,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with `run_id` or `MLFLOW_RUN_ID`, re-open) a run and always end it.
 
@@ -108,7 +113,13 @@ def run(
         sweep_stale_runs(keep=joined)
     if joined and run_name and not _generated_name(store_client().get_run(joined).info.run_name):
         run_name = None  # a run resumed or started by `mlflow run --run-name` keeps its name
-    active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
+    active = mlflow.start_run(
+        run_id=run_id,
+        nested=nested,
+        run_name=run_name,
+        tags=tags,
+        log_system_metrics=system_metrics and _can_monitor(),  # a thread; end_run stops it
+    )
     mark_model_development(active.info.experiment_id)
     try:
         mlflow.set_tags(process_tags())
@@ -122,6 +133,16 @@ def run(
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+@functools.cache
+def _can_monitor() -> bool:
+    """Whether MLflow's system metrics can run here: it raises without psutil (a pinned
+    dependency, so missing only from an environment installed by hand)."""
+    if importlib.util.find_spec("psutil") is None:
+        log.warning("no system metrics: psutil is not installed (pip install psutil)")
+        return False
+    return True
 
 
 def _generated_name(name: str | None) -> bool:
