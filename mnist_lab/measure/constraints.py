@@ -30,15 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
-    import optuna
     import yaml
-    from optuna.trial import TrialState
 
     from mnist_lab.analysis.selection import parse_rule
     from mnist_lab.engine.device import resolve_device
     from mnist_lab.measure.hardware import hardware
     from mnist_lab.tuning.pareto import ATTR_METRICS
     from mnist_lab.tuning.space import load_space
+    from mnist_lab.tuning.study import completed_user_attrs
     from mnist_lab.tuning.tune_options import OBJECTIVES
     from mnist_lab.tuning.tuner import TuneOptions, tune
 
@@ -65,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             constraint=constraint,
         )
         tune(options)
-        study = optuna.load_study(study_name=options.name, storage=options.storage)
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        inside = sum(budget.feasible(t.user_attrs[ATTR_METRICS]) for t in complete)
+        complete = completed_user_attrs(options.storage, options.name, ATTR_METRICS)
+        inside = sum(budget.feasible(metrics) for metrics in complete)
         print(
             f"{'--constraint ' + repr(constraint) if constraint else 'no constraint':40s} "
             f"{inside} of {len(complete)} completed trials within {budget} "
