@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_lab import names
-from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.settings import setting
 
-DEFAULT_STORAGE = f"sqlite:///{PROJECT_ROOT / 'optuna.db'}"
+DEFAULT_STORAGE = "sqlite:///optuna.db"  # in the working folder, beside MLflow's mlflow.db
 SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("hyperband", "median", "none")
 AUTO_PRUNER = "auto"  # hyperband where the study can prune, none where it cannot
