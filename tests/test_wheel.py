@@ -3,6 +3,7 @@ what the lab writes lands in the working folder."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,13 @@ def installed(tmp_path_factory) -> Path:
     """The wheel `pip wheel --no-deps .` builds, installed (without its dependencies: this
     interpreter's are used) into a folder that goes first on PYTHONPATH."""
     folder = tmp_path_factory.mktemp("wheel")
+    source = folder / "source"  # a copy: the build writes build/ and *.egg-info beside it
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(PROJECT_ROOT / "mnist_lab", source / "mnist_lab", ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(PROJECT_ROOT / name, source / name)
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*build, "-w", str(folder), str(PROJECT_ROOT)], check=True, capture_output=True)
+    subprocess.run([*build, "-w", str(folder), str(source)], check=True, capture_output=True)
     (wheel,) = folder.glob("mnist_lab-*.whl")
     target = folder / "site"
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target)]
