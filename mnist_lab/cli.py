@@ -20,7 +20,13 @@ from mnist_lab import __version__
 from mnist_lab.architectures import OPTION_HELP, model_names, options_by_name
 from mnist_lab.config import SETTINGS, TRAIN_FIELDS
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
-from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_LAB_ERROR,
+    EXIT_STATUSES,
+    ConfigError,
+    LabError,
+)
 from mnist_lab.serving.robustness_options import RobustnessOptions
 from mnist_lab.settings import choices_of, help_of, is_unset, parse_bool, parse_number
 from mnist_lab.tuning.tune_options import DATA_OPTIONS, TuneOptions
@@ -501,7 +507,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     options = tune_options(args)
     result = tune(options)
-    if len(result.objectives) == 1 and result.picked is None:
+    if len(result.objectives) == 1 and result.picked is None and result.winners:
         print(
             f"study {result.study_name}: {result.counts}, best {result.objectives[0]} "
             f"{result.best_value:.4f} with {result.best_overrides} (parent run "
@@ -536,7 +542,9 @@ def _seeds(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mnist-lab", description=__doc__.splitlines()[0], epilog=EXIT_STATUSES
+    )
     parser.add_argument("--version", action="version", version=f"mnist-lab {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -608,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`train --nproc-per-node` trains one model in several (default: unset)",
     )
     tune.set_defaults(handler=cmd_tune)
+    for command in commands.choices.values():
+        command.epilog = EXIT_STATUSES
     return parser
 
 
@@ -626,11 +636,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)
         tracking.fail_launcher_run(str(err))
-        return 2
+        return EXIT_LAB_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         tracking.fail_launcher_run("interrupted by the user (Ctrl-C)", killed=True)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as err:
         tracking.fail_launcher_run(f"{type(err).__name__}: {err}")
         raise

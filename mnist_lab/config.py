@@ -22,7 +22,10 @@ from mnist_lab.names import DETECTOR_MODEL
 from mnist_lab.settings import is_unset, parse_bool, parse_number, setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
+# The run configs and search spaces the package ships (the checkout's experiments/ and tuning/
+# are links to them). A user's own experiments/ or tuning/ in the working folder comes first.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+EXPERIMENTS_DIR = SHIPPED_DIR / "experiments"
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
@@ -99,6 +102,11 @@ class TrainConfig:
         "auto", "torchrun's c10d backend (auto: NCCL on GPUs, Gloo on CPUs)", DIST_BACKENDS
     )
     sync_bn: bool = setting(False, "synchronise BatchNorm statistics across ranks (CUDA only)")
+    system_metrics: bool = setting(
+        True,
+        "log CPU, memory, disk and network use (and GPU, with nvidia-ml-py) over the run as "
+        "system/* metrics, every 10 s (MLflow's system metrics)",
+    )
     robustness_samples: int = setting(
         2000, "test digits per MNIST-C corruption in the end-of-run report; 0: none"
     )
@@ -143,7 +151,14 @@ SETTINGS = set(TRAIN_FIELDS) - {"model", "config_file"}
 def experiment_file(model: str) -> Path:
     """`experiments/<model>.yaml`; `timm:<name>` models share `experiments/timm.yaml`."""
     stem = "timm" if model.startswith("timm:") else model
-    return EXPERIMENTS_DIR / f"{stem}.yaml"
+    return shipped_or_own("experiments", f"{stem}.yaml")
+
+
+def shipped_or_own(kind: str, name: str) -> Path:
+    """`<kind>/<name>` (kind: experiments or tuning) of the working folder where the user has
+    one, else the one the package ships."""
+    own = Path.cwd() / kind / name
+    return own if own.is_file() else SHIPPED_DIR / kind / name
 
 
 def load_config(
@@ -189,12 +204,13 @@ def load_config(
 
 
 def resolve_config_file(name: str | Path) -> Path:
-    """The run config `name`: a path as given, or relative to the project (so
-    `experiments/cnn_fast.yaml` works from any folder); a ConfigError listing the shipped
-    configs if neither is a file."""
+    """The run config `name`: a path as given, else a shipped one (`experiments/cnn_fast.yaml`
+    or `cnn_fast.yaml` works from any folder); a ConfigError listing the shipped configs if
+    neither is a file."""
     path = Path(name).expanduser()
-    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
-        path = PROJECT_ROOT / path
+    shipped = EXPERIMENTS_DIR / path.name
+    if not path.is_file() and path.parent in (Path(), Path("experiments")) and shipped.is_file():
+        path = shipped
     if not path.is_file():
         shipped = ", ".join(_shown_path(p) for p in sorted(EXPERIMENTS_DIR.glob("*.yaml")))
         raise ConfigError(
@@ -205,9 +221,13 @@ def resolve_config_file(name: str | Path) -> Path:
 
 
 def _shown_path(path: Path) -> str:
-    """`path` relative to the project when inside it, else absolute."""
+    """`experiments/<name>` for a shipped config, else `path` relative to the project when
+    inside it, else absolute."""
     path = path.resolve()
-    return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+    for root in (SHIPPED_DIR, PROJECT_ROOT):
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return str(path)
 
 
 def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:

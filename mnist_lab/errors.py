@@ -1,8 +1,19 @@
 """The one exception type users see.
 
 A `LabError` message names the thing that is wrong and how to fix it; the CLI prints it without a
-traceback and exits with status 2. Anything else escaping is a bug and keeps its traceback.
+traceback and exits with status 1. Anything else escaping is a bug and keeps its traceback.
 """
+
+# The CLI's exit statuses: argparse's 2 for a command line it cannot parse, 1 for a LabError
+# (bad config, bad input, a store that cannot be reached), 130 (128 + SIGINT) for Ctrl-C or kill.
+EXIT_LAB_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_STATUSES = (
+    "exit status: 0 done; 1 a lab error (bad config, bad input, unreachable store: the message "
+    "says which and how to fix it); 2 a usage error (the command line itself); 130 interrupted "
+    "(Ctrl-C or kill)"
+)
 
 
 class LabError(Exception):

@@ -202,7 +202,13 @@ def _train(
     flops = train_flops_per_sample(session.task, model, next(iter(session.loaders[0])))
     name = run_name or config.run_name()
     run_tags = _run_tags(config, device, rank, tags)
-    with tracking.run(run_id=resume_run_id, nested=nested, run_name=name, tags=run_tags):
+    with tracking.run(
+        run_id=resume_run_id,
+        nested=nested,
+        run_name=name,
+        tags=run_tags,
+        system_metrics=config.system_metrics,
+    ):
         if checkpoint is None:
             _log_inputs(config, device, session.splits, evaluate_test)
         tracking_seconds = _fit_logged(session, listeners)

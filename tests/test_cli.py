@@ -1,4 +1,4 @@
-"""The CLI as a user meets it: bad input gets a clear message, exit 2 and no run; `mlflow run`."""
+"""The CLI as a user meets it: bad input gets a clear message, exit 1 and no run; `mlflow run`."""
 
 import os
 import subprocess
@@ -44,8 +44,8 @@ def runs_in_store() -> list:
         (["--model", "cnn", "--patch-size", "7"], "'patch_size' is not a setting of model 'cnn'"),
     ],
 )
-def test_bad_settings_exit_2_before_any_run(mlflow_store, capsys, argv, message):
-    assert main(["train", *argv]) == 2
+def test_bad_settings_exit_1_before_any_run(mlflow_store, capsys, argv, message):
+    assert main(["train", *argv]) == 1
     assert message in capsys.readouterr().err
     assert runs_in_store() == []
 
@@ -56,7 +56,7 @@ def offline(*args, **kwargs):
 
 def test_missing_data_names_the_folder_and_the_fix(mlflow_store, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("torchvision.datasets.MNIST", offline)
-    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), *TINY]) == 2
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), *TINY]) == 1
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere") in err and "MNIST_DATA_DIR" in err
     assert "train-images-idx3-ubyte" in err
@@ -73,7 +73,7 @@ def test_corrupt_data_names_the_file(mlflow_store, tmp_path, capsys):
         ("t10k", "labels-idx1"),
     ]:
         (raw / f"{split}-{kind}-ubyte").write_bytes(b"\x00\x00\x08\x03" + b"\x00" * 20)
-    assert main(["train", "--data-dir", str(tmp_path / "data"), *TINY]) == 2
+    assert main(["train", "--data-dir", str(tmp_path / "data"), *TINY]) == 1
     assert "ubyte" in capsys.readouterr().err
 
 
@@ -81,7 +81,7 @@ def test_weights_that_do_not_fit_the_model(mnist_dir, mlflow_store, tmp_path, ca
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, path)
     argv = ["train", "--model", "alexnet", "--weights", str(path), *TINY]
-    assert main(argv) == 2
+    assert main(argv) == 1
     assert str(path) in capsys.readouterr().err
     assert runs_in_store() == []
 
@@ -93,7 +93,7 @@ def test_a_failure_before_training_fails_the_launcher_run(mlflow_store, tmp_path
     monkeypatch.setattr(
         "torchvision.datasets.MNIST", lambda *a, **k: (_ for _ in ()).throw(OSError)
     )
-    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), *TINY]) == 2
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), *TINY]) == 1
     run = client.get_run(launched.info.run_id)
     assert run.info.status == "FAILED"
     assert "MNIST" in run.data.tags[names.TAG_FAILURE_REASON]
@@ -190,6 +190,7 @@ TUNE_VALUES = [
     ("study_name", "s1"), ("heartbeat_interval", "30"), ("device", "cpu"),
     ("sampler", "nsga2"), ("pruner", "auto"), ("objectives", "val_accuracy,num_params"),
     ("pick", "val_accuracy, inference_ms_per_image<=0.1"),
+    ("constraint", "num_params<=40000, inference_ms_per_image<=0.1"),
 ]  # fmt: skip
 
 

@@ -268,14 +268,14 @@ def test_selection_latest_best_by_tags_and_tuning_winners(tmp_path):
         (["--run-ids", "0123456789abcdef"], "run '0123456789abcdef' is not in the tracking store"),
     ],
 )
-def test_bad_options_exit_2_with_a_message(mlflow_store, capsys, argv, message):
-    assert main(["compare", *argv]) == 2
+def test_bad_options_exit_1_with_a_message(mlflow_store, capsys, argv, message):
+    assert main(["compare", *argv]) == 1
     assert message in capsys.readouterr().err
 
 
 def test_no_runs_names_the_experiment_and_how_to_make_runs(mlflow_store, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "empty-one")
-    assert main(["compare"]) == 2
+    assert main(["compare"]) == 1
     err = capsys.readouterr().err
     assert "no finished train runs to compare in experiment 'empty-one'" in err
     assert "mlflow run . -e train" in err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mnist_lab.config import TrainConfig, build_config, load_config
+from mnist_lab.config import PROJECT_ROOT, TrainConfig, build_config, load_config
 from mnist_lab.errors import ConfigError
 
 
@@ -151,13 +151,33 @@ def test_model_and_a_run_config_for_another_model_is_an_error(tmp_path):
         load_config("cnn", config_file=preset)
 
 
-def test_train_with_a_bad_config_exits_2_before_any_run(tmp_path, capsys):
+def test_train_with_a_bad_config_exits_1_before_any_run(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
     from mnist_lab.cli import main
 
-    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml: no such file" in capsys.readouterr().err
     client = MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert not experiments or not client.search_runs(experiments)
+
+
+def test_a_users_own_experiments_and_tuning_folders_come_first(tmp_path, monkeypatch):
+    from mnist_lab.tuning.space import space_file
+    from mnist_lab.tuning.tune_options import DEFAULT_STORAGE
+
+    monkeypatch.chdir(tmp_path)  # an empty folder: the shipped files
+    shipped = load_config("cnn")
+    assert shipped.config_file == "experiments/cnn.yaml" and shipped.augment
+    assert load_config(None, config_file="experiments/cnn_fast.yaml").epochs == 1
+    assert space_file("cnn").read_text() == (PROJECT_ROOT / "tuning" / "cnn.yaml").read_text()
+    assert DEFAULT_STORAGE == "sqlite:///optuna.db"  # relative: the working folder
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "cnn.yaml").write_text("epochs: 7\n")
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "cnn.yaml").write_text("params: {}\n")
+    own = load_config("cnn")
+    assert own.epochs == 7 and not own.augment  # the user's file alone, not layered on ours
+    assert own.config_file == str(tmp_path / "experiments" / "cnn.yaml")
+    assert space_file("cnn") == tmp_path / "tuning" / "cnn.yaml"

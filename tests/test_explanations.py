@@ -348,3 +348,23 @@ def test_figures_for_a_briefly_trained_cnn(mnist_dir: Path, tmp_path: Path) -> N
     assert numbers["hotter_on_ink"] >= 0.75
     for name in ("reliability.png", "explanations.png"):
         assert (tmp_path / name).stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("kind", ["none", "bool", "additive", "causal"])
+def test_attention_masks_are_read_as_scaled_dot_product_attention_reads_them(kind):
+    from torch.nn.functional import scaled_dot_product_attention
+
+    from mnist_lab.analysis.explanations import _masked
+
+    q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)
+    mask = {
+        "none": None,
+        "bool": torch.rand(5, 5) > 0.3,
+        "additive": torch.randn(5, 5),
+        "causal": None,
+    }[kind]
+    if kind == "bool":
+        mask[:, 0] = True  # every query sees something
+    weights = _masked(q @ k.transpose(-2, -1) * 8**-0.5, mask, kind == "causal").softmax(-1)
+    expected = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=kind == "causal")
+    torch.testing.assert_close(weights @ v, expected, atol=1e-5, rtol=1e-5)

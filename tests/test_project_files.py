@@ -95,6 +95,8 @@ USED_WITHOUT_IMPORT = {
     "pycocotools": "torchmetrics' COCO mAP backend for the detector",
     "pyarrow": "pandas' parquet engine for predictions/<split>.parquet",
     "psycopg": "SQLAlchemy's PostgreSQL driver for MLflow and Optuna",
+    "psutil": "MLflow's system metrics: CPU, memory, disk, network",
+    "nvidia-ml-py": "MLflow's system metrics of NVIDIA GPUs",
 }
 IMPORT_NAMES = {"scikit-learn": "sklearn", "pyyaml": "yaml", "pillow": "PIL"}
 

@@ -65,14 +65,14 @@ def test_collect_reads_the_set_back_mnist_like(tmp_path, fonts):
     assert (images[:, 0, :] < 0.5).all()  # light digit on black, as MNIST
 
 
-def test_no_fonts_is_a_clear_error_and_exit_status_2(tmp_path, monkeypatch, capsys):
+def test_no_fonts_is_a_clear_error_and_exit_status_1(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "fonts"
     empty.mkdir()
     (empty / "broken.ttf").write_bytes(b"not a font")
     monkeypatch.setattr(font_digits, "FONT_DIRS", (empty,))
     with pytest.raises(RealDigitsError, match="apt-get install"):
         find_fonts()
-    assert measure_main(["real-digits", "--out", str(tmp_path / "set"), "--no-log"]) == 2
+    assert measure_main(["real-digits", "--out", str(tmp_path / "set"), "--no-log"]) == 1
     err = capsys.readouterr().err
     assert "no TrueType/OpenType font" in err and "fonts-dejavu" in err
     assert "Traceback" not in err

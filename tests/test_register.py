@@ -128,8 +128,8 @@ def test_champion_logic_on_a_tracking_server_backed_by_postgres(
         ("vit", "no finished vit train run with a validation accuracy in experiment 'mnist-lab'"),
     ],
 )
-def test_bad_register_input_exits_2(mlflow_store, capsys, model, message):
-    assert main(["register", "--model", model]) == 2
+def test_bad_register_input_exits_1(mlflow_store, capsys, model, message):
+    assert main(["register", "--model", model]) == 1
     assert message in capsys.readouterr().err
 
 

@@ -137,8 +137,8 @@ def test_compare_groups_the_seeds_into_one_row(seeds_run, tmp_path):
         (["--seeds", "2", "--nproc-per-node", "2"], "does not combine with --nproc-per-node"),
     ],
 )
-def test_bad_seeds_exit_2_before_anything_runs(mlflow_store, capsys, extra, message):
-    assert main(["train", "--model", "cnn", *extra]) == 2
+def test_bad_seeds_exit_1_before_anything_runs(mlflow_store, capsys, extra, message):
+    assert main(["train", "--model", "cnn", *extra]) == 1
     assert message in capsys.readouterr().err
     assert not MlflowClient().search_runs(["0"])
 

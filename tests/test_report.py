@@ -59,5 +59,5 @@ def test_report_writes_every_configuration_and_the_newest_benchmark(mlflow_store
 
 
 def test_report_without_runs_says_how_to_make_some(mlflow_store, tmp_path, capsys):
-    assert main(["report", "--output-dir", str(tmp_path)]) == 2
+    assert main(["report", "--output-dir", str(tmp_path)]) == 1
     assert "no finished train runs to report" in capsys.readouterr().err

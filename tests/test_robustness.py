@@ -121,14 +121,14 @@ def test_negative_robustness_samples_is_refused_naming_it() -> None:
         (["--run-id", "x", "--severities", "9"], "severities"),
     ],
 )
-def test_bad_robustness_input_exits_2(mlflow_store, capsys, argv, message) -> None:
-    assert main(["robustness", *argv]) == 2
+def test_bad_robustness_input_exits_1(mlflow_store, capsys, argv, message) -> None:
+    assert main(["robustness", *argv]) == 1
     assert message in capsys.readouterr().err
 
 
 def test_a_run_without_a_model_is_named(mlflow_store, capsys) -> None:
     run_id = fake_run("mnist-lab", "cnn", {names.VAL_ACCURACY: 0.9}, tags={"kind": "train"})
-    assert main(["robustness", "--run-id", run_id]) == 2
+    assert main(["robustness", "--run-id", run_id]) == 1
     err = capsys.readouterr().err
     assert run_id in err and "has no logged model" in err
 

@@ -39,7 +39,7 @@ from mnist_lab.tuning.space import load_space
 from mnist_lab.tuning.study import open_storage, open_study
 from mnist_lab.tuning.tuner import TuneOptions, tune
 
-# --- bad input: exit 2 before any trial or run -----------------------------------------------
+# --- bad input: exit 1 before any trial or run -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -77,20 +77,20 @@ from mnist_lab.tuning.tuner import TuneOptions, tune
         (["--sampler", "cmaes"], "sampler='cmaes' must be one of tpe, random, nsga2"),
     ],
 )
-def test_bad_input_exits_2_before_any_trial(mlflow_store, tmp_path, capsys, argv, message):
+def test_bad_input_exits_1_before_any_trial(mlflow_store, tmp_path, capsys, argv, message):
     storage = ["--storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
-    assert main(["tune", *storage, *DATA_FLAGS, *argv]) == 2
+    assert main(["tune", *storage, *DATA_FLAGS, *argv]) == 1
     err = capsys.readouterr().err
     assert message in err
     assert "secret" not in err
     assert no_runs(tmp_path)
 
 
-def test_malformed_space_file_exits_2(mlflow_store, tmp_path, capsys):
+def test_malformed_space_file_exits_1(mlflow_store, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("params: {lr: {type: float, low: 1}}")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert main(["tune", "--space", str(bad), "--storage", storage]) == 2
+    assert main(["tune", "--space", str(bad), "--storage", storage]) == 1
     assert f"{bad}: params.lr.high: is missing" in capsys.readouterr().err
     assert no_runs(tmp_path)
 

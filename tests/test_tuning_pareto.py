@@ -49,14 +49,15 @@ def known_study(objectives) -> optuna.Study:
         attrs = {ATTR_METRICS: metrics, ATTR_OVERRIDES: {"lr": 0.01 * (number + 1)}}
         if number == 0:
             attrs[ATTR_DEFAULTS] = True
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={"lr": 0.01 * (number + 1)},
-                distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)},
-                values=objectives.values(metrics),
-                user_attrs=attrs,
-            )
+        trial = optuna.trial.create_trial(
+            params={"lr": 0.01 * (number + 1)},
+            distributions={"lr": FloatDistribution(1e-3, 1.0, log=True)},
+            values=objectives.values(metrics),
+            user_attrs=attrs,
         )
+        for budget in objectives.constraints:  # as the tuner's objective stores them
+            trial.set_constraint(str(budget), budget.violation(metrics))
+        study.add_trial(trial)
     return study
 
 
@@ -96,7 +97,8 @@ def test_pick_chooses_the_right_trial_of_a_known_study():
     # The same rule over a single-objective study reads the metrics the trials measured.
     single = parse_objectives(None, "val_accuracy, inference_ms_per_image<=0.1", "auto")
     assert choose(known_study(single), single).picked == 2
-    assert choose(known_study(single), parse_objectives(None, None, "auto")).winners[0].trial == 1
+    plain = parse_objectives(None, None, "auto")
+    assert choose(known_study(plain), plain).winners[0].trial == 1
     # Budgets on a metric that is not an objective, and a budget nothing meets.
     lean = parse_objectives("val_accuracy,inference_ms_per_image", "num_params<=45000", "auto")
     assert choose(known_study(lean), lean).picked == 0  # 0 and 3 fit; 0 is more accurate
@@ -144,6 +146,59 @@ params:
 
 
 @pytest.mark.slow
+def test_constraints_bound_the_winners_of_a_known_study():
+    from mnist_lab.tuning.objectives import parse_objectives
+    from mnist_lab.tuning.pareto import choose
+
+    fast = parse_objectives(None, None, "auto", constraint="inference_ms_per_image<=0.1")
+    assert [str(c) for c in fast.constraints] == ["inference_ms_per_image<=0.1"]
+    assert fast.pick is None and fast.measured == ("inference_ms_per_image",)
+    choice = choose(known_study(fast), fast)
+    assert [w.trial for w in choice.winners] == [2]  # the most accurate within 0.1 ms
+    two = parse_objectives("val_accuracy,num_params", None, "auto", "inference_ms_per_image<0.1")
+    assert choose(known_study(two), two).pareto == [2, 3]  # 1 is too slow
+    # --pick's budgets and --constraint's both bound the pick and steer the sampler.
+    both = parse_objectives(
+        None, "val_accuracy, num_params<=45000", "auto", "inference_ms_per_image<=1"
+    )
+    assert [str(c) for c in both.constraints] == ["num_params<=45000", "inference_ms_per_image<=1"]
+    nothing = parse_objectives(None, None, "auto", "inference_ms_per_image<=0.01")
+    none = choose(known_study(nothing), nothing)
+    assert none.winners == [] and "no finished trial is within --constraint" in none.note
+
+
+@pytest.mark.parametrize(
+    ("constraint", "message"),
+    [
+        ("val_accuracy", "has no bound; --constraint takes budgets only"),
+        ("latency<=1", "unknown metric 'latency'"),
+        ("num_params<=many", "'many' in 'num_params<=many' is not a number"),
+    ],
+)
+def test_a_bad_constraint_is_refused(constraint, message):
+    from mnist_lab.errors import ConfigError
+    from mnist_lab.tuning.objectives import parse_objectives
+
+    with pytest.raises(ConfigError, match=message):
+        parse_objectives(None, None, "auto", constraint)
+
+
+def test_each_trial_stores_how_far_it_is_from_the_budget(mnist_dir, mlflow_store, tmp_path):
+    space = tmp_path / "mo.yaml"
+    space.write_text(MO_SPACE)
+    opts = options(tmp_path, space, n_trials=2, constraint="num_params<=1e9, num_params>=1e8")
+    result = tune(opts)
+    trials = load(opts).trials
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:
+        params = trial.user_attrs["metrics"]["num_params"]
+        assert trial.constraints == {
+            "num_params<=1e+09": params - 1e9,  # within: <= 0
+            "num_params>=1e+08": 1e8 - params,  # beyond: > 0
+        }
+    assert result.winners == [] and "within --constraint" in result.retrain_note
+
+
 def test_a_two_objective_study_logs_its_pareto_front_and_starts_from_the_defaults(
     mnist_dir, mlflow_store, tmp_path
 ):

@@ -268,15 +268,27 @@ def _lab_attention(module: LabAttention, x: Tensor) -> Tensor:
 
 def _timm_attention(module: nn.Module, x: Tensor, kwargs: dict[str, object]) -> Tensor:
     """timm's Attention weights [B, heads, N, N] for its input x [B, N, D] (as its forward)."""
-    from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
-
     b, n, _ = x.shape
     qkv = module.qkv(x).reshape(b, n, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4)
     q, k = module.q_norm(qkv[0]), module.k_norm(qkv[1])
     scores = (q * module.scale) @ k.transpose(-2, -1)
     mask = kwargs.get("attn_mask")
-    bias = resolve_self_attn_mask(n, scores, mask, bool(kwargs.get("is_causal", False)))
-    return maybe_add_mask(scores, bias).softmax(dim=-1)
+    return _masked(scores, mask, bool(kwargs.get("is_causal", False))).softmax(dim=-1)
+
+
+def _masked(scores: Tensor, mask: Tensor | None, is_causal: bool) -> Tensor:
+    """Attention scores [B, heads, N, N] with a mask applied as scaled_dot_product_attention
+    reads it: `is_causal` hides later tokens (and wins over `mask`); a bool mask keeps where
+    True; any other mask is added."""
+    n = scores.shape[-1]
+    if is_causal:
+        later = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+        return scores.masked_fill(later, float("-inf"))
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask
 
 
 def _attention_modules(vit: nn.Module) -> list[nn.Module]:

@@ -62,6 +62,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     ">": operator.gt,
 }
+STRICT_MARGIN = 1e-12  # the violation of a strict budget met with equality
 _CONSTRAINT = re.compile(r"^([A-Za-z_][\w.]*)\s*(<=|>=|<|>)\s*(\S+)$")
 _NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 
@@ -86,6 +87,17 @@ class Constraint:
         if value is None or math.isnan(value):
             return False
         return OPERATORS[self.op](value, self.bound)
+
+    def violation(self, metrics: Mapping[str, float]) -> float:
+        """By how much `metrics` miss the budget, as Optuna's constraints read it: <= 0 within
+        it, the distance to the bound beyond it, inf where the metric was not measured."""
+        value = metrics.get(self.metric)
+        if value is None or math.isnan(value):
+            return math.inf
+        beyond = value - self.bound if self.op in ("<=", "<") else self.bound - value
+        if self.holds(metrics):
+            return min(beyond, 0.0)
+        return max(beyond, STRICT_MARGIN)  # `<` at the bound itself misses it
 
     def __str__(self) -> str:
         return f"{self.metric}{self.op}{self.bound:g}"

@@ -58,13 +58,16 @@ def scene_loader(
     )
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
 @contextlib.contextmanager
 def loss_mode(detector: nn.Module) -> Iterator[None]:
     """torchvision's detectors return losses only in train mode: switch to it with the norm
     layers kept in eval mode, so measuring a loss does not move the BatchNorm statistics."""
     detector.train()
     for m in detector.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if isinstance(m, BATCH_NORMS):
             m.eval()
     try:
         yield

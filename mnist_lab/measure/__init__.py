@@ -12,6 +12,9 @@
 - `off-centre`: models on the same digits with and without the cleaning (shifts, MNIST-C,
   fonts, handwriting), paired;
 - `sources-figure`: per source, digits as given, as seen after cleaning, and as read.
+- `onnx-exporters`: torch's two ONNX exporters' export time, answers and onnxruntime speed;
+- `constraints`: the share of a CNN study's trials within a budget, with and without
+  `--constraint`.
 
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

@@ -1,5 +1,6 @@
 """`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx|
-calibration|cleaning|off-centre|sources-figure …`: see `mnist_lab.measure`."""
+calibration|cleaning|off-centre|sources-figure|
+onnx-exporters|constraints …`: see `mnist_lab.measure`."""
 
 import importlib
 import sys
@@ -17,6 +18,8 @@ SCRIPTS = {
     "cleaning": "cleaning_cost",
     "off-centre": "off_centre",
     "sources-figure": "sources_figure",
+    "constraints": "constraints",
+    "onnx-exporters": "onnx_exporters",
 }
 
 
@@ -27,7 +30,7 @@ def main(argv: list[str]) -> int:
             "(add --help after any of them for its options)",
             file=sys.stderr,
         )
-        return 2
+        return 2  # usage, as argparse's
     script = importlib.import_module(f"mnist_lab.measure.{SCRIPTS[argv[0]]}")
     return script.main(argv[1:])
 

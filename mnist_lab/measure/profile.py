@@ -42,7 +42,7 @@ from mnist_lab.engine.loop import (
     training_module,
 )
 from mnist_lab.engine.tasks import Task
-from mnist_lab.errors import LabError
+from mnist_lab.errors import EXIT_LAB_ERROR, LabError
 from mnist_lab.measure.hardware import hardware
 from mnist_lab.models import build_model
 from mnist_lab.train import load_splits, make_task
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(profile_steps(configs[0], args.steps, args.warmup, args.rows, args.trace))
     except LabError as err:
-        parser.exit(2, f"{PROG}: error: {err}\n")
+        parser.exit(EXIT_LAB_ERROR, f"{PROG}: error: {err}\n")
     return 0
 
 

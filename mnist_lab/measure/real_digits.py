@@ -33,7 +33,7 @@ import numpy as np
 
 from mnist_lab import names
 from mnist_lab.data.font_digits import DIGITS, generate, read_labels
-from mnist_lab.errors import LabError
+from mnist_lab.errors import EXIT_LAB_ERROR, LabError
 
 PROG = "python -m mnist_lab.measure real-digits"
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_LAB_ERROR
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ a batch whose maximum exceeds 1 is divided by 255, as the pyfunc does), centres 
 centre of mass in the graph (`mnist_lab.data.cleaning.clean`, the pyfunc's cleaning) and answers
 `probabilities` [B, 10] (the served model's: temperature included) and `digit` [B] int64. It is
 exported by torch.onnx's TorchScript-based exporter with a dynamic batch (the torch.export-based
-one answers the same to within 1e-7 but takes 2-4 s a model where this takes 0.1-0.2 s, a cost
-every run would pay; onnxruntime runs both as fast), and checked before it is logged:
+one answers the same to within 1e-7 and runs as fast, but takes ~10× as long to export, a cost
+every run would pay: results/serving.md; tests/test_onnx_exporter.py fails the day torch drops
+the TorchScript-based one), and checked before it is logged:
 onnxruntime's probabilities against torch's on the run's test digits, max |Δ| ≤ TOLERANCE (the
 run's metric `onnx_max_abs_prob_diff`). Unlike the pyfunc it does not refuse bad input with a
 message: MLflow checks the shape and type against its signature, nothing more.
@@ -69,22 +70,37 @@ class OnnxDigits(nn.Module):
         return probs, probs.argmax(dim=1)
 
 
-def export_classifier(model: nn.Module, example: np.ndarray) -> bytes:
-    """`model` as ONNX (OnnxDigits, dynamic batch): the serialized ModelProto."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        torch.onnx.export(
-            OnnxDigits(model.eval()).eval(),
-            (torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32)),),
-            buffer,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT],
-            output_names=[PROBABILITIES, DIGIT],
-            dynamic_axes={name: {0: "batch"} for name in (INPUT, PROBABILITIES, DIGIT)},
-        )
-    return buffer.getvalue()
+def export_classifier(model: nn.Module, example: np.ndarray, dynamo: bool = False) -> bytes:
+    """`model` as ONNX (OnnxDigits, dynamic batch): the serialized ModelProto. `dynamo=True`
+    takes torch's torch.export-based exporter instead (python -m mnist_lab.measure
+    onnx-exporters compares the two)."""
+    digits = (torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32)),)
+    names_ = {"input_names": [INPUT], "output_names": [PROBABILITIES, DIGIT]}
+    with torch.no_grad():
+        if dynamo:
+            program = torch.onnx.export(
+                OnnxDigits(model.eval()).eval(),
+                digits,
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+                **names_,
+            )
+            return program.model_proto.SerializeToString()
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # see test_onnx_exporter.py
+            torch.onnx.export(
+                OnnxDigits(model.eval()).eval(),
+                digits,
+                buffer,
+                dynamo=False,
+                opset_version=OPSET,
+                dynamic_axes={name: {0: "batch"} for name in (INPUT, PROBABILITIES, DIGIT)},
+                **names_,
+            )
+        return buffer.getvalue()
 
 
 def session(onnx_bytes: bytes):

@@ -15,9 +15,12 @@ cannot hold (the logged model, its datasets, tables) waits for the server (`awai
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,12 +55,18 @@ from mnist_lab.tracking.spool import (
 )
 from mnist_lab.tracking.store import open_store, store_client
 
+log = logging.getLogger(__name__)
 MAX_TAG_LENGTH = 4000
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-log = logging.getLogger(__name__)
 # The spool writer of each open run on a tracking server, by run id.
 _writers: dict[str, SpoolWriter] = {}
+# MLflow's system tags, as its docs name them (https://mlflow.org/docs/latest/ml/tracking/
+# tracking-api/#system-tags): a run's name and the parent of a nested run.
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_RUN_ID_TAG = "mlflow.parentRunId"
+# The shape of a name MLflow makes up for an unnamed run: adjective-noun-number (0 to 1000).
+GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,4}")
 
 
 def use_default_experiment() -> None:
@@ -111,6 +120,7 @@ def run(
     nested: bool = False,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start (or, with `run_id` or `MLFLOW_RUN_ID`, re-open) a run and always end it.
 
@@ -128,7 +138,13 @@ def run(
         sweep_stale_runs(keep=joined)
     if joined and run_name and not _generated_name(store_client().get_run(joined).info.run_name):
         run_name = None  # a run resumed or started by `mlflow run --run-name` keeps its name
-    active = mlflow.start_run(run_id=run_id, nested=nested, run_name=run_name, tags=tags)
+    active = mlflow.start_run(
+        run_id=run_id,
+        nested=nested,
+        run_name=run_name,
+        tags=tags,
+        log_system_metrics=system_metrics and _can_monitor(),  # a thread; end_run stops it
+    )
     mark_model_development(active.info.experiment_id)
     run_id = active.info.run_id
     uri = mlflow.get_tracking_uri()
@@ -150,17 +166,21 @@ def run(
         _end(run_id, RunStatus.FINISHED)
 
 
-def _generated_name(name: str | None) -> bool:
-    """Whether `name` is one MLflow made up (`bright-owl-123`), not one a user chose."""
-    from mlflow.utils import name_utils
+@functools.cache
+def _can_monitor() -> bool:
+    """Whether MLflow's system metrics can run here: it raises without psutil (a pinned
+    dependency, so missing only from an environment installed by hand)."""
+    if importlib.util.find_spec("psutil") is None:
+        log.warning("no system metrics: psutil is not installed (pip install psutil)")
+        return False
+    return True
 
-    parts = (name or "").split("-")
-    return not name or (
-        len(parts) == 3
-        and parts[0] in name_utils._GENERATOR_PREDICATES
-        and parts[1] in name_utils._GENERATOR_NOUNS
-        and parts[2].isdigit()
-    )
+
+def _generated_name(name: str | None) -> bool:
+    """Whether `name` is one MLflow made up (`bright-owl-123`: two lowercase words and a
+    number), not one a user chose. The lab names its own runs `<model>-<n>ep…`, with a digit
+    in the second part, so they never look made up; a user's name of that shape would."""
+    return not name or GENERATED_NAME.fullmatch(name) is not None
 
 
 def mark_model_development(experiment_id: str) -> None:
@@ -469,11 +489,9 @@ def active_experiment_id() -> str:
 def child_run_tags(parent_run_id: str, run_name: str | None = None) -> dict[str, str]:
     """Tags that nest a run under `parent_run_id` (and name it), also from a worker process
     with no active run (MLflow's active run is per thread and process: `nested=True` cannot)."""
-    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
-
-    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id}
+    tags = {PARENT_RUN_ID_TAG: parent_run_id}
     if run_name:
-        tags[MLFLOW_RUN_NAME] = run_name
+        tags[RUN_NAME_TAG] = run_name
     return tags
 
 

@@ -52,6 +52,10 @@ def open_store() -> None:
         with _creation_lock(database):
             if database:
                 MlflowClient(uri)  # constructing the client creates and migrates the tables
+            elif uri.lower().startswith(("http://", "https://")):
+                # A server's client connects lazily: ask once, so an unreachable one is a
+                # LabError here rather than a traceback from the first write.
+                MlflowClient(uri).search_experiments(max_results=1)
             else:  # PostgreSQL: the loser of a race to create the tables opens again
                 open_retrying_collisions(lambda: MlflowClient(uri))
     except LabError:

@@ -30,12 +30,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import optuna
 import torch
 
 from mnist_lab import names
 from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
 from mnist_lab.analysis.robustness import evaluate_robustness, model_predict
-from mnist_lab.analysis.selection import METRICS, Rule, direction, parse_rule
+from mnist_lab.analysis.selection import METRICS, Constraint, Rule, direction, parse_rule
 from mnist_lab.config import TrainConfig
 from mnist_lab.engine.classification import CORRUPTION_SEED
 from mnist_lab.engine.loop import TrainState
@@ -62,6 +63,9 @@ class Objectives:
     chosen: tuple[str, ...] = DEFAULT_OBJECTIVES
     pick: Rule | None = None
     pruner: str = "hyperband"
+    # Budgets the sampler steers by (--pick's and --constraint's): each trial stores how far it
+    # is from each (`Trial.set_constraint`), and Optuna's best trial(s) are within them all.
+    constraints: tuple[Constraint, ...] = ()
 
     @property
     def directions(self) -> list[str]:
@@ -78,7 +82,11 @@ class Objectives:
     @property
     def measured(self) -> tuple[str, ...]:
         """The metrics a trial must measure after training (objectives and pick alike)."""
-        wanted = {*self.chosen, *(self.pick.metrics if self.pick else ())}
+        wanted = {
+            *self.chosen,
+            *(self.pick.metrics if self.pick else ()),
+            *(c.metric for c in self.constraints),
+        }
         return tuple(name for name in MEASURED_AFTER if name in wanted)
 
     def values(self, metrics: dict[str, float]) -> list[float]:
@@ -89,10 +97,13 @@ class Objectives:
 
 
 def parse_objectives(
-    objectives: str | Sequence[str] | None, pick: str | None, pruner: str
+    objectives: str | Sequence[str] | None,
+    pick: str | None,
+    pruner: str,
+    constraint: str | None = None,
 ) -> Objectives:
-    """The `--objectives` comma list (default val_accuracy), `--pick` and `--pruner`, checked;
-    ConfigError (exit 2, before any trial) for anything else."""
+    """The `--objectives` comma list (default val_accuracy), `--pick`, `--pruner` and
+    `--constraint`, checked; ConfigError (exit 1, before any trial) for anything else."""
     if isinstance(objectives, str):
         objectives = [item.strip() for item in objectives.split(",") if item.strip()]
     chosen = tuple(objectives or DEFAULT_OBJECTIVES)
@@ -110,8 +121,15 @@ def parse_objectives(
             "front of more is hard to read and needs many more trials)"
         )
     rule = parse_rule(pick, OBJECTIVES, flag="--pick") if pick else None
-    if rule is not None and rule.objective is None:
-        rule = Rule(chosen[0], rule.constraints)  # budgets only: the first objective ranks
+    budgets = ()
+    if constraint:
+        budgets = parse_rule(constraint, OBJECTIVES, flag="--constraint", objective=False)
+        budgets = budgets.constraints
+    if rule is not None:
+        # Budgets only: the first objective ranks; --constraint's bound the pick too.
+        extra = tuple(c for c in budgets if c not in rule.constraints)
+        rule = Rule(rule.objective or chosen[0], rule.constraints + extra)
+    steering = rule.constraints if rule is not None else budgets
     prunable = chosen == DEFAULT_OBJECTIVES
     if pruner == AUTO_PRUNER:
         pruner = "hyperband" if prunable else "none"
@@ -120,7 +138,13 @@ def parse_objectives(
             f"pruner={pruner!r} with objectives {','.join(chosen)}: {NOT_PRUNABLE}. Leave "
             "--pruner out (or give none): every trial then trains its full epoch budget"
         )
-    return Objectives(chosen, rule, pruner)
+    return Objectives(chosen, rule, pruner, steering)
+
+
+def set_constraints(trial: optuna.Trial, objectives: Objectives, metrics: dict[str, float]) -> None:
+    """Store how far `trial` is from each budget (<= 0: within it) for the sampler to steer by."""
+    for budget in objectives.constraints:
+        trial.set_constraint(str(budget), budget.violation(metrics))
 
 
 def trial_metrics(train_metrics: dict[str, float]) -> dict[str, float]:

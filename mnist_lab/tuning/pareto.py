@@ -12,6 +12,7 @@ trial won, `defaults_<objective>` and `<objective>_gain_over_defaults` metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -80,10 +81,14 @@ def choose(study: optuna.Study, objectives: Objectives) -> Choice:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     base_trial = defaults_trial(study)
     base = _winner(base_trial, objectives, None) if base_trial is not None else None
+    # With constraints (--constraint, --pick's budgets), Optuna's best trial(s) are within
+    # every budget: none may be.
+    front: list[FrozenTrial] = []
     if objectives.multi:
         front = sorted(study.best_trials, key=lambda t: t.number)
     else:
-        front = [study.best_trial]
+        with contextlib.suppress(ValueError):  # no trial within the budgets
+            front = [study.best_trial]
     pareto = [t.number for t in front]
     choice = Choice([], pareto, defaults=base)
     if objectives.pick is not None:
@@ -96,6 +101,12 @@ def choose(study: optuna.Study, objectives: Objectives) -> Choice:
         else:
             choice.picked = complete[index].number
             choice.winners = [_winner(complete[index], objectives, base)]
+    elif not front:
+        budgets = ", ".join(map(str, objectives.constraints))
+        choice.note = (
+            f"no finished trial is within --constraint {budgets} (of {len(complete)}); nothing "
+            "to retrain: relax the budget or run more trials"
+        )
     else:
         choice.winners = [_winner(t, objectives, base) for t in front]
     choice.vs_defaults = describe_vs_defaults(choice, objectives)
@@ -219,7 +230,7 @@ def front_figure(study: optuna.Study, objectives: Objectives, choice: Choice, st
         [str(n) for n in numbers],
         defaults=defaults,
         picked=numbers.index(choice.picked) if choice.picked is not None else None,
-        constraints=objectives.pick.constraints if objectives.pick else (),
+        constraints=objectives.constraints,
         title=f"Pareto front of study {study_name}",
         intervals=[trial_intervals(m, objectives.chosen) for m in measured],
         beyond_noise=beyond,

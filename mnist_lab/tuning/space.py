@@ -33,11 +33,11 @@ from typing import Any
 import optuna
 import yaml
 
-from mnist_lab.config import PROJECT_ROOT, SETTINGS, load_config
+from mnist_lab.config import SETTINGS, SHIPPED_DIR, load_config, shipped_or_own
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import TIMM_PREFIX, model_options
 
-TUNING_DIR = PROJECT_ROOT / "tuning"
+TUNING_DIR = SHIPPED_DIR / "tuning"  # the shipped spaces; tuning/ of the working folder first
 SECTIONS = ("fixed", "params", "pruner")
 KINDS = {
     "float": {"type", "low", "high", "log", "step", "when"},
@@ -130,7 +130,7 @@ class SearchSpace:
 def space_file(model: str) -> Path:
     """`tuning/<model>.yaml`; every `timm:<name>` model shares `tuning/timm.yaml`."""
     stem = "timm" if model.startswith(TIMM_PREFIX) else model
-    return TUNING_DIR / f"{stem}.yaml"
+    return shipped_or_own("tuning", f"{stem}.yaml")
 
 
 def load_space(model: str, path: Path | str | None = None) -> SearchSpace:

@@ -171,6 +171,13 @@ def trials_done(study: optuna.Study) -> int:
     return sum(counted(t) for t in study.get_trials(deepcopy=False))
 
 
+def completed_user_attrs(storage_url: str, name: str, key: str) -> list[Any]:
+    """The user attribute `key` of each completed trial of study `name`, in trial order."""
+    study = optuna.load_study(study_name=name, storage=open_storage(storage_url))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [trial.user_attrs.get(key) for trial in complete]
+
+
 def state_counts(study: optuna.Study) -> dict[TrialState, int]:
     counts = dict.fromkeys(TrialState, 0)
     for trial in study.get_trials(deepcopy=False):

@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_lab import names
-from mnist_lab.config import PROJECT_ROOT
 from mnist_lab.settings import setting
 
-DEFAULT_STORAGE = f"sqlite:///{PROJECT_ROOT / 'optuna.db'}"
+DEFAULT_STORAGE = "sqlite:///optuna.db"  # in the working folder, beside MLflow's mlflow.db
 SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("hyperband", "median", "none")
 AUTO_PRUNER = "auto"  # hyperband where the study can prune, none where it cannot
@@ -69,7 +68,14 @@ class TuneOptions:
     pick: str | None = setting(
         None,
         "the trial to retrain by a rule, e.g. 'val_accuracy, inference_ms_per_image<=0.1' "
-        "(unset: the best trial; with several objectives, every Pareto-optimal one)",
+        "(unset: the best trial; with several objectives, every Pareto-optimal one); its "
+        "budgets also steer the sampler, as --constraint's",
+    )
+    constraint: str | None = setting(
+        None,
+        "budgets the sampler steers trials into and every winner meets, e.g. "
+        "'inference_ms_per_image<=0.1' (a comma list of metric<=value, also <, >=, >; unset: "
+        "none beyond --pick's)",
     )
 
     @property

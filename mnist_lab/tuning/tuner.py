@@ -51,6 +51,7 @@ from mnist_lab.tuning.objectives import (
     check_measurable,
     measure,
     parse_objectives,
+    set_constraints,
     trial_metrics,
 )
 from mnist_lab.tuning.pareto import ATTR_METRICS, ATTR_RUN_ID, Winner, choose, log_choice
@@ -180,6 +181,7 @@ class Objective:
             if measured:
                 tracking.log_run_metrics(result.run_id, measured)
             metrics |= measured | {names.VAL_DIGITS: float(config.val_size)}
+            set_constraints(trial, objectives, metrics)
         except optuna.TrialPruned as pruned:
             tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
             raise
@@ -357,7 +359,9 @@ def check(options: TuneOptions) -> tuple[SearchSpace, TrainConfig, Objectives]:
     unknown = sorted(set(options.data) - set(DATA_OPTIONS))
     if unknown:
         raise ConfigError(f"tune takes no setting {unknown}; put it in the space file's fixed:")
-    objectives = parse_objectives(options.objectives, options.pick, options.pruner)
+    objectives = parse_objectives(
+        options.objectives, options.pick, options.pruner, options.constraint
+    )
     load_config(options.model, options.data)  # unknown model, bad data options
     space = load_space(options.model, options.space_path)
     base = trial_config(options, space, {})
@@ -542,6 +546,7 @@ def _summarize(
     report |= {
         "objectives": list(objectives.chosen),
         "pick": str(objectives.pick) if objectives.pick else None,
+        "constraints": [str(c) for c in objectives.constraints],
         "winners": winners,
         "pareto_trials": choice.pareto,
         "defaults": None
@@ -556,7 +561,7 @@ def _summarize(
     first = choice.winners[0] if choice.winners else None
     best_value = first.metrics[objectives.chosen[0]] if first else float("nan")
     overrides = first.overrides if first else {}
-    if not objectives.multi and objectives.chosen == DEFAULT_OBJECTIVES:
+    if not objectives.multi and objectives.chosen == DEFAULT_OBJECTIVES and choice.pareto:
         tracking.log_metrics({names.BEST_VAL_ACCURACY: study.best_value})
     if first:
         tracking.set_tags({names.TAG_BEST_PARAMS: json.dumps(overrides, sort_keys=True)})
@@ -738,6 +743,7 @@ def _parent_params(options: TuneOptions) -> dict[str, Any]:
         "seed": options.seed,
         "objectives": objectives,
         "pick": options.pick,
+        "constraint": options.constraint,
         **{k: options.data.get(k) for k in DATA_OPTIONS if k != "seed"},
     }
 
