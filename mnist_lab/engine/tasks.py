@@ -17,7 +17,6 @@ from torch import nn
 from mnist_lab import names
 from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.data.mnist import Splits
-from mnist_lab.engine.device import amp_dtype
 from mnist_lab.models.common import TemperatureScaled
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -95,12 +94,10 @@ def calibration_report(
     task: Task, model: nn.Module, splits: Splits, test: Evaluation
 ) -> TestReport:
     """Temperature fitted on the validation split's logits, ECE/Brier and the reliability diagram
-    on the test split's, in fp32 as the logged model serves (the test split is evaluated again
-    where `test` ran in bf16); the served model divides its logits by that temperature."""
-    _, val_loader, test_loader = task.loaders(splits)
+    on the test split's (`test`: its fp32 pass), in fp32 as the logged model serves; the served
+    model divides its logits by that temperature."""
+    _, val_loader, _ = task.loaders(splits)
     val = task.evaluate(model, val_loader, amp=False)
-    if amp_dtype(splits.test_x.device, task.config.amp) is not None:
-        test = task.evaluate(model, test_loader, amp=False)
     assert val.logits is not None and test.logits is not None
     calibration = calibration_summary(
         torch.from_numpy(val.logits),

@@ -15,7 +15,9 @@ class RobustnessOptions:
     model_uri: str | None = setting(None, "or this model, e.g. models:/mnist-cnn@champion")
     samples: int = setting(2000, "test digits per corruption (the first ones of the test set)")
     severities: str = setting(
-        str(DEFAULT_SEVERITY), "MNIST-C's severity 3, a comma list (1,3,5) or a range (1..5)"
+        "1..5",
+        "every severity, as a train run's report (same metric names); a comma list (1,3,5), a "
+        f"range, or {DEFAULT_SEVERITY} (MNIST-C's own) alone",
     )
     data_dir: str | None = setting(None, "the folder holding MNIST/raw/ (unset: $MNIST_DATA_DIR)")
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda[:k] or mps")
