@@ -118,9 +118,7 @@ def resume(run_id: str) -> TrainResult:
     data order of the remaining epochs is the one the uninterrupted run would have had.
     """
     checkpoint = load_checkpoint(tracking.download_checkpoint(run_id))
-    values = dict(checkpoint["config"])
-    values.setdefault("split_seed", values.get("seed", 0))  # older runs: the seed drew the split
-    config = build_config(values, source=f"checkpoint of run {run_id}")
+    config = build_config(dict(checkpoint["config"]), source=f"checkpoint of run {run_id}")
     return train(config, resume_run_id=run_id, checkpoint=checkpoint)
 
 

@@ -356,7 +356,6 @@ class BatchLoader:
         def uniform(*shape: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
             return low + (high - low) * torch.rand(n, *shape, generator=g)
 
-        # Legacy draws first, as before: shifts then angles.
         shift, angle = uniform(2), uniform()
         scale, shear = uniform(low=0.0), uniform()
         elastic = torch.randn(n, 2, 4, 4, generator=g)

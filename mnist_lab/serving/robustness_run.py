@@ -87,7 +87,7 @@ def robustness(options: RobustnessOptions) -> RobustnessRun:
     headline = DEFAULT_SEVERITY if DEFAULT_SEVERITY in levels else max(levels)
     uri = model_uri or tracking.run_model_uri(run_id)
     source_run_id = run_id or tracking.source_run_id(uri)
-    pyfunc = tracking.load_model(uri, allow_pickle=options.allow_pickle)
+    pyfunc = tracking.load_model(uri)
     torch_device = resolve_device(options.device)
     model = pyfunc.get_raw_model().to(torch_device)
     mnist = load_mnist(options.data_dir)
