@@ -261,6 +261,11 @@ def _prepare(
                 f"of this mnist-lab version (its layers changed since): {str(err).rstrip('. ')}. "
                 "Start a new run instead of --resume."
             ) from err
+        except KeyError as err:  # a field this version writes and the checkpoint lacks
+            raise LabError(
+                f"the checkpoint of run {resume_run_id} has no {err}: another mnist-lab version "
+                "wrote it. Resume it with that version, or start a new run instead of --resume."
+            ) from None
         if rank is None or rank.is_main:
             tracking.reopen_for_resume(resume_run_id)
     return Session(config, device, splits, model, task, loaders, state)
