@@ -237,8 +237,8 @@ def save_weights(
     module: nn.Module, spec: ModelSpec, folder: Path, code_sha256: str | None = None
 ) -> str:
     """`folder`/weights.safetensors (every tensor of module.state_dict()) and `folder`/spec.json
-    (the spec, the format, the weights file's sha256 and, for a model that carries its code, the
-    code folder's). Returns the weights' sha256."""
+    (the spec, the format version, the weights file's sha256 and, for a model that carries its
+    code, the code folder's). Returns the weights' sha256."""
     import safetensors.torch
 
     folder.mkdir(parents=True, exist_ok=True)
