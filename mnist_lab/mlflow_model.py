@@ -2,7 +2,7 @@
 
 Models logged before the package was grouped by concern name `loader_module:
 mnist_lab.mlflow_model` in their `MLmodel`, and MLflow imports exactly that module to load
-them. The loader now lives in `mnist_lab.tracking.pyfunc` (and new models carry their own,
+them. The loader lives in `mnist_lab.tracking.pyfunc` (and new models carry their own,
 `mnist_lab.inference`); this module only re-exports the names those models use. Nothing new
 imports it. Removing it would make every such model unloadable.
 """

@@ -14,7 +14,7 @@ same one-epoch accuracy (99.14 % vs 99.10 %).
 block's resolution (`cnn_best.yaml`: two a block).
 
 `input_norm` is the per-image rescaling every classifier can take (models/common.py
-`InputNorm`); "none" (the default) is the old model. `pool="avg"` averages the last map instead
+`InputNorm`); "none" (the default) adds nothing. `pool="avg"` averages the last map instead
 of flattening it (a smaller head, so its checkpoints differ).
 """
 
@@ -78,7 +78,7 @@ class CNN(nn.Module):
         self.head = nn.Linear(chans[-1] * side * side, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Models pickled before these options existed lack them: act as the old model.
+        # Models pickled before these options existed lack them: act as without them.
         norm = self._modules.get("input_norm")
         x = self.features(
             self.normalize(norm(x) if norm is not None else x)
@@ -99,7 +99,7 @@ def build_cnn(
 ) -> nn.Module:
     """The `cnn` model: `depth` in 1..4 conv blocks of `convs` convolutions each, `width`
     channels in the first one; `input_norm` and `pool` as in the module docstring (their
-    defaults, and convs=1: the old model, whose checkpoints load unchanged)."""
+    defaults, and convs=1, add nothing to the plain blocks)."""
     check_cnn(
         depth=depth, width=width, dropout=dropout, input_norm=input_norm, pool=pool, convs=convs
     )
