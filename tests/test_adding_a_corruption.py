@@ -1,8 +1,12 @@
-"""docs/extending.md's "Adding a corruption", walked through: a toy corruption registered with
-`register_corruption` (here, in the test, not in the package) is checked, applied, and appears
-in a robustness evaluation of the whole suite with its own metric names, beside MNIST-C's mean.
+"""docs/extending.md's "Adding a corruption", walked through: the page's own code registers a
+toy corruption with `register_corruption` (here, in the test, not in the package); it is then
+checked, applied, and appears in a robustness evaluation of the whole suite with its own metric
+names, beside MNIST-C's mean.
 
 Tensors only: no MNIST, no MLflow, no model."""
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,11 +25,14 @@ from mnist_lab.analysis.corruptions import (
 from mnist_lab.analysis.robustness import corruptions_figure, evaluate_robustness
 from mnist_lab.errors import ConfigError
 
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
-def invert(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
-    """Inverts a random `share` of the images: [B, 1, 28, 28] → [B, 1, 28, 28]."""
-    chosen = torch.rand(len(images), generator=generator, device=generator.device) < share
-    return torch.where(chosen[:, None, None, None], 1.0 - images, images)
+
+def the_guides_code() -> str:
+    """The Python block of the guide's section "Adding a corruption"."""
+    section = GUIDE.read_text(encoding="utf-8").split("\n## Adding a corruption\n")[1]
+    section = re.split(r"\n## ", section)[0]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 def centre_is_bright(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +50,7 @@ def suite(monkeypatch):
 
 
 def test_a_registered_corruption_joins_every_robustness_report(suite) -> None:
-    register_corruption("invert", invert, levels=(0.1, 0.25, 0.5, 0.75, 1.0))
+    exec(the_guides_code(), {})  # defines invert and registers it
     assert corruption_names()[-1] == "invert" and check_corruptions(["invert"]) == ("invert",)
     images = torch.zeros(40, 1, 28, 28)
     images[:20, :, 8:20, 8:20] = 1.0  # first half: a bright centre → label 1
@@ -74,4 +81,4 @@ def test_a_registered_corruption_joins_every_robustness_report(suite) -> None:
 )
 def test_a_bad_registration_says_what_to_change(suite, name, levels, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        register_corruption(name, invert, levels)
+        register_corruption(name, lambda images, level, generator: images, levels)
