@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from mnist_lab import names, tracking
 from mnist_lab.analysis.corruptions import (
-    ALL_CORRUPTIONS,
     DEFAULT_SEVERITY,
     SEVERITIES,
     check_severities,
+    corruption_names,
 )
 from mnist_lab.analysis.robustness import (
     RobustnessResult,
@@ -112,7 +112,7 @@ def robustness(options: RobustnessOptions) -> RobustnessRun:
             model_predict(model),
             images,
             labels,
-            corruptions=ALL_CORRUPTIONS,
+            corruptions=corruption_names(),
             severities=levels,
             seed=seed,
         )

@@ -186,7 +186,7 @@ def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
         folder = Path(tmp) / MODEL_DATA
         digest = save_weights(module, spec, folder, code_sha256=code_digest)
         # Out of the artifact store's reach: a weights or code file swapped there (with its
-        # spec.json) no longer matches what the run recorded.
+        # spec.json) then differs from what the run recorded.
         mlflow.set_tags(
             {names.model_sha256_tag(name): digest, names.model_code_sha256_tag(name): code_digest}
         )
