@@ -4,6 +4,8 @@ report, register, `register --where` and `tune --objectives` / `--pick` as its f
 
 import dataclasses
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,3 +125,15 @@ def test_every_entry_is_well_formed():
         names.Metric("x", "up", "x")
     with pytest.raises(ValueError, match="unknown metric flag"):
         names.metric_names("shown")
+
+
+def test_the_guide_names_every_module_that_reads_the_table():
+    """docs/extending.md's "Adding a metric" names each file a new metric touches or reaches."""
+    package = Path(names.__file__).parent
+    guide = (package.parent / "docs" / "extending.md").read_text()
+    section = guide.split("## Adding a metric")[1].split("\n## ")[0]
+    reads = re.compile(r"names\.METRICS\b|\bmetric_names\(|FROM_PREDICTIONS|import METRICS")
+    readers = [p.relative_to(package) for p in sorted(package.rglob("*.py"))]
+    readers = [p for p in readers if reads.search((package / p).read_text())]
+    assert len(readers) >= 10
+    assert [str(p) for p in readers if str(p) not in section] == []
