@@ -98,7 +98,7 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert run.data.tags[names.TAG_PRECISION] == run.data.params[names.PARAM_PRECISION] == precision
     assert run.data.params["model"] == model
     assert run.data.params["max_train_samples"] == "300"
-    assert set(names.EPOCH_METRICS) | set(names.FINAL_METRICS) | TRUST_METRICS <= set(
+    assert set(names.EPOCH_METRICS) | set(names.metric_names("final")) | TRUST_METRICS <= set(
         run.data.metrics
     )
     assert 0 <= run.data.metrics[names.TEST_ACCURACY] <= 1
