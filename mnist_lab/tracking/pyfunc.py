@@ -55,7 +55,7 @@ from mnist_lab.inference import (  # noqa: F401  (the names older code and old m
     save_weights,
 )
 from mnist_lab.models import ModelSpec
-from mnist_lab.tracking.runs import await_store
+from mnist_lab.tracking.runs import log_flavor_model, set_tags
 
 PACKAGE = Path(inference.__file__).resolve().parent  # mnist_lab/
 # Loaders of the models this mnist-lab logs and logged: the current one carries its code; the
@@ -219,7 +219,6 @@ def log_torch_model(module: nn.Module, spec: ModelSpec, name: str) -> str:
 
 
 def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
-    await_store()  # a logged model is made on the server: it waits for an away one
     with tempfile.TemporaryDirectory() as tmp:
         code = copy_code(Path(tmp) / "code")
         code_digest = inference.code_sha256(code.parent)
@@ -227,18 +226,18 @@ def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
         digest = save_weights(module, spec, folder, code_sha256=code_digest)
         # Out of the artifact store's reach: a weights or code file swapped there (with its
         # spec.json) no longer matches what the run recorded.
-        mlflow.set_tags(
+        set_tags(
             {names.model_sha256_tag(name): digest, names.model_code_sha256_tag(name): code_digest}
         )
-        info = mlflow.pyfunc.log_model(
-            name=name,
+        return log_flavor_model(
+            mlflow.pyfunc,
+            name,
             loader_module=LOADER,
             data_path=str(folder),
             code_paths=[str(code)],
             pip_requirements=list(model_requirements()),
             **kwargs,
         )
-    return info.model_uri
 
 
 def _device_of(model: nn.Module) -> str:
