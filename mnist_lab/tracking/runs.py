@@ -442,8 +442,13 @@ def log_flavor_model(flavor: ModuleType, name: str, **options: Any) -> str:
 
 
 def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    """Metrics for a run that has ended (a trial's measurements after training, a study's
-    confirmation after its retrain)."""
+    """Metrics for a run other than the active one: one that has ended (a trial's
+    measurements after training), or a parent still open here (a study's confirmation after
+    its retrain), which records them through its spool."""
+    if writer := _writer(run_id):
+        values = {k: float(v) for k, v in metrics.items()}
+        writer.add("metrics", {"values": values, "timestamp": int(time.time() * 1000), "step": 0})
+        return
     store_client().log_batch(
         run_id,
         metrics=[
@@ -524,6 +529,11 @@ def find_run(experiment_id: str, tags: dict[str, str]) -> str | None:
 
 
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    """Tags of a run other than the active one; a run still open here (a study's parent)
+    records them through its spool."""
+    if writer := _writer(run_id):
+        writer.add("tags", {"values": {k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}})
+        return
     client = store_client()
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])
