@@ -14,7 +14,10 @@ tracking-outage.md and tracking-outage.csv (one row an epoch) there.
 
     python -m mnist_lab.measure tracking-outage --outage-s 600 --epochs 8 --output-dir results
     python -m mnist_lab.measure tracking-outage --outage-s 20 --epochs 3 \\
-        --max-train-samples 2000     # a check that it works: about a minute on 2 cores
+        --max-train-samples 2000     # a check that it works: minutes on 2 shared cores
+
+With `MNIST_LAB_STORE_WAIT_S=0` the outage run gives up on its server at its end at once (if
+the server is still away then): the path where `runs --sync` sends its spool.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     outage = runs[1]
     away: set[int] = set()  # the outage run's epochs trained, at least in part, while away
+    outage_s = 0.0  # from the server's stop until it answers again
     try:
         for run in runs:
             run.server.start()
@@ -141,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         away = set(range(first, min(outage.epochs_logged() + 1, args.epochs) + 1))
         outage.server.start()
-        print(f"outage: server back after {time.monotonic() - stopped:.0f} s", flush=True)
+        outage_s = time.monotonic() - stopped
+        print(f"outage: server back after {outage_s:.0f} s", flush=True)
         while any(run.exit_status is None for run in runs):
             _reap(runs)
             time.sleep(0.2)
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 run.process.kill()
             run.server.stop()
     rows = _rows(runs, away)
-    text = markdown(runs, away, args, machine)
+    text = markdown(runs, away, outage_s, args, machine)
     print(text, end="")
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -208,6 +213,7 @@ def _read_back(run: Run) -> None:
     from mnist_lab.errors import LabError
 
     os.environ["MLFLOW_TRACKING_URI"] = run.server.uri
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     found = tracking.search_runs(tracking.experiment_name())
     if not found:
         return
@@ -229,10 +235,10 @@ def _read_back(run: Run) -> None:
 
 
 def _spread(values: list[float]) -> str:
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
+    """Mean ± sd of `values`; the value alone for one."""
+    if len(values) < 2:
+        return f"{values[0]:.1f}" if values else "–"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def _rows(runs: list[Run], away: set[int]) -> list[dict[str, object]]:
@@ -248,7 +254,9 @@ def _rows(runs: list[Run], away: set[int]) -> list[dict[str, object]]:
     ]
 
 
-def markdown(runs: list[Run], away: set[int], args: argparse.Namespace, machine: str) -> str:
+def markdown(
+    runs: list[Run], away: set[int], outage_s: float, args: argparse.Namespace, machine: str
+) -> str:
     steady, outage = runs
     command = (
         f"{PROG} --outage-s {args.outage_s:g} --stop-after {args.stop_after} --model "
@@ -265,8 +273,9 @@ def markdown(runs: list[Run], away: set[int], args: argparse.Namespace, machine:
         f"Written by `{command}`: two `mnist-lab train` runs started together, each on its own "
         "`mlflow server` (SQLite behind it, artifacts proxied) on this machine; the second "
         f"one's server was stopped once the run had logged epoch {args.stop_after} and started "
-        f"again {args.outage_s:g} s later. A run whose server was still away at its end "
-        "(`MNIST_LAB_STORE_WAIT_S`) exits non-zero and is sent by `mnist-lab runs --sync`.",
+        f"again {args.outage_s:g} s later; it answered {outage_s:.0f} s after it stopped. A "
+        "run whose server was still away at its end (`MNIST_LAB_STORE_WAIT_S`) exits non-zero "
+        "and is sent by `mnist-lab runs --sync`.",
         "",
         f"**Machine.** {machine}; MLflow {version('mlflow')}. The two runs share it. "
         "n = 1 run each.",
@@ -283,18 +292,19 @@ def markdown(runs: list[Run], away: set[int], args: argparse.Namespace, machine:
         steps = f"{min(run.val_steps)}–{max(run.val_steps)}" if run.val_steps else "none"
         accuracy = "–" if run.test_accuracy is None else f"{run.test_accuracy:.4f}"
         exit_text = str(run.exit_status) + (f"; `runs --sync` {run.synced}" if run.synced else "")
-        label = "server up throughout" if run is steady else f"{args.outage_s:g} s outage"
+        label = "server up throughout" if run is steady else f"{outage_s:.0f} s outage"
         lines.append(
             f"| {label} | {times} | {_spread([s for _, s in run.epoch_times])} | "
             f"{run.wall_s:.0f} | {exit_text} | {run.status} | {steps} | {accuracy} | "
             f"{run.model} | {run.onnx} |"
         )
     during = [s for e, s in outage.epoch_times if e in away]
+    which = f"epoch {min(away)}" if len(away) == 1 else f"epochs {min(away)}–{max(away)}"
     lines += [
         "",
-        f"Epochs in bold were trained, at least in part, while the server was away (epochs "
-        f"{min(away, default=0)}–{max(away, default=0)}): {_spread(during)} s, against "
-        f"{_spread([s for _, s in steady.epoch_times])} s an epoch on the server that stayed up.",
+        f"In bold the epochs trained, at least in part, while the server was away ({which}): "
+        f"{_spread(during)} s, against {_spread([s for _, s in steady.epoch_times])} s an epoch "
+        "for the run whose server stayed up.",
     ]
     return "\n".join(lines) + "\n"
 
