@@ -413,10 +413,7 @@ def _fsync(path: Path) -> None:
 
 
 def _fsync_tree(path: Path) -> None:
-    """fsync a file, or every file in a folder and the folders themselves."""
-    if path.is_file():
-        _fsync(path)
-        return
+    """fsync a file, or a folder with everything in it."""
     for item in [path, *path.rglob("*")]:
         fd = os.open(item, os.O_RDONLY)
         try:
