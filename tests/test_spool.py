@@ -195,8 +195,9 @@ def logged_models(run_id: str) -> list[str]:
 
 def test_a_model_logged_while_the_server_is_away_reaches_the_run_once_by_sync(monkeypatch):
     """The run's end finds the server away: its models (pyfunc and ONNX), saved into the
-    spool, are logged by `runs --sync` as a live run logs them; a failure half way through a
-    model and a second sync make no second model."""
+    spool, are logged by `runs --sync` as a live run logs them, with the tags and metrics
+    recorded for the run by id; a failure half way through a model and a second sync make no
+    second model."""
     monkeypatch.setattr(runs, "is_remote", lambda uri: True)  # the test's store acts a server
     monkeypatch.setenv("MNIST_LAB_STORE_WAIT_S", "0.2")
     store = FlakyStore()
@@ -215,6 +216,9 @@ def test_a_model_logged_while_the_server_is_away_reaches_the_run_once_by_sync(mo
         tracking.log_metrics({names.TEST_ACCURACY: 0.5})
         tracking.log_model(spec.build(), digits[:8].astype(np.float32) / 255, spec)
         tracking.log_onnx_model(spec.build(), digits, spec)
+        # What a study records on its parent run, by id, while the parent is open.
+        tracking.set_run_tags(active.info.run_id, {names.TAG_RETRAIN_RUN_ID: "r1"})
+        tracking.log_run_metrics(active.info.run_id, {names.CONFIRM_P_VALUE: 0.5})
     run_id = active.info.run_id
     assert logged_models(run_id) == []  # all of it waits in the spool
 
@@ -231,6 +235,8 @@ def test_a_model_logged_while_the_server_is_away_reaches_the_run_once_by_sync(mo
     assert run.data.params == {"lr": "0.1", "output": "frame", "chunk": "256"}
     assert names.model_sha256_tag(names.MODEL_ARTIFACT) in run.data.tags
     assert names.ONNX_MAX_PROB_DIFF in run.data.metrics
+    assert run.data.tags[names.TAG_RETRAIN_RUN_ID] == "r1"
+    assert run.data.metrics[names.CONFIRM_P_VALUE] == 0.5
     assert len(run.outputs.model_outputs) == 2
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     assert model.metadata.run_id == run_id
