@@ -160,6 +160,27 @@ def test_backbone_weights_file_loads(tmp_path: Path) -> None:
     assert torch.all(loaded == 0.25)
 
 
+@pytest.mark.parametrize(
+    ("backbone", "network", "first_conv"),
+    [
+        ("mobilenet_v3", torchvision.models.mobilenet_v3_large, "features.0.0.weight"),
+        ("resnet50", torchvision.models.resnet50, "conv1.weight"),
+    ],
+)
+def test_a_torchvision_backbone_file_fills_the_fpn_body(tmp_path, backbone, network, first_conv):
+    net = network(weights=None)
+    with torch.no_grad():
+        net.get_parameter(first_conv).fill_(0.25)
+    path = tmp_path / f"{backbone}.pt"
+    torch.save(net.state_dict(), path)
+    model = build_model("faster_rcnn", backbone=backbone, weights_backbone=str(path))
+    body = model.detector.backbone.body.body  # GreyToImageNet → BackboneWithFPN → its layers
+    stem = body.get_parameter(first_conv.removeprefix("features."))
+    assert torch.all(stem == 0.25)
+    trains = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    assert trains and len(trains) < len({n.split(".")[0] for n, _ in body.named_parameters()})
+
+
 def test_backbone_weights_file_for_another_backbone(tmp_path: Path) -> None:
     path = tmp_path / "small.pt"
     torch.save(SmallBackbone().state_dict(), path)

@@ -21,11 +21,7 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import (
-    BackboneWithFPN,
-    _mobilenet_extractor,
-    _resnet_fpn_extractor,
-)
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, mobilenet_backbone
 from torchvision.models.detection.faster_rcnn import (
     FastRCNNConvFCHead,
     FastRCNNPredictor,
@@ -188,11 +184,42 @@ def _backbone(name: str, weights: str, trainable_layers: int) -> tuple[nn.Module
             net, weights, name, torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1
         )
         layers = trainable_layers if pretrained else MAX_TRAINABLE[name]
-        return GreyToImageNet(_mobilenet_extractor(net, True, layers)), 3
+        fpn = mobilenet_backbone(
+            backbone_name="mobilenet_v3_large",
+            weights=None,
+            fpn=True,
+            norm_layer=norm,
+            trainable_layers=layers,
+        )
+        features = {k.removeprefix("features."): v for k, v in net.state_dict().items()}
+        fpn.body.load_state_dict(features, strict=False)  # the classifier head is not in it
+        return GreyToImageNet(fpn), 3
     net = torchvision.models.resnet50(weights=None)
     _load_backbone(net, weights, name, torchvision.models.ResNet50_Weights.IMAGENET1K_V1)
     layers = trainable_layers if pretrained else MAX_TRAINABLE[name]
-    return GreyToImageNet(_resnet_fpn_extractor(net, layers, norm_layer=nn.BatchNorm2d)), 5
+    freeze_all_but(net, RESNET_STAGES[:layers])
+    fpn = BackboneWithFPN(
+        net,
+        {f"layer{k}": str(k - 1) for k in range(1, 5)},  # strides 4-32 (+ pool 64)
+        [256, 512, 1024, 2048],
+        out_channels=256,
+        norm_layer=nn.BatchNorm2d,
+    )
+    return GreyToImageNet(fpn), 5
+
+
+# ResNet-50's stages from the head down: `trainable_backbone_layers` k trains the first k.
+RESNET_STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")
+
+
+def freeze_all_but(net: nn.Module, stages: tuple[str, ...]) -> None:
+    """Stop the gradients of every parameter of `net` outside `stages` (name prefixes); the
+    stem's BatchNorm trains with the stem (torchvision's rule)."""
+    if "conv1" in stages:
+        stages = (*stages, "bn1")
+    for name, parameter in net.named_parameters():
+        if not name.startswith(stages):
+            parameter.requires_grad_(False)
 
 
 def anchor_sizes(levels: int, low: float, high: float) -> tuple[tuple[int, ...], ...]:
