@@ -42,7 +42,7 @@ from torch import nn
 from mnist_lab import __version__
 from mnist_lab.data.cleaning import clean
 from mnist_lab.errors import ModelFileError
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
 FORMAT = "mnist_lab.safetensors/1"

@@ -11,7 +11,7 @@ import torch
 
 from mnist_lab import tracking
 from mnist_lab.errors import LabError, ModelFileError
-from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models.build import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.tracking.pyfunc import (
     SPEC_FILE,

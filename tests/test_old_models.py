@@ -19,7 +19,7 @@ from pathlib import Path
 
 import mlflow, mlflow.pyfunc, mlflow.pytorch, numpy as np, torch, yaml
 
-from mnist_lab.models import build_model
+from mnist_lab.models.build import build_model
 
 folder = Path(sys.argv[1])
 torch.manual_seed(0)

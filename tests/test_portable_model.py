@@ -29,7 +29,7 @@ from packaging.utils import canonicalize_name
 
 from mnist_lab import inference, names
 from mnist_lab.inference import CHUNK, MAX_BATCH, MAX_DIGITS_ENV, SERVING_ENV, DigitClassifier
-from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models.build import ModelSpec, build_model
 from mnist_lab.tracking import pyfunc
 from mnist_lab.tracking.onnx import TOLERANCE
 

@@ -15,7 +15,7 @@ from mnist_lab.analysis.selection import (
 )
 from mnist_lab.cli import main
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.serving.register import best_run
 
 OBJECTIVES = [

@@ -54,7 +54,7 @@ from mnist_lab.inference import (  # noqa: F401  (the names older code and old m
     load_module,
     save_weights,
 )
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.tracking.runs import await_store
 
 PACKAGE = Path(inference.__file__).resolve().parent  # mnist_lab/
