@@ -38,7 +38,7 @@ def runs_in_store() -> list:
         (["--model", "cnn", "--lr", "-1"], "lr=-1.0 must be > 0"),
         (["--model", "cnn", "--epochs", "0"], "epochs=0 must be >= 1"),
         (["--model", "cnn", "--batch-size", "0"], "batch_size=0 must be >= 1"),
-        (["--model", "vit", "--patch-size", "5"], "vit: patch_size must divide 28"),
+        (["--model", "vit", "--patch-size", "5"], "vit: patch_size must be one of 4, 7, 14"),
         (["--model", "vit", "--dim", "30", "--heads", "4"], "dim (30) must be a positive multiple"),
         (["--model", "vgg16", "--weights", "missing.pth"], "weights='missing.pth': no such file"),
         (["--model", "cnn", "--patch-size", "7"], "'patch_size' is not a setting of model 'cnn'"),

@@ -251,8 +251,8 @@ def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     for option, spec in entry.options.items():
         if spec.choices is not None and full[option] not in spec.choices:
             raise ConfigError(
-                f"{name}: {option} must be one of {', '.join(map(str, spec.choices))}, "
-                f"got {full[option]!r}"
+                f"{name}: {option} must be one of {', '.join(map(str, spec.choices))} "
+                f"({spec.help}), got {full[option]!r}"
             )
     check = entry.check_function()
     if check is not None:
