@@ -207,6 +207,13 @@ def architecture(name: str) -> Architecture:
         ) from None
 
 
+def table_modules() -> list[str]:
+    """The modules the table names for builders and checks: imported only when a model is built,
+    so a logged model's code (tracking/pyfunc.py) carries them beside what its loader imports."""
+    refs = [ref for e in [*ARCHITECTURES.values(), TIMM] for ref in (e.builder, e.check)]
+    return sorted({ref.partition(":")[0] for ref in refs if isinstance(ref, str)})
+
+
 def model_names() -> list[str]:
     """The table's names, then the hint 'timm:<name>' for any timm model."""
     return [*ARCHITECTURES, TIMM.name]

@@ -54,6 +54,7 @@ from mnist_lab.inference import (  # noqa: F401  (the names older code and old m
     load_module,
     save_weights,
 )
+from mnist_lab.models import table_modules
 from mnist_lab.models.build import ModelSpec
 from mnist_lab.tracking.runs import await_store
 
@@ -93,6 +94,7 @@ def code_files() -> list[str]:
     `__init__.py` of every package on their way: paths relative to mnist_lab's parent."""
     seen: set[Path] = set()
     todo = [Path(inference.__file__).resolve()]
+    todo += [file for module in table_modules() for file in _files_of(module)]  # the builders
     while todo:
         path = todo.pop()
         if path in seen:
