@@ -14,7 +14,14 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import cli, names
 from mnist_lab.config import PROJECT_ROOT
-from mnist_lab.models import ARCHITECTURES, benchmark_models
+from mnist_lab.errors import ConfigError
+from mnist_lab.models import (
+    ARCHITECTURES,
+    Architecture,
+    Option,
+    benchmark_models,
+    register_architecture,
+)
 
 DOC = PROJECT_ROOT / "docs" / "extending.md"
 # A fenced block with the file it is, as the doc gives it: "`path`:", a blank line, the block.
@@ -57,6 +64,16 @@ def own_architecture(tmp_path, monkeypatch):
     yield
     ARCHITECTURES.pop("tiny", None)
     sys.modules.pop("my_models", None)
+
+
+def test_a_builder_that_does_not_take_its_options_is_refused():
+    def build(*, width: int) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"'odd': its builder takes width .* options are depth"):
+        register_architecture(Architecture("odd", build, {"depth": Option(1, "blocks")}))
+    with pytest.raises(ConfigError, match="'cnn' is already in the table"):
+        register_architecture(Architecture("cnn", build, {"width": Option(1, "channels")}))
+    assert "odd" not in ARCHITECTURES
 
 
 def test_an_architecture_of_ones_own_trains_tunes_and_compares(

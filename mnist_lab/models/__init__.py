@@ -16,6 +16,7 @@ model by name (the `TIMM` entry). A user's own architecture joins with `register
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,12 +185,22 @@ TIMM = Architecture(
 
 def register_architecture(entry: Architecture) -> Architecture:
     """Add `entry` to the table: from then on it trains, tunes, compares and has its flags
-    like the lab's own. A ConfigError if its name is taken or is a timm name."""
+    like the lab's own. A ConfigError if its name is taken or is a timm name, or if its builder
+    (given as a function) does not take exactly its options, keyword-only."""
     if entry.name in ARCHITECTURES or entry.name.startswith(TIMM_PREFIX):
         raise ConfigError(
             f"architecture {entry.name!r} is already in the table (or is a timm: name); "
             "pick another name"
         )
+    if callable(entry.builder):
+        params = inspect.signature(entry.builder).parameters.values()
+        taken = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if sorted(taken) != sorted(entry.options):
+            raise ConfigError(
+                f"architecture {entry.name!r}: its builder takes {', '.join(taken) or 'nothing'} "
+                f"keyword-only, its options are {', '.join(entry.options) or 'none'}; make "
+                "them the same (def build(*, option, ...))"
+            )
     ARCHITECTURES[entry.name] = entry
     return entry
 
