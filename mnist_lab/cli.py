@@ -26,7 +26,7 @@ from mnist_lab.errors import (
     ConfigError,
     LabError,
 )
-from mnist_lab.models import Option, model_names, options_by_name
+from mnist_lab.models import Option, benchmark_models, model_names, options_by_name
 from mnist_lab.serving.robustness_options import RobustnessOptions
 from mnist_lab.settings import choices_of, help_of, is_unset, parse_bool, parse_number
 from mnist_lab.tuning.tune_options import DATA_OPTIONS, TuneOptions
@@ -410,7 +410,8 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=cmd_compare)
 
     bench = commands.add_parser("benchmark", help="train every model, then compare")
-    add_flag(bench, "models", action="append", help="comma list (default: every lab model)")
+    default = ", ".join(benchmark_models())
+    add_flag(bench, "models", action="append", help=f"comma list (default: {default})")
     for name in ("epochs", "max_train_samples", "max_test_samples", "val_size", "device"):
         add_flag(bench, name, help="override for every model (default: its experiments yaml)")
     add_flag(
