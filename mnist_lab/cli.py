@@ -302,8 +302,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.explain and not args.explain.lower().endswith(".png"):
         raise LabError(f"--explain {args.explain}: give a .png file to write the heat maps to")
     sources, images = collect(args.inputs)  # bad input fails before the (slow) model load
-    allow_pickle = _flag_true(args.allow_pickle, "allow_pickle")
-    model = tracking.load_model(args.model_uri, allow_pickle=allow_pickle)
+    model = tracking.load_model(args.model_uri)
     predictions = predict(model, sources, images)
     if args.json:
         print(json.dumps([p.as_dict() for p in predictions], indent=2))
@@ -371,9 +370,6 @@ def _sync_spools(tracking: Any) -> int:
             "tracking server answers, run `mnist-lab runs --sync` again"
         )
     return 0
-
-
-ALLOW_PICKLE = "load a model logged before the pickle-free format (runs its pickle's code)"
 
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
@@ -468,7 +464,6 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
         metavar="OUT.png",
         help="also draw what the model looked at, as heat maps (default: no drawing)",
     )
-    add_flag(predict, "allow_pickle", f"{ALLOW_PICKLE} (default: false)", boolean=True)
     predict.set_defaults(handler=cmd_predict, model_uri="models:/mnist-cnn@champion")
 
     robust = commands.add_parser(

@@ -366,7 +366,7 @@ def _coerce_augment(value: Any, source: str) -> bool | str:
     """`augment` in its canonical form: False, True or "op:magnitude,..."; ConfigError naming
     the setting and its valid values for anything else."""
     if isinstance(value, int) and value in (0, 1):
-        value = bool(value)  # YAML's 0 / 1, as the old bool field took them
+        value = bool(value)  # YAML's 0 / 1 read as false / true
     from mnist_lab.data.loader import augment_spec  # data/ imports torch
 
     if value is None or isinstance(value, bool | str):

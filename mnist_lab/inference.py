@@ -14,7 +14,9 @@ It imports torch, numpy, pandas and safetensors, mnist_lab's models, errors and 
 mlflow for the exception that makes a bad request a 400; not the training engine, torchmetrics,
 captum, optuna, matplotlib or yaml. spec.json records the sha256 of the weights and of the code
 folder; loading checks both (tracking.load_model also checks them against the logging run's
-tags before MLflow imports anything). No pickle is read: safetensors holds no code.
+tags before MLflow imports anything). No pickle is read: safetensors holds no code. spec.json's
+`format_version` says how to read the folder; a version this code does not read is refused by
+name (docs/serving.md#the-model-format has the rule for changing it).
 
 - `mlflow.pyfunc.load_model(uri).predict(images)` takes any number of 28×28 digits, uint8 0–255
   or float 0–1, centres each by its centre of mass (`mnist_lab.data.cleaning.clean`: a digit
@@ -45,7 +47,8 @@ from mnist_lab.errors import ModelFileError
 from mnist_lab.models.build import ModelSpec
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
-FORMAT = "mnist_lab.safetensors/1"
+FORMAT_VERSION = 1  # spec.json's `format_version`, written when a model is logged
+READ_VERSIONS = (FORMAT_VERSION,)  # the versions `read_spec` takes
 MODEL_DATA = "mnist_lab_model"  # the folder under the model's data/
 WEIGHTS_FILE = "weights.safetensors"
 SPEC_FILE = "spec.json"
@@ -234,8 +237,8 @@ def save_weights(
     module: nn.Module, spec: ModelSpec, folder: Path, code_sha256: str | None = None
 ) -> str:
     """`folder`/weights.safetensors (every tensor of module.state_dict()) and `folder`/spec.json
-    (the spec, the format, the weights file's sha256 and, for a model that carries its code, the
-    code folder's). Returns the weights' sha256."""
+    (the spec, the format version, the weights file's sha256 and, for a model that carries its
+    code, the code folder's). Returns the weights' sha256."""
     import safetensors.torch
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -243,7 +246,7 @@ def save_weights(
     safetensors.torch.save_model(module, str(weights))
     digest = file_sha256(weights)
     record = {
-        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "mnist_lab_version": __version__,
         "weights_sha256": digest,
         **({"code_sha256": code_sha256} if code_sha256 else {}),
@@ -253,20 +256,33 @@ def save_weights(
     return digest
 
 
+def read_spec(folder: str | Path) -> dict[str, Any]:
+    """`folder`/spec.json, checked to be a format version this code reads; ModelFileError naming
+    the version found, the ones read, and the release that logged the model otherwise."""
+    path = Path(folder) / SPEC_FILE
+    try:
+        record = json.loads(path.read_text())
+        found = record.get("format_version")
+    except (OSError, json.JSONDecodeError, AttributeError) as err:  # AttributeError: not {…}
+        raise ModelFileError(f"{path}: missing or unreadable ({err})") from None
+    if type(found) is not int or found not in READ_VERSIONS:  # type: JSON's true is no 1
+        raise ModelFileError(
+            f"{path}: model format version {found!r}; mnist-lab {__version__} reads version "
+            f"{', '.join(map(str, READ_VERSIONS))}. Load it with the mnist-lab release that "
+            f"logged it ({record.get('mnist_lab_version', '?')}): install that version"
+        )
+    return record
+
+
 def load_module(folder: str | Path, device: str = "cpu") -> tuple[ModelSpec, nn.Module]:
     """Rebuild a logged module from `folder` (spec.json + weights.safetensors) with mnist_lab's
     architecture table; no pickle is read. Raises ModelFileError naming the file and the fix for a
-    weights file that is not the one logged, or a spec this version cannot build."""
+    format version this code does not read, a weights file that is not the one logged, or a spec
+    this version cannot build."""
     import safetensors.torch
 
     folder = Path(folder)
-    record = json.loads((folder / SPEC_FILE).read_text())
-    if record.get("format") != FORMAT:
-        raise ModelFileError(
-            f"{folder / SPEC_FILE}: format {record.get('format')!r}, this mnist-lab reads "
-            f"{FORMAT!r}; load it with the mnist-lab version that logged it "
-            f"({record.get('mnist_lab_version', '?')})"
-        )
+    record = read_spec(folder)
     weights = folder / WEIGHTS_FILE
     if file_sha256(weights) != record.get("weights_sha256"):
         raise ModelFileError(
@@ -291,12 +307,14 @@ def code_folder(data_path: str | Path) -> Path:
 
 
 def check_code(data_path: str | Path) -> None:
-    """The model's code folder against the sha256 its spec.json recorded (models logged before
-    their code travelled with them record none). ModelFileError when they differ."""
-    record = json.loads((Path(data_path) / SPEC_FILE).read_text())
+    """The model's code folder against the sha256 its spec.json recorded. ModelFileError when
+    they differ, or when spec.json records none."""
+    record = read_spec(data_path)
     recorded = record.get("code_sha256")
     if not recorded:
-        return
+        raise ModelFileError(
+            f"{Path(data_path) / SPEC_FILE}: records no sha256 of the model's code"
+        )
     folder = code_folder(data_path)
     if code_sha256(folder) != recorded:
         raise ModelFileError(

@@ -119,9 +119,7 @@ def resume(run_id: str) -> TrainResult:
     data order of the remaining epochs is the one the uninterrupted run would have had.
     """
     checkpoint = load_checkpoint(tracking.download_checkpoint(run_id))
-    values = dict(checkpoint["config"])
-    values.setdefault("split_seed", values.get("seed", 0))  # older runs: the seed drew the split
-    config = build_config(values, source=f"checkpoint of run {run_id}")
+    config = build_config(dict(checkpoint["config"]), source=f"checkpoint of run {run_id}")
     return train(config, resume_run_id=run_id, checkpoint=checkpoint)
 
 
@@ -264,6 +262,11 @@ def _prepare(
                 f"of this mnist-lab version (its layers changed since): {str(err).rstrip('. ')}. "
                 "Start a new run instead of --resume."
             ) from err
+        except KeyError as err:  # a field this version writes and the checkpoint lacks
+            raise LabError(
+                f"the checkpoint of run {resume_run_id} has no {err}: another mnist-lab version "
+                "wrote it. Resume it with that version, or start a new run instead of --resume."
+            ) from None
         if rank is None or rank.is_main:
             tracking.reopen_for_resume(resume_run_id)
     return Session(config, device, splits, model, task, loaders, state)

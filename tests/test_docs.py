@@ -1,12 +1,16 @@
 """The documentation holds together: every relative link in README.md, docs/ and results/ points
-at a file or folder that exists (and, into a Markdown file, at a heading it has), and the README
-stays a short way in that names the two set-up commands.
+at a file or folder that exists (and, into a Markdown file, at a heading it has), the README
+stays a short way in that names the two set-up commands, and no diary words (what changed when)
+are left in the docs, the results, the package's comments and docstrings or the shipped configs.
 
 Plain file reads: no MNIST, no MLflow, no model.
 """
 
+import ast
+import io
 import re
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -149,3 +153,73 @@ def test_slugs_follow_github() -> None:
     assert slug("Several objectives, budgets, the defaults as trial 0") == (
         "several-objectives-budgets-the-defaults-as-trial-0"
     )
+
+
+# Words that date a text: they say what changed when, which the git history says, and they go
+# stale the day they are written. A text states what is.
+DIARY = re.compile(
+    r"\bissue #?\d+\b|\bthe old\b|\btoday\b|\btoday's\b|\bno longer\b|\bused to be\b"
+    r"|\bearlier measurement|\bnow (?:comes?|lives?|uses?|takes?)\b|\bas before\b"
+    r"|\bbefore this (?:change|commit|version|release)\b|\bwas changed to\b",
+    re.IGNORECASE,
+)
+
+
+def code_prose(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of a Python file's comments and docstrings: its prose, not its code
+    or its messages."""
+    source = path.read_text(encoding="utf-8")
+    found = [
+        (token.start[0], token.string)
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            value = body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                found += [
+                    (value.lineno + i, line) for i, line in enumerate(value.value.split("\n"))
+                ]
+    return found
+
+
+def prose_files() -> list[tuple[Path, list[tuple[int, str]]]]:
+    """Every text a reader takes as a statement of what is: the docs and results (Markdown), the
+    package's comments and docstrings, and the shipped run configs and search spaces."""
+    out = [
+        (p, list(enumerate(p.read_text(encoding="utf-8").splitlines(), 1)))
+        for p in markdown_files()
+    ]
+    out += [(p, code_prose(p)) for p in sorted((ROOT / "mnist_lab").rglob("*.py"))]
+    for p in sorted((ROOT / "mnist_lab" / "shipped").rglob("*.yaml")):
+        out.append((p, list(enumerate(p.read_text(encoding="utf-8").splitlines(), 1))))
+    return out
+
+
+def diary_words(files: list[tuple[Path, list[tuple[int, str]]]]) -> list[str]:
+    return [
+        f"{path.relative_to(ROOT)}:{number}: {match.group(0)!r}"
+        for path, lines in files
+        for number, line in lines
+        for match in DIARY.finditer(line)
+    ]
+
+
+def test_no_diary_words() -> None:
+    assert diary_words(prose_files()) == []
+
+
+def test_the_diary_check_reads_comments_and_docstrings_not_messages(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    module = tmp_path / "module.py"
+    module.write_text(
+        '"""The loader now lives elsewhere."""\n\n'
+        "def f():\n"
+        '    """As in issue 13."""\n'
+        '    return "the file was changed; no longer valid"  # the old way\n'
+    )
+    words = [w.split(": ", 1)[1] for w in diary_words([(module, code_prose(module))])]
+    assert words == ["'the old'", "'now lives'", "'issue 13'"]
+    assert not DIARY.search("the model is now on the GPU; an interval used to compare two runs")

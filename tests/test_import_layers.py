@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"train", "repeats"},  # one training run (and one config at several seeds), logged
     {"tuning", "comparison", "serving"},  # the workflows built on train() and tracking
     {"measure"},
-    {"cli", "__main__", "mlflow_model"},  # mlflow_model: the alias old logged models load
+    {"cli", "__main__"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mnist_lab.cli import main
 from mnist_lab.data.images import mnist_style
-from mnist_lab.tracking.pyfunc import MAX_BATCH
+from mnist_lab.inference import MAX_BATCH
 
 N = 12  # real MNIST test digits used throughout
 

@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.analysis.corruptions import (
-    ALL_CORRUPTIONS,
     CORRUPTIONS,
     DEFAULT_SEVERITY,
     SEVERITIES,
+    corruption_names,
 )
 from mnist_lab.analysis.robustness import (
     RobustnessResult,
@@ -85,8 +85,8 @@ def test_figures_render(tmp_path) -> None:
     digit = torch.zeros(1, 28, 28)
     digit[0, 6:22, 12:16] = 1.0
     grid = corruptions_figure(digit, severities=(1, DEFAULT_SEVERITY, 5))
-    assert isinstance(grid, Figure) and len(grid.axes) == 3 * (len(ALL_CORRUPTIONS) + 1)
-    accuracy = {c: {s: 1 - 0.1 * s for s in SEVERITIES} for c in ALL_CORRUPTIONS}
+    assert isinstance(grid, Figure) and len(grid.axes) == 3 * (len(corruption_names()) + 1)
+    accuracy = {c: {s: 1 - 0.1 * s for s in SEVERITIES} for c in corruption_names()}
     result = RobustnessResult(0.99, accuracy, 100, 1.0)
     bars = robustness_figure(result)
     bars.savefig(tmp_path / "robustness.png")

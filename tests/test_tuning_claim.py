@@ -14,7 +14,6 @@ import pytest
 from tuning_helpers import (
     DATA_FLAGS,
     all_runs,
-    options,
 )
 
 from mnist_lab import names
@@ -87,22 +86,6 @@ def test_a_claim_never_overwrites_the_holder(tmp_path, space, kind):
     # Another study of the same storage (a journal holds many) has claims of its own.
     other = open_study(storage, "other", load_space("cnn", space), {})
     assert claim(url, storage, other, "retrain:full:2", {"pid": 4}) == {"pid": 4}
-
-
-def test_a_retrain_claimed_before_the_claims_table_still_holds(tmp_path, space):
-    """Studies retrained by an older mnist_lab hold their claim as a study user attr (Optuna's
-    own table): a re-run must not retrain them again."""
-    from mnist_lab.tuning.tuner import TuneResult, _claim_the_retrain
-
-    opts = options(tmp_path, space, retrain="full")
-    storage = open_storage(opts.storage)
-    study = open_study(storage, opts.name, load_space("cnn", space), {})
-    study.set_user_attr("retrain:full:0", {"tune_run_id": "old", "host": "h", "pid": 1})
-    result = TuneResult(opts.name, "new", 0, {}, 0.9, {}, 1.0)
-    assert _claim_the_retrain(opts, storage, result) is None
-    assert "held by tune run old (h, pid 1)" in result.retrain_note
-    study.set_user_attr("retrain:full:0", {"released_by": {"tune_run_id": "old"}})
-    assert _claim_the_retrain(opts, storage, result) == "retrain:full:0"  # released: taken
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])

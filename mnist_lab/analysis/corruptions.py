@@ -64,8 +64,10 @@ MNIST-C's translate stops at 3 px per axis; users' digits do not.
 """
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from numbers import Integral
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +97,6 @@ CORRUPTIONS: tuple[str, ...] = (
 )
 # Beyond MNIST-C: digits far off centre, or partly cut by the frame (see the module's notes).
 LARGE_SHIFTS: tuple[str, ...] = ("shift", "border_cut")
-ALL_CORRUPTIONS = CORRUPTIONS + LARGE_SHIFTS
 SEVERITIES = (1, 2, 3, 4, 5)
 
 _BILINEAR = {"interpolation": InterpolationMode.BILINEAR}
@@ -145,16 +146,56 @@ _LEVELS: dict[str, tuple] = {
 }
 
 
+Apply = Callable[[torch.Tensor, Any, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One corruption of the suite. `apply(images, params, generator)`: images float
+    [B, 1, 28, 28] in [0, 1] on any device, `params` one entry of `levels`, random draws only
+    from `generator` (on the images' device) → float [B, 1, 28, 28] (clamped to [0, 1] after).
+    `levels`: its parameters at severities 1..5."""
+
+    apply: Apply
+    levels: tuple
+
+
+# Every corruption a robustness report evaluates, by name, in report order: the built-in ones
+# (filled at the end of this module), then those `register_corruption` adds.
+SUITE: dict[str, Corruption] = {}
+
+
+def register_corruption(name: str, apply: Apply, levels: Sequence) -> None:
+    """Add a corruption to the suite: every classifier run's report and every `robustness` run
+    then evaluate it at every severity and log `robust_accuracy_<name>` (MNIST-C's severity) and
+    `robust_accuracy_<name>_severity_<k>`. Only MNIST-C's 15 (`CORRUPTIONS`) enter
+    `robust_accuracy_mean`, so a new one is reported beside the mean, not in it."""
+    if not name.isidentifier() or name in SUITE or name in ("mean", "clean"):
+        raise ConfigError(
+            f"corruption name {name!r}: give a new snake_case name (metric names are "
+            f"robust_accuracy_<name>); taken: {', '.join(SUITE)}"
+        )
+    if len(levels) != len(SEVERITIES):
+        raise ConfigError(
+            f"corruption {name!r}: give one parameter set per severity {SEVERITIES}, "
+            f"got {len(levels)}"
+        )
+    SUITE[name] = Corruption(apply, tuple(levels))
+
+
+def corruption_names() -> tuple[str, ...]:
+    """Every corruption in the suite: MNIST-C's 15, the large shifts, then any registered."""
+    return tuple(SUITE)
+
+
 def check_corruptions(names: Iterable[str]) -> tuple[str, ...]:
     """The names as a tuple (duplicates dropped, order kept); ConfigError for an unknown one."""
     if isinstance(names, str):
         names = (names,)
     checked: list[str] = []
     for name in names:
-        if name not in ALL_CORRUPTIONS:
-            raise ConfigError(
-                f"unknown corruption {name!r}; valid corruptions: {', '.join(ALL_CORRUPTIONS)}"
-            )
+        if name not in SUITE:
+            raise ConfigError(f"unknown corruption {name!r}; valid corruptions: {', '.join(SUITE)}")
         if name not in checked:
             checked.append(name)
     return tuple(checked)
@@ -194,8 +235,8 @@ def corrupt(
     if images.shape[0] == 0:
         return images.clone()
     generator = torch.Generator(device=images.device).manual_seed(seed)
-    params = _LEVELS[name][severity - 1]
-    out = _FUNCTIONS[name](images.float(), params, generator)
+    corruption = SUITE[name]
+    out = corruption.apply(images.float(), corruption.levels[severity - 1], generator)
     return out.clamp(0.0, 1.0).to(images.dtype)
 
 
@@ -633,8 +674,7 @@ def _canny_edges(x: torch.Tensor, params: tuple, g: torch.Generator) -> torch.Te
     return torch.maximum(_canny(x, sigma), kept * x)
 
 
-# name -> f(images [B, 1, 28, 28] float32, parameters of one level, generator) -> [B, 1, 28, 28]
-_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+_FUNCTIONS: dict[str, Apply] = {
     "shot_noise": _shot_noise,
     "impulse_noise": _impulse_noise,
     "glass_blur": _glass_blur,
@@ -653,3 +693,4 @@ _FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "shift": _shift,
     "border_cut": _border_cut,
 }
+SUITE.update({name: Corruption(apply, _LEVELS[name]) for name, apply in _FUNCTIONS.items()})

@@ -22,11 +22,10 @@ from torch import nn
 
 from mnist_lab import names
 from mnist_lab.analysis.corruptions import (
-    ALL_CORRUPTIONS,
     CORRUPTIONS,
     DEFAULT_SEVERITY,
-    LARGE_SHIFTS,
     corrupt,
+    corruption_names,
 )
 from mnist_lab.data.cleaning import clean
 
@@ -64,10 +63,11 @@ class RobustnessResult:
 
     def graded_metrics(self) -> dict[str, float]:
         """With several severities: `robust_accuracy_mean_severity_<k>` (MNIST-C's mean at each)
-        and `robust_accuracy_<c>_severity_<k>` of each large shift evaluated; else none."""
+        and `robust_accuracy_<c>_severity_<k>` of each corruption evaluated beside that mean
+        (the large shifts, any registered one); else none."""
         if len(self.severities) < 2:
             return {}
-        shifts = [c for c in self.accuracy if c in LARGE_SHIFTS]
+        shifts = [c for c in self.accuracy if c not in CORRUPTIONS]
         return {
             **{
                 f"{names.ROBUST_ACCURACY_MEAN}_severity_{k}": self.mean_accuracy(k)
@@ -149,10 +149,11 @@ def evaluate_robustness(
 def corruptions_figure(
     image: torch.Tensor,
     severities: Sequence[int] = (DEFAULT_SEVERITY,),
-    corruptions: Sequence[str] = ALL_CORRUPTIONS,
+    corruptions: Sequence[str] | None = None,
 ) -> Figure:
-    """One digit [1, 28, 28] clean and under every corruption: a row per severity."""
-    columns = ["clean", *corruptions]
+    """One digit [1, 28, 28] clean and under every corruption (default: the whole suite): a row
+    per severity."""
+    columns = ["clean", *(corruption_names() if corruptions is None else corruptions)]
     figure = Figure(figsize=(1.1 * len(columns), 1.35 * len(severities) + 0.4))
     axes = figure.subplots(len(severities), len(columns), squeeze=False)
     x = image[None].float()

@@ -1,6 +1,6 @@
 """The comparison's figures: one row per compared run, labels given by the caller.
 
-Built without pyplot (like `plots`), so no backend or display is needed.
+Built without pyplot (like `analysis.run_figures`), so no backend or display is needed.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ epoch e of a run sees the same augmented batches whether or not it was resumed.
 - `noise`: half the images get salt-and-pepper noise on a U(0, m) share of the pixels, then
   Gaussian noise of std U(0, m / 2).
 
-`augment` is a bool (True: today's `shift:2,rotate:10`), a preset name (`AUGMENT_PRESETS`) or
+`augment` is a bool (True: `shift:2,rotate:10`), a preset name (`AUGMENT_PRESETS`) or
 "op[:magnitude],..." with magnitudes defaulting to `DEFAULT_MAGNITUDES`.
 """
 
@@ -356,7 +356,7 @@ class BatchLoader:
         def uniform(*shape: int, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
             return low + (high - low) * torch.rand(n, *shape, generator=g)
 
-        # Legacy draws first, as before: shifts then angles.
+        # Shifts, then angles, first: their draws do not depend on the ops after them.
         shift, angle = uniform(2), uniform()
         scale, shear = uniform(low=0.0), uniform()
         elastic = torch.randn(n, 2, 4, 4, generator=g)

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mnist_lab import names
-from mnist_lab.analysis.corruptions import ALL_CORRUPTIONS, DEFAULT_SEVERITY, SEVERITIES
+from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY, SEVERITIES, corruption_names
 from mnist_lab.analysis.explanations import (
     METHOD_TITLES,
     explanation_examples,
@@ -138,7 +138,7 @@ class ClassificationTask:
                 model_predict(model),
                 images,
                 splits.test_y[:samples],
-                corruptions=ALL_CORRUPTIONS,
+                corruptions=corruption_names(),
                 severities=SEVERITIES,
                 seed=CORRUPTION_SEED,
                 batch_size=config.eval_batch_size,

@@ -95,8 +95,9 @@ def _attempt_store() -> dist.Store:
 
     torchrun's agent serves one store for the whole job (shared with its rendezvous), so after
     a `--max-restarts` restart the keys of the failed attempt are still there, and Gloo would
-    connect to the dead ranks' addresses and hang (pytorch issue 135712). Elsewhere (a plain
-    MASTER_ADDR/MASTER_PORT launch) rank 0 hosts a fresh store, as `env://` does."""
+    connect to the dead ranks' addresses and hang (github.com/pytorch/pytorch/issues/135712).
+    Elsewhere (a plain MASTER_ADDR/MASTER_PORT launch) rank 0 hosts a fresh store, as `env://`
+    does."""
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
     store = dist.TCPStore(

@@ -81,11 +81,6 @@ class TrainState:
             "rng": rng,
         }
 
-    def _history_loss(self, epoch: int) -> float:
-        """`epoch`'s validation loss from the history (checkpoints older than best_val_loss)."""
-        losses = [h[names.VAL_LOSS] for h in self.history if h["epoch"] == epoch]
-        return losses[-1] if losses else math.inf
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -95,13 +90,13 @@ class TrainState:
         self.history = list(state["history"])
         self.best_val_accuracy = state["best_val_accuracy"]
         self.best_epoch = state["best_epoch"]
-        self.best_val_loss = state.get("best_val_loss", self._history_loss(self.best_epoch))
+        self.best_val_loss = state["best_val_loss"]
         self.best_model = state["best_model"]
         self.train_seconds = state["train_seconds"]
-        self.step_seconds = state.get("step_seconds", 0.0)  # absent in older checkpoints
-        self.samples_trained = state.get("samples_trained", 0)
-        self.time_to_target_s = state.get("time_to_target_s")
-        self.epochs_to_target = state.get("epochs_to_target")
+        self.step_seconds = state["step_seconds"]
+        self.samples_trained = state["samples_trained"]
+        self.time_to_target_s = state["time_to_target_s"]
+        self.epochs_to_target = state["epochs_to_target"]
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

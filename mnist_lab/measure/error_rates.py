@@ -330,7 +330,7 @@ def markdown(table: pd.DataFrame, reps: int, promotion_reps: int) -> str:
             f"| {row.regime} | {row.comparison} | {row.seeds} | {level} | {' | '.join(cells)} "
             f"| {half} |"
         )
-    lines += ["", "Half-widths of the 95 % intervals by seeds (docs/comparisons.md shows it):", ""]
+    lines += ["", "Half-widths of the 95 % intervals by seeds:", ""]
     lines += [half_width_table(table)]
     failures = check(table)
     lines += ["", "Acceptance (`measure.error_rates.check`): " + (

@@ -28,9 +28,9 @@ import requests
 import torch
 
 from mnist_lab import tracking
+from mnist_lab.inference import MAX_BATCH
 from mnist_lab.measure.hardware import hardware
 from mnist_lab.models.build import ModelSpec
-from mnist_lab.tracking.pyfunc import MAX_BATCH
 
 STARTUP_TIMEOUT_S = 180.0
 

@@ -14,7 +14,7 @@ same one-epoch accuracy (99.14 % vs 99.10 %).
 block's resolution (`cnn_best.yaml`: two a block).
 
 `input_norm` is the per-image rescaling every classifier can take (models/common.py
-`InputNorm`); "none" (the default) is the old model. `pool="avg"` averages the last map instead
+`InputNorm`); "none" (the default) rescales nothing. `pool="avg"` averages the last map instead
 of flattening it (a smaller head, so its checkpoints differ).
 """
 
@@ -68,12 +68,8 @@ class CNN(nn.Module):
         self.head = nn.Linear(chans[-1] * side * side, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Models pickled before these options existed lack them: act as the old model.
-        norm = self._modules.get("input_norm")
-        x = self.features(
-            self.normalize(norm(x) if norm is not None else x)
-        )  # [B, C, S, S], S = 28 // 2**depth
-        if getattr(self, "pool", "flatten") == "avg":
+        x = self.features(self.normalize(self.input_norm(x)))  # [B, C, S, S], S = 28 // 2**depth
+        if self.pool == "avg":
             x = x.mean((2, 3))  # [B, C]
         return self.head(self.dropout(x.flatten(1)))  # [B, 10]
 

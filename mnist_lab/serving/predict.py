@@ -18,7 +18,7 @@ from mnist_lab.analysis.explanations import (
     method_name,
 )
 from mnist_lab.data.cleaning import clean
-from mnist_lab.tracking.pyfunc import DIGIT, MAX_BATCH, PROB_COLUMNS
+from mnist_lab.inference import DIGIT, MAX_BATCH, PROB_COLUMNS
 
 
 @dataclass

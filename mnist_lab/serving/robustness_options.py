@@ -22,6 +22,3 @@ class RobustnessOptions:
     data_dir: str | None = setting(None, "the folder holding MNIST/raw/ (unset: $MNIST_DATA_DIR)")
     device: str = setting("auto", "auto (cuda, then mps, then cpu), cpu, cuda[:k] or mps")
     seed: int = setting(0, "the corruptions' seed (0: the digits every train run's report sees)")
-    allow_pickle: bool = setting(
-        False, "load a model logged before the pickle-free format (runs its pickle's code)"
-    )

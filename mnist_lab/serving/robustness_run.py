@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from mnist_lab import names, tracking
 from mnist_lab.analysis.corruptions import (
-    ALL_CORRUPTIONS,
     DEFAULT_SEVERITY,
     SEVERITIES,
     check_severities,
+    corruption_names,
 )
 from mnist_lab.analysis.robustness import (
     RobustnessResult,
@@ -87,7 +87,7 @@ def robustness(options: RobustnessOptions) -> RobustnessRun:
     headline = DEFAULT_SEVERITY if DEFAULT_SEVERITY in levels else max(levels)
     uri = model_uri or tracking.run_model_uri(run_id)
     source_run_id = run_id or tracking.source_run_id(uri)
-    pyfunc = tracking.load_model(uri, allow_pickle=options.allow_pickle)
+    pyfunc = tracking.load_model(uri)
     torch_device = resolve_device(options.device)
     model = pyfunc.get_raw_model().to(torch_device)
     mnist = load_mnist(options.data_dir)
@@ -112,7 +112,7 @@ def robustness(options: RobustnessOptions) -> RobustnessRun:
             model_predict(model),
             images,
             labels,
-            corruptions=ALL_CORRUPTIONS,
+            corruptions=corruption_names(),
             severities=levels,
             seed=seed,
         )

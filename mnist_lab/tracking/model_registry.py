@@ -75,11 +75,10 @@ def set_champion(name: str, version: str) -> None:
     store_client().set_registered_model_alias(name, CHAMPION, version)
 
 
-def load_model(uri: str, allow_pickle: bool = False) -> Any:
+def load_model(uri: str) -> Any:
     """The pyfunc at `uri` (`models:/mnist-cnn@champion`, `runs:/<id>/model`, a path), checked
     before MLflow loads it: an MLmodel this mnist-lab wrote (pyfunc.verify_folder), weights
-    and code whose sha256 are the ones the logging run recorded. A pickled model needs
-    `allow_pickle`."""
+    and code whose sha256 are the ones the logging run recorded."""
     _open_store_of(uri)
     try:
         folder = mlflow.artifacts.download_artifacts(uri)
@@ -89,7 +88,7 @@ def load_model(uri: str, allow_pickle: bool = False) -> Any:
             f"model URI {uri!r} does not resolve in the tracking store {tracking_uri()}: "
             f"{first}; use e.g. models:/mnist-cnn@champion (after `register`) or runs:/<id>/model"
         ) from None
-    digests = verify_folder(folder, allow_pickle)
+    digests = verify_folder(folder)
     _check_recorded_digests(uri, digests)
     path = list(sys.path)
     try:
@@ -102,9 +101,9 @@ def load_model(uri: str, allow_pickle: bool = False) -> Any:
 
 
 def _check_recorded_digests(uri: str, digests: Digests) -> None:
-    """The weights' and the code's sha256 against the tags the run wrote when logging (runs
-    logged before a tag existed, and folders whose run is not in this store, have none)."""
-    info = _model_info(uri) if digests.weights else None
+    """The weights' and the code's sha256 against the tags the run wrote when logging (a
+    folder whose run is not in this store has none)."""
+    info = _model_info(uri)
     if info is None or not info.run_id:
         return
     run_id, artifact = info.run_id, info.name or names.MODEL_ARTIFACT
@@ -119,7 +118,7 @@ def _check_recorded_digests(uri: str, digests: Digests) -> None:
         recorded = tags.get(tag)
         if recorded and recorded != digest:
             raise LabError(
-                f"model {uri}: its {what} (sha256 {digest[:12] or 'none'}…) are not the ones run "
+                f"model {uri}: its {what} (sha256 {digest[:12]}…) are not the ones run "
                 f"{run_id} logged ({recorded[:12]}…): the artifacts were changed after logging. "
                 "Do not load it; log the model again from its run"
             )

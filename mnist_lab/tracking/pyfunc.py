@@ -15,16 +15,12 @@ code_paths, not as a wheel of mnist-lab named in the requirements: a wheel would
 dependency of the whole package (optuna, captum, torchmetrics, psycopg, …) into a serving
 environment, and a process holding only the requirements could not load the model without first
 installing it; the copied modules are hashed and checked like the weights.
-
-Models logged before: by an mnist-lab whose loader was this module (no code folder) or
-`mnist_lab.mlflow_model` (pickled `pytorch` flavor) still load, through `_load_pyfunc` here.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
-import os
 import shutil
 import sys
 import tempfile
@@ -40,49 +36,13 @@ from torch import nn
 
 from mnist_lab import inference, names
 from mnist_lab.errors import ModelFileError
-from mnist_lab.inference import (  # noqa: F401  (the names older code and old models use)
-    DIGIT,
-    FORMAT,
-    MAX_BATCH,
-    MODEL_DATA,
-    PROB_COLUMNS,
-    SPEC_FILE,
-    WEIGHTS_FILE,
-    DigitClassifier,
-    RawModule,
-    as_digit_batch,
-    load_module,
-    save_weights,
-)
+from mnist_lab.inference import MODEL_DATA, SPEC_FILE, DigitClassifier, save_weights
 from mnist_lab.models import table_modules
 from mnist_lab.models.build import ModelSpec
 from mnist_lab.tracking.runs import await_store
 
 PACKAGE = Path(inference.__file__).resolve().parent  # mnist_lab/
-# Loaders of the models this mnist-lab logs and logged: the current one carries its code; the
-# older ones are modules of the installed package and name no code.
-LOADER = inference.__name__
-OLD_LOADERS = (__name__, "mnist_lab.mlflow_model")
-
-
-def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> Any:
-    """The loader of models logged before their code travelled with them.
-
-    A model of this format (weights + spec) is rebuilt by `load_module`; a model logged before
-    it (a pickled `pytorch` flavor) still loads through `mlflow.pytorch`, pickle and all.
-    """
-    if os.path.isfile(os.path.join(data_path, SPEC_FILE)):
-        return inference._load_pyfunc(data_path, model_config)
-    import mlflow.pytorch
-    import torch
-
-    device = os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE") or (
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
-    model = mlflow.pytorch.load_model(
-        os.path.dirname(os.path.abspath(data_path)), map_location=device
-    )
-    return DigitClassifier(model, device)
+LOADER = inference.__name__  # the loader a logged model's MLmodel names; it travels in code/
 
 
 # What travels with a model.
@@ -228,7 +188,7 @@ def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
         folder = Path(tmp) / MODEL_DATA
         digest = save_weights(module, spec, folder, code_sha256=code_digest)
         # Out of the artifact store's reach: a weights or code file swapped there (with its
-        # spec.json) no longer matches what the run recorded.
+        # spec.json) then differs from what the run recorded.
         mlflow.set_tags(
             {names.model_sha256_tag(name): digest, names.model_code_sha256_tag(name): code_digest}
         )
@@ -252,26 +212,23 @@ def _device_of(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class Digests:
-    """What a model folder's spec.json records: the weights' sha256 ("" for a pickled model)
-    and the code folder's ("" for a model that carries none)."""
+    """What a model folder's spec.json records: the sha256 of its weights and of its code."""
 
     weights: str
-    code: str = ""
+    code: str
 
 
-def verify_folder(folder: str | Path, allow_pickle: bool = False) -> Digests:
-    """Check a downloaded model folder before MLflow loads it: its MLmodel must name a loader
-    of this package, its code folder (the current loader's only) must be the one spec.json
-    records, and its weights must be this format's. Returns spec.json's digests
-    (`load_module` checks the weights file against them).
+def verify_folder(folder: str | Path) -> Digests:
+    """Check a downloaded model folder before MLflow loads it: its MLmodel must name this
+    package's loader with its code folder and no other flavor, its spec.json must be a format
+    version this code reads, and its code folder must be the one spec.json records. Returns
+    spec.json's digests (`load_module` checks the weights file against them).
 
     MLflow imports whatever `loader_module` an MLmodel names and puts its `code` folder on
     sys.path, so an MLmodel or code edited by whoever can write artifacts would run their code;
-    a pickled model (MLflow's pytorch flavor, logged by older versions) runs its pickle's. All
-    are refused with a LabError naming the model, the latter unless `allow_pickle`.
+    another flavor (MLflow's pickled `pytorch`) would run its pickle's. All are refused with a
+    ModelFileError naming the model.
     """
-    import json
-
     import yaml
 
     folder = Path(folder)
@@ -282,33 +239,17 @@ def verify_folder(folder: str | Path, allow_pickle: bool = False) -> Digests:
         raise ModelFileError(
             f"{folder}: not an MLflow model with a python_function ({err})"
         ) from None
-    data = folder / str(pyfunc.get("data", ""))
-    if "pytorch" in flavors and not (data / SPEC_FILE).is_file():
-        if allow_pickle:
-            return Digests("")
-        raise ModelFileError(
-            f"{folder}: a pickled model (MLflow's pytorch flavor, logged by an older mnist-lab): "
-            "loading it runs whatever code its pickle holds. Re-log it from its run "
-            "(train --resume, or a new train run), or pass --allow-pickle if you trust where "
-            "it came from"
-        )
     loader, code = pyfunc.get("loader_module"), pyfunc.get("code")
     extra = sorted(set(flavors) - {"python_function"})
-    expected = inference.CODE_DIR if loader == LOADER else None
-    if loader not in (LOADER, *OLD_LOADERS) or code != expected or extra:
+    if loader != LOADER or code != inference.CODE_DIR or extra:
         raise ModelFileError(
             f"{folder}/MLmodel: loader {loader!r}, code {code!r}, other flavors {extra}: not a "
-            f"model this mnist-lab logged (loader {LOADER} with code {inference.CODE_DIR!r}, or "
-            f"{' or '.join(OLD_LOADERS)} with no code; no other flavor). Loading it would run "
-            "code the model carries; refused"
+            f"model this mnist-lab logged (loader {LOADER} with code {inference.CODE_DIR!r}, no "
+            "other flavor). Loading it would run code the model carries; refused"
         )
-    try:
-        record = json.loads((data / SPEC_FILE).read_text())
-        digests = Digests(record["weights_sha256"], record.get("code_sha256", ""))
-    except (OSError, KeyError, json.JSONDecodeError) as err:
-        raise ModelFileError(f"{data / SPEC_FILE}: missing or unreadable ({err})") from None
-    if code:
-        if not digests.code:
-            raise ModelFileError(f"{data / SPEC_FILE}: records no sha256 of the model's code")
-        inference.check_code(data)
-    return digests
+    data = folder / str(pyfunc.get("data", ""))
+    record = inference.read_spec(data)
+    if "weights_sha256" not in record:
+        raise ModelFileError(f"{data / SPEC_FILE}: records no sha256 of the model's weights")
+    inference.check_code(data)
+    return Digests(record["weights_sha256"], record["code_sha256"])

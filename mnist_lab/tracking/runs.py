@@ -230,7 +230,7 @@ def _end(
         else:
             if not sent:
                 with fail_fast(), contextlib.suppress(Exception):
-                    mlflow.end_run(name)  # no longer the active run; the spool ends it later
+                    mlflow.end_run(name)  # the process's active run only; the spool ends it later
                 message = unreachable_message(writer, "ended")
                 if failing:
                     log.error("%s", message)

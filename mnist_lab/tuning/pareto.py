@@ -54,16 +54,13 @@ class Choice:
     vs_defaults: str = ""
 
 
-def metrics_of(trial: FrozenTrial, objectives: Objectives) -> dict[str, float]:
-    """What the trial measured; its Optuna values are the objectives' (older trials have no
-    `metrics` user attr: their value is val_accuracy)."""
-    found = dict(trial.user_attrs.get(ATTR_METRICS, {}))
-    found.update(zip(objectives.chosen, trial.values or (), strict=False))
-    return found
+def metrics_of(trial: FrozenTrial) -> dict[str, float]:
+    """What the finished trial measured: every objective's value, and more."""
+    return dict(trial.user_attrs[ATTR_METRICS])
 
 
 def _winner(trial: FrozenTrial, objectives: Objectives, base: Winner | None) -> Winner:
-    metrics = metrics_of(trial, objectives)
+    metrics = metrics_of(trial)
     gains = {}
     if base is not None:
         gains = {o: gain(base.metrics[o], metrics[o], o) for o in objectives.chosen}
@@ -92,7 +89,7 @@ def choose(study: optuna.Study, objectives: Objectives) -> Choice:
     pareto = [t.number for t in front]
     choice = Choice([], pareto, defaults=base)
     if objectives.pick is not None:
-        index = objectives.pick.best([metrics_of(t, objectives) for t in complete])
+        index = objectives.pick.best([metrics_of(t) for t in complete])
         if index is None:
             choice.note = (
                 f"no finished trial is within --pick {objectives.pick} (of {len(complete)}); "
@@ -118,8 +115,8 @@ def describe_vs_defaults(choice: Choice, objectives: Objectives) -> str:
     base = choice.defaults
     if base is None:
         return (
-            "no defaults trial finished (a study started before the defaults were its trial 0, "
-            "or trial 0 failed): nothing to compare with"
+            "no defaults trial finished (trial 0 failed, or no default lies inside the space): "
+            "nothing to compare with"
         )
     if not choice.winners:
         return f"no winner; the defaults (trial {base.trial}): {_values(base, objectives)}"
@@ -216,7 +213,7 @@ def log_choice(
 def front_figure(study: optuna.Study, objectives: Objectives, choice: Choice, study_name: str):
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     numbers = [t.number for t in complete]
-    measured = [metrics_of(t, objectives) for t in complete]
+    measured = [metrics_of(t) for t in complete]
     points = [objectives.values(m) for m in measured]
     front = [numbers.index(n) for n in choice.pareto if n in numbers]
     defaults = numbers.index(choice.defaults.trial) if choice.defaults else None

@@ -484,11 +484,7 @@ def _claim_the_retrain(
             trials = hashlib.sha256(trials.encode()).hexdigest()[:16]
         key += f":trials={trials}"
     mine = _claimant(result)
-    legacy = study.user_attrs.get(key)
-    if isinstance(legacy, dict) and "tune_run_id" in legacy:
-        holder = legacy  # held (the holder's copy, or a claim made before mnist_lab_claims)
-    else:
-        holder = claim(options.storage, storage, study, key, mine)
+    holder = claim(options.storage, storage, study, key, mine)
     if holder == mine:
         return key
     retrain_run = study.user_attrs.get(f"{key}:run_id", "in progress")
