@@ -374,15 +374,14 @@ def _sync_spools(tracking: Any) -> int:
 
 def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     """compare, benchmark, register, predict, robustness and runs."""
-    from mnist_lab.analysis.selection import RUN_BUDGETS
-    from mnist_lab.names import SELECTABLE_METRICS
+    from mnist_lab.names import METRICS, metric_names
 
     compare = commands.add_parser("compare", help="table and plots of finished runs")
     add_flag(
         compare,
         "best_by",
         help="per model, the configuration with the best mean of a metric (default: the newest "
-        f"configuration); one of {', '.join(SELECTABLE_METRICS)}",
+        f"configuration); one of {', '.join(METRICS)}",
     )
     compare.add_argument(
         "--tag",
@@ -444,7 +443,8 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
         "--where",
         metavar="BUDGETS",
         help="the best run within these budgets, e.g. 'inference_ms_per_image<=0.1' (a comma "
-        f"list of metric<=value, also <, >=, >; metrics: {', '.join(RUN_BUDGETS)}; default: "
+        f"list of metric<=value, also <, >=, >; metrics: {', '.join(metric_names('budget'))}; "
+        "default: "
         "no budget)",
     )
     register.set_defaults(handler=cmd_register)

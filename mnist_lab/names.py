@@ -1,8 +1,10 @@
 """Names every run shares: metric keys, artifact paths and tags.
 
 The MLflow compare view, `compare`, `register` and the tuner all read runs by these names, so
-they live here and nowhere else.
+they live here and nowhere else; so does what each of them knows about a metric (METRICS).
 """
+
+from dataclasses import dataclass, fields
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 28
@@ -27,16 +29,6 @@ INFERENCE_MS_PER_IMAGE_SLOWEST = "inference_ms_per_image_slowest"  # the slowest
 VAL_DIGITS = "val_digits"  # a trial's validation digits: its accuracy's interval
 THROUGHPUT_IMG_PER_S = "throughput_img_per_s"
 PEAK_MEMORY_MB = "peak_memory_mb"
-FINAL_METRICS = (
-    TEST_ACCURACY,
-    TEST_F1_MACRO,
-    TEST_LOSS,
-    TRAIN_TIME_S,
-    NUM_PARAMS,
-    INFERENCE_MS_PER_IMAGE,
-    THROUGHPUT_IMG_PER_S,
-    PEAK_MEMORY_MB,
-)
 # Dense FLOPs of one training step (forward + backward) per image (per scene for the detector),
 # counted once by torch.utils.flop_counter, and what the training steps achieved: that times
 # the images trained on, over the wall time of the training steps (validation not included).
@@ -79,12 +71,11 @@ TEMPERATURE = "temperature"  # what the logged model divides its logits by
 
 # Honest numbers (analysis/statistics.py). Every run: the 95 % interval of its test accuracy
 # (Wilson, over its test digits). A `train --seeds N` parent run: over its N seed runs, each
-# metric of REPEATED_METRICS as <metric>_mean, _std, _ci95_low and _ci95_high (test accuracy's
-# interval counts the seeds and the digits; the others' the seeds), and n_seeds.
+# metric METRICS marks `repeated` as <metric>_mean, _std, _ci95_low and _ci95_high (test
+# accuracy's interval counts the seeds and the digits; the others' the seeds), and n_seeds.
 TEST_ACCURACY_CI95_LOW = "test_accuracy_ci95_low"
 TEST_ACCURACY_CI95_HIGH = "test_accuracy_ci95_high"
 N_SEEDS = "n_seeds"
-REPEATED_METRICS = (TEST_ACCURACY, ROBUST_ACCURACY_MEAN, TEST_ECE, BEST_VAL_ACCURACY, TRAIN_TIME_S)
 AGGREGATES = ("mean", "std", "ci95_low", "ci95_high")
 
 
@@ -210,19 +201,6 @@ def gain_over_defaults_metric(objective: str) -> str:
 
 DEFAULT_EXPERIMENT = "mnist-lab"
 
-# Metrics a configuration can be chosen by; for these, lower is better.
-SELECTABLE_METRICS = (*EPOCH_METRICS, *FINAL_METRICS, BEST_VAL_ACCURACY)
-LOWER_IS_BETTER = {
-    TRAIN_LOSS,
-    VAL_LOSS,
-    TEST_LOSS,
-    TRAIN_TIME_S,
-    EPOCH_TIME_S,
-    NUM_PARAMS,
-    INFERENCE_MS_PER_IMAGE,
-    PEAK_MEMORY_MB,
-}
-
 # The run's model as ONNX (tracking/onnx.py): digits → probabilities, temperature included; for
 # faster_rcnn, its detector (one scene → boxes, labels, scores). Checked against torch at logging.
 ONNX_ARTIFACT = "onnx"
@@ -240,3 +218,160 @@ def model_sha256_tag(artifact: str) -> str:
 def model_code_sha256_tag(artifact: str) -> str:
     """The run tag holding the sha256 of the code folder its logged model `artifact` carries."""
     return f"{artifact}.code_sha256"
+
+
+# The metric table: what every part of the lab knows about a metric, stated once. `compare`,
+# `report`, `register`, `tune`, `--pick` / `--where` / `--best-by` and `train --seeds N` read it;
+# a metric computed from a run's test predictions adds its function to
+# analysis/metrics.py's FROM_PREDICTIONS and is then logged by every run.
+MAXIMIZE = "maximize"  # Optuna's direction names
+MINIMIZE = "minimize"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: which way is better, how it is named and printed, and who reads it."""
+
+    name: str
+    direction: str  # MAXIMIZE or MINIMIZE
+    label: str  # for people: axis labels and help, unit included
+    fmt: str = "{:.4f}"  # how `compare` and `report` print it
+    final: bool = False  # every finished train run logs it, classifier and detector alike
+    compare: bool = False  # a column of `compare`'s table: the mean over a row's runs
+    report: bool = False  # a column of `report`'s tables (configurations, benchmark)
+    repeated: bool = False  # a `train --seeds N` parent logs its mean, std and interval
+    # A `tune --objectives`, `--pick` and `--constraint` metric: a trial measures it without
+    # the test split (tuning/objectives.py says how).
+    objective: bool = False
+    # `register --where` may bound it: what a finished train run logs of its cost or of
+    # validation, never a test-set score (registration chooses by validation only).
+    budget: bool = False
+    register: bool = False  # tagged on the model version `register` creates
+
+    def __post_init__(self) -> None:
+        if self.direction not in (MAXIMIZE, MINIMIZE):
+            raise ValueError(
+                f"metric {self.name}: direction {self.direction!r} is not "
+                f"{MAXIMIZE!r} or {MINIMIZE!r}"
+            )
+
+
+METRICS: dict[str, Metric] = {
+    metric.name: metric
+    for metric in (
+        # Per epoch.
+        Metric(TRAIN_LOSS, MINIMIZE, "training loss"),
+        Metric(TRAIN_ACCURACY, MAXIMIZE, "training accuracy"),
+        Metric(VAL_LOSS, MINIMIZE, "validation loss"),
+        Metric(VAL_ACCURACY, MAXIMIZE, "validation accuracy", objective=True),
+        Metric(EPOCH_TIME_S, MINIMIZE, "epoch time (s)", "{:.1f}"),
+        # Once a run, on the test split (the columns in this order).
+        Metric(TEST_ACCURACY, MAXIMIZE, "test accuracy", final=True, repeated=True, register=True),
+        Metric(TEST_F1_MACRO, MAXIMIZE, "test macro F1", final=True, compare=True, register=True),
+        Metric(TEST_LOSS, MINIMIZE, "test loss", final=True, compare=True, register=True),
+        Metric(
+            ROBUST_ACCURACY_MEAN,
+            MAXIMIZE,
+            "test accuracy under corruptions (mean)",
+            compare=True,
+            report=True,
+            repeated=True,
+        ),
+        Metric(
+            TEST_ECE,
+            MINIMIZE,
+            "expected calibration error (test)",
+            compare=True,
+            report=True,
+            repeated=True,
+        ),
+        Metric(TEST_ECE_CALIBRATED, MINIMIZE, "ECE after temperature scaling", compare=True),
+        Metric(TEST_BRIER, MINIMIZE, "Brier score (test)"),
+        Metric(ROBUST_ERROR_RATIO, MINIMIZE, "corrupted error / clean error", "{:.2f}"),
+        Metric(TEST_NO_DETECTION_RATE, MINIMIZE, "test digits with no box found"),
+        Metric(TEST_MAP_50, MAXIMIZE, "test mAP@.5"),
+        Metric(TEST_MAP, MAXIMIZE, "test mAP@[.5:.95]"),
+        # The training and its cost.
+        Metric(
+            TRAIN_TIME_S,
+            MINIMIZE,
+            "training time (s)",
+            "{:.1f}",
+            final=True,
+            compare=True,
+            report=True,
+            repeated=True,
+            objective=True,
+            budget=True,
+            register=True,
+        ),
+        Metric(
+            NUM_PARAMS,
+            MINIMIZE,
+            "parameters",
+            "{:,.0f}",
+            final=True,
+            compare=True,
+            objective=True,
+            budget=True,
+            register=True,
+        ),
+        Metric(
+            INFERENCE_MS_PER_IMAGE,
+            MINIMIZE,
+            "inference latency (ms per image)",
+            "{:.3f}",
+            final=True,
+            compare=True,
+            objective=True,
+            budget=True,
+        ),
+        Metric(
+            THROUGHPUT_IMG_PER_S,
+            MAXIMIZE,
+            "inference throughput (images/s)",
+            "{:,.0f}",
+            final=True,
+            compare=True,
+            budget=True,
+        ),
+        Metric(PEAK_MEMORY_MB, MINIMIZE, "peak memory (MB)", "{:.0f}", final=True, budget=True),
+        Metric(
+            TRAIN_FLOPS_PER_IMAGE,
+            MINIMIZE,
+            "training FLOPs per image",
+            "{:.3g}",
+            objective=True,
+            budget=True,
+        ),
+        Metric(TRAIN_TFLOPS_PER_S, MAXIMIZE, "training TFLOP/s achieved", "{:.3f}"),
+        Metric(
+            BEST_VAL_ACCURACY,
+            MAXIMIZE,
+            "best validation accuracy",
+            repeated=True,
+            budget=True,
+            register=True,
+        ),
+        Metric(TIME_TO_TARGET_S, MINIMIZE, "time to the target accuracy (s)", "{:.1f}"),
+        Metric(EPOCHS_TO_TARGET, MINIMIZE, "epochs to the target accuracy", "{:.0f}"),
+        Metric(TEST_REPORT_S, MINIMIZE, "end-of-run report time (s)", "{:.1f}", report=True),
+        Metric(TRACKING_OVERHEAD, MINIMIZE, "tracking time / training time", "{:.3f}"),
+        # Tuning trials only.
+        Metric(
+            VAL_ROBUST_ACCURACY,
+            MAXIMIZE,
+            "validation accuracy under corruptions (mean)",
+            objective=True,
+        ),
+    )
+}
+FLAGS = tuple(f.name for f in fields(Metric) if isinstance(f.default, bool))
+
+
+def metric_names(flag: str) -> list[str]:
+    """The table's metrics with `flag` set ("final", "compare", "budget", ...), in its order.
+    Read at each use, so an entry added at run time counts everywhere."""
+    if flag not in FLAGS:
+        raise ValueError(f"unknown metric flag {flag!r}; one of {', '.join(FLAGS)}")
+    return [metric.name for metric in METRICS.values() if getattr(metric, flag)]

@@ -3,9 +3,9 @@ that logs what the seeds say together.
 
 The seeds are `config.seed` … `config.seed + N - 1`; every child keeps the configuration's
 `split_seed`, so all of them are scored on the same validation and test digits. The parent run
-(tag `kind=repeats`) logs the configuration's params, `seeds`, and for each of
-names.REPEATED_METRICS its mean, std and 95 % interval over the seeds (test accuracy's counts the
-test digits too: analysis/statistics.py), and `n_seeds`.
+(tag `kind=repeats`) logs the configuration's params, `seeds`, and for each metric that
+names.METRICS marks `repeated` its mean, std and 95 % interval over the seeds (test accuracy's
+counts the test digits too: analysis/statistics.py), and `n_seeds`.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def train_seeds(
             )
         tests = [run.predictions["test"] for run in runs if "test" in run.predictions]
         correct = correct_matrix(tests) if len(tests) == len(runs) else None
-        metrics = aggregate_runs([run.metrics for run in runs], names.REPEATED_METRICS, correct)
+        metrics = aggregate_runs([r.metrics for r in runs], names.metric_names("repeated"), correct)
         tracking.log_metrics(metrics)
         mean = names.aggregate(names.TEST_ACCURACY, "mean")
         low = names.aggregate(names.TEST_ACCURACY, "ci95_low")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mnist_lab import names, tracking
-from mnist_lab.analysis.metrics import classification_summary
+from mnist_lab.analysis.metrics import classification_summary, prediction_metrics
 from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.analysis.run_figures import (
     confusion_matrix_figure,
@@ -343,6 +343,12 @@ def end_of_run_report(session: Session, flops: float, tracking_seconds: float) -
     }
     report.predictions = report.predictions or {"test": test}
     report.metrics[names.TEST_REPORT_S] = time.perf_counter() - start
+    if missing := [m for m in names.metric_names("final") if m not in report.metrics]:
+        log.warning(
+            "names.METRICS marks %s final, but this run computed no value for it; give it a "
+            "function in analysis/metrics.py's FROM_PREDICTIONS",
+            ", ".join(missing),
+        )
     return report
 
 
@@ -413,9 +419,11 @@ def _final_metrics(
     device: torch.device,
     tracking_s: float,
 ) -> dict[str, float]:
+    """The test pass's metrics (FROM_PREDICTIONS's included) and the run's cost."""
     train_time = state.train_seconds
     low, high = wilson_interval(int(np.sum(test.predictions == test.targets)), len(test.targets))
     return {
+        **prediction_metrics(test.probabilities, test.targets),
         names.TEST_ACCURACY: summary["accuracy"],
         names.TEST_ACCURACY_CI95_LOW: low,
         names.TEST_ACCURACY_CI95_HIGH: high,

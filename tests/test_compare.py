@@ -17,7 +17,7 @@ from mnist_lab.analysis.corruptions import CORRUPTIONS
 from mnist_lab.analysis.statistics import MCNEMAR, T_SEEDS_DIGITS, holm
 from mnist_lab.cli import main
 from mnist_lab.comparison import comparison_figures as compare_plots
-from mnist_lab.comparison.compare import COLUMNS, PLOTS, compare
+from mnist_lab.comparison.compare import PLOTS, columns, compare
 from mnist_lab.comparison.groups import select_groups
 
 TINY = {
@@ -60,7 +60,7 @@ def test_compare_writes_table_files_plots_and_a_comparison_run(trained, tmp_path
     assert trained["cnn"] in printed and trained["vit"] in printed
 
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table.columns) == [*COLUMNS, "status"]
+    assert list(table.columns) == [*columns(), "status"]
     assert sorted(table["model"]) == ["cnn", "vit"]
     row = table.set_index("model").loc["cnn"]
     run = MlflowClient().get_run(trained["cnn"])

@@ -212,7 +212,7 @@ def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     assert run.data.tags[names.TAG_MODEL] == "faster_rcnn"
     assert run.data.params["backbone"] == "small" and run.data.params["canvas_size"] == "64"
     final = {
-        *names.FINAL_METRICS,
+        *names.metric_names("final"),
         names.TEST_NO_DETECTION_RATE,
         names.TEST_MAP_50,
         names.TEST_MAP,

@@ -6,11 +6,18 @@ import threading
 import time
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
 
-from mnist_lab.errors import LabError
+from mnist_lab import names, tracking
+from mnist_lab.errors import LabError, StoreUnreachable
+from mnist_lab.models.build import ModelSpec
+from mnist_lab.tracking import runs
 from mnist_lab.tracking.spool import Spool, SpoolWriter, replay_all, spools
 
 
@@ -156,3 +163,82 @@ def test_a_spool_folder_that_cannot_be_made_says_which_setting_moves_it(tmp_path
     (tmp_path / "file").write_text("")
     with pytest.raises(LabError, match="MNIST_LAB_SPOOL_DIR to a writable folder"):
         Spool.create(tmp_path / "file", "run1", "http://x")
+
+
+class FlakyStore:
+    """A real MlflowClient of the test's SQLite store that, while `down`, fails every call as
+    an unreachable server does; `fail_once` names a method whose next call fails that way."""
+
+    def __init__(self) -> None:
+        self.client = MlflowClient()
+        self.down = False
+        self.fail_once: str | None = None
+
+    def __getattr__(self, name: str):
+        method = getattr(self.client, name)
+
+        def call(*args, **kwargs):
+            if self.down or self.fail_once == name:
+                self.fail_once = None
+                raise MlflowException("API request failed: Max retries exceeded (refused)")
+            return method(*args, **kwargs)
+
+        return call
+
+
+def logged_models(run_id: str) -> list[str]:
+    client = MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models([experiment], filter_string=f"source_run_id='{run_id}'")
+    return sorted(f"{m.name} {m.status}" for m in found)
+
+
+def test_a_model_logged_while_the_server_is_away_reaches_the_run_once_by_sync(monkeypatch):
+    """The run's end finds the server away: its models (pyfunc and ONNX), saved into the
+    spool, are logged by `runs --sync` as a live run logs them, with the tags and metrics
+    recorded for the run by id; a failure half way through a model and a second sync make no
+    second model."""
+    monkeypatch.setattr(runs, "is_remote", lambda uri: True)  # the test's store acts a server
+    monkeypatch.setenv("MNIST_LAB_STORE_WAIT_S", "0.2")
+    store = FlakyStore()
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", {"depth": 1, "width": 2})
+    digits = (np.random.default_rng(0).random((16, 28, 28)) * 255).astype(np.uint8)
+    with (
+        pytest.raises(StoreUnreachable, match="runs --sync"),
+        tracking.run(run_name="outage") as active,
+    ):
+        writer = runs._writers[active.info.run_id]
+        writer.client, writer.probe, writer.retry_s = store, lambda uri: not store.down, 0.05
+        tracking.log_params({"lr": 0.1})
+        assert writer.wait_sent(10.0)
+        store.down = True
+        tracking.log_metrics({names.TEST_ACCURACY: 0.5})
+        tracking.log_model(spec.build(), digits[:8].astype(np.float32) / 255, spec)
+        tracking.log_onnx_model(spec.build(), digits, spec)
+        # What a study records on its parent run, by id, while the parent is open.
+        tracking.set_run_tags(active.info.run_id, {names.TAG_RETRAIN_RUN_ID: "r1"})
+        tracking.log_run_metrics(active.info.run_id, {names.CONFIRM_P_VALUE: 0.5})
+    run_id = active.info.run_id
+    assert logged_models(run_id) == []  # all of it waits in the spool
+
+    store.down, store.fail_once = False, "log_model_artifacts"
+    (half,) = replay_all(lambda uri: store)
+    assert half.error and logged_models(run_id) == ["model PENDING"]
+    (rest,) = replay_all(lambda uri: store)
+    assert rest.error is None and rest.sent > 0
+    assert logged_models(run_id) == ["model READY", "onnx READY"]
+    assert replay_all(lambda uri: store) == []  # the spool is gone: nothing is sent twice
+    assert logged_models(run_id) == ["model READY", "onnx READY"]
+
+    run = MlflowClient().get_run(run_id)
+    assert run.data.params == {"lr": "0.1", "output": "frame", "chunk": "256"}
+    assert names.model_sha256_tag(names.MODEL_ARTIFACT) in run.data.tags
+    assert names.ONNX_MAX_PROB_DIFF in run.data.metrics
+    assert run.data.tags[names.TAG_RETRAIN_RUN_ID] == "r1"
+    assert run.data.metrics[names.CONFIRM_P_VALUE] == 0.5
+    assert len(run.outputs.model_outputs) == 2
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert model.metadata.run_id == run_id
+    assert "digit" in model.predict(digits[:4].astype(np.float32) / 255).columns
+    assert tracking.load_onnx_model(tracking.onnx_model_uri(run_id))

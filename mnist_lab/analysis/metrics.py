@@ -1,9 +1,11 @@
-"""Classification metrics for a set of predictions, as a JSON-ready dict.
+"""Classification metrics for a set of predictions: the JSON-ready summary every run logs, and
+the final metrics computed from a run's test predictions (FROM_PREDICTIONS).
 
-Knows nothing of MLflow or torch: it takes label arrays and returns plain Python types, so the
+Knows nothing of MLflow or torch: it takes arrays and returns plain Python types, so the
 tracking module can log the result with `mlflow.log_dict(summary, names.REPORT_CLASSIFICATION)`.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,3 +63,20 @@ def classification_summary(
         "confusion_matrix": cm.astype(int).tolist(),
         "num_samples": int(y_true.size),
     }
+
+
+# Final metrics computed from a run's test predictions, by name: each function takes the
+# probabilities [N, 10] and the labels [N] and returns a float. Every run (classifier and
+# detector) logs them; names.METRICS says their direction, format and who reads them.
+FROM_PREDICTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {}
+
+
+def prediction_metrics(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """FROM_PREDICTIONS's metrics of one split. probabilities: [N, 10]; labels: [N]."""
+    unlisted = sorted(set(FROM_PREDICTIONS) - set(names.METRICS))
+    if unlisted:
+        raise ValueError(
+            f"metrics {', '.join(unlisted)} are computed (analysis/metrics.py FROM_PREDICTIONS) "
+            "but have no entry in names.METRICS: add one (direction, label, format, flags)"
+        )
+    return {name: float(f(probabilities, labels)) for name, f in FROM_PREDICTIONS.items()}

@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from mnist_lab.analysis.selection import MAXIMIZE, Constraint, direction, label
+from mnist_lab.analysis.selection import Constraint, direction, label
+from mnist_lab.names import MAXIMIZE
 
 DPI = 100
 FRONT_COLOUR = "#d62728"

@@ -4,9 +4,10 @@
     "inference_ms_per_image<=0.1, num_params<=1e5" only budgets: whatever the caller ranks by
 
 Items are separated by commas; an item with `<=`, `<`, `>=` or `>` is a budget (constraint), a
-bare metric name is the objective, optimised in that metric's own direction (`METRICS`). One
+bare metric name is the objective, optimised in that metric's own direction (names.METRICS). One
 parser serves `tune --pick` (the trial to retrain) and `register --where` (the run to register);
-each passes the metrics it can read. Pure functions: no MLflow, no Optuna.
+each passes the metrics it can read (the table's objectives, or its `budget` metrics: a
+finished run's cost, never a test-set score). Pure functions: no MLflow, no Optuna.
 """
 
 from __future__ import annotations
@@ -19,42 +20,7 @@ from dataclasses import dataclass
 
 from mnist_lab import names
 from mnist_lab.errors import ConfigError
-
-MAXIMIZE = "maximize"
-MINIMIZE = "minimize"
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric's direction (which way is better) and its axis label, unit included."""
-
-    direction: str
-    label: str
-
-
-METRICS: dict[str, Metric] = {
-    names.VAL_ACCURACY: Metric(MAXIMIZE, "validation accuracy"),
-    names.VAL_ROBUST_ACCURACY: Metric(MAXIMIZE, "validation accuracy under corruptions (mean)"),
-    names.NUM_PARAMS: Metric(MINIMIZE, "parameters"),
-    names.TRAIN_FLOPS_PER_IMAGE: Metric(MINIMIZE, "training FLOPs per image"),
-    names.INFERENCE_MS_PER_IMAGE: Metric(MINIMIZE, "inference latency (ms per image)"),
-    names.TRAIN_TIME_S: Metric(MINIMIZE, "training time (s)"),
-    names.BEST_VAL_ACCURACY: Metric(MAXIMIZE, "best validation accuracy"),
-    names.PEAK_MEMORY_MB: Metric(MINIMIZE, "peak memory (MB)"),
-    names.THROUGHPUT_IMG_PER_S: Metric(MAXIMIZE, "inference throughput (images/s)"),
-}
-
-# What a finished `train` run logs that a budget may bound (`register --where`): its cost, never
-# a test-set score (registration chooses by validation only).
-RUN_BUDGETS = (
-    names.INFERENCE_MS_PER_IMAGE,
-    names.NUM_PARAMS,
-    names.TRAIN_FLOPS_PER_IMAGE,
-    names.TRAIN_TIME_S,
-    names.PEAK_MEMORY_MB,
-    names.THROUGHPUT_IMG_PER_S,
-    names.BEST_VAL_ACCURACY,
-)
+from mnist_lab.names import MAXIMIZE
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -68,11 +34,11 @@ _NAME = re.compile(r"^[A-Za-z_][\w.]*$")
 
 
 def direction(metric: str) -> str:
-    return METRICS[metric].direction
+    return names.METRICS[metric].direction
 
 
 def label(metric: str) -> str:
-    return METRICS[metric].label if metric in METRICS else metric
+    return names.METRICS[metric].label if metric in names.METRICS else metric
 
 
 @dataclass(frozen=True)

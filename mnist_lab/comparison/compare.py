@@ -49,48 +49,17 @@ Format = str | Callable[[float], str]  # a column's format string, or a function
 CI_LOW = names.TEST_ACCURACY_CI95_LOW
 CI_HIGH = names.TEST_ACCURACY_CI95_HIGH
 ACCURACY_STD = names.aggregate(names.TEST_ACCURACY, "std")
-# Metric columns: the mean over the group's runs.
-METRIC_COLUMNS = [
-    names.TEST_F1_MACRO,
-    names.TEST_LOSS,
-    names.ROBUST_ACCURACY_MEAN,
-    names.TEST_ECE,
-    names.TEST_ECE_CALIBRATED,
-    names.TRAIN_TIME_S,
-]
-COST_COLUMNS = [names.NUM_PARAMS, names.INFERENCE_MS_PER_IMAGE, names.THROUGHPUT_IMG_PER_S]
-COLUMNS = [
-    "model",
-    "n",
-    names.TEST_ACCURACY,
-    ACCURACY_STD,
-    CI_LOW,
-    CI_HIGH,
-    "rank",
-    *METRIC_COLUMNS,
-    "epochs",
-    *COST_COLUMNS,
-    "machine",
-    "precision",
-    "run_ids",
-]
-FORMATS = {
+ACCURACY_COLUMNS = [names.TEST_ACCURACY, ACCURACY_STD, CI_LOW, CI_HIGH]
+DESCRIPTION = ["machine", "precision", "run_ids"]  # what a row's runs are
+# The formats of the columns that are not names.METRICS's; a metric's column prints as its
+# entry says.
+FORMATS: dict[str, Format] = {
     "n": "{:.0f}",
-    names.TEST_ACCURACY: "{:.4f}",
     ACCURACY_STD: "{:.4f}",
     CI_LOW: "{:.4f}",
     CI_HIGH: "{:.4f}",
     "rank": "{:.0f}",
-    names.TEST_F1_MACRO: "{:.4f}",
-    names.TEST_LOSS: "{:.4f}",
-    names.ROBUST_ACCURACY_MEAN: "{:.4f}",
-    names.TEST_ECE: "{:.4f}",
-    names.TEST_ECE_CALIBRATED: "{:.4f}",
-    names.TRAIN_TIME_S: "{:.1f}",
     "epochs": "{:.0f}",
-    names.NUM_PARAMS: "{:,.0f}",
-    names.INFERENCE_MS_PER_IMAGE: "{:.3f}",
-    names.THROUGHPUT_IMG_PER_S: "{:,.0f}",
 }
 SIGNIFICANCE_FORMATS: dict[str, Format] = {
     "difference": "{:+.4f}",
@@ -138,7 +107,7 @@ class Failure:
 
 @dataclass
 class Comparison:
-    table: pd.DataFrame  # COLUMNS (+ "status" when a row failed); NaN where a value is missing
+    table: pd.DataFrame  # columns() and "status"; NaN where a value is missing
     significance: pd.DataFrame  # significance.COLUMNS: one row per pair of finished rows
     files: dict[str, Path] = field(default_factory=dict)
     run_id: str | None = None
@@ -153,6 +122,13 @@ def parse_tags(tags: Sequence[str]) -> dict[str, str]:
             raise ConfigError(f"tag filter {item!r}: write it as key=value (no quotes)")
         parsed[key.strip()] = value.strip()
     return parsed
+
+
+def columns() -> list[str]:
+    """The table's columns: test accuracy with its interval and rank, then the mean over a
+    row's runs of every metric names.METRICS marks `compare`, in the table's order."""
+    metrics = names.metric_names("compare")
+    return ["model", "n", *ACCURACY_COLUMNS, "rank", *metrics, "epochs", *DESCRIPTION]
 
 
 def build_table(
@@ -172,7 +148,7 @@ def build_table(
                 ACCURACY_STD: summary.std,
                 CI_LOW: summary.low,
                 CI_HIGH: summary.high,
-                **{c: group.mean(c) for c in (*METRIC_COLUMNS, *COST_COLUMNS)},
+                **{c: group.mean(c) for c in names.metric_names("compare")},
                 "epochs": epochs,
                 "machine": run.tags.get(names.TAG_MACHINE, run.tags.get(names.TAG_DEVICE, np.nan)),
                 "precision": run.precision or np.nan,
@@ -180,7 +156,7 @@ def build_table(
                 "status": run.status.lower(),
             }
         )
-    return pd.DataFrame(records, columns=[*COLUMNS, "status"])
+    return pd.DataFrame(records, columns=[*columns(), "status"])
 
 
 def tables(
@@ -212,16 +188,22 @@ def add_failures(table: pd.DataFrame, failures: Sequence[Failure]) -> pd.DataFra
 
 
 def display_table(table: pd.DataFrame, formats: dict[str, Format] = FORMATS) -> pd.DataFrame:
-    """Every value as text (`formats`: a format string or a function), missing ones "–"; the
-    `status` column only when a run failed."""
+    """Every value as text (`formats`: a format string or a function; a metric's column as
+    names.METRICS says), missing ones "–"; the `status` column only when a run failed."""
     shown = table.copy().astype(object)
     for column in shown.columns:
-        fmt = formats.get(column, "{}")
+        fmt = formats.get(column) or column_format(column)
         text = fmt if callable(fmt) else fmt.format
         shown[column] = [MISSING if _missing(v) else text(v) for v in table[column]]
     if "status" in table and (table["status"] == "finished").all():
         shown = shown.drop(columns="status")
     return shown
+
+
+def column_format(column: str) -> str:
+    """A metric's format (names.METRICS), "{}" for any other column."""
+    metric = names.METRICS.get(column)
+    return metric.fmt if metric else "{}"
 
 
 def _missing(value: object) -> bool:

@@ -51,10 +51,8 @@ def _int(value: str | None) -> int:
 
 
 def check_metric(metric: str) -> str:
-    if metric not in names.SELECTABLE_METRICS:
-        raise ConfigError(
-            f"unknown metric {metric!r}; choose one of: {', '.join(names.SELECTABLE_METRICS)}"
-        )
+    if metric not in names.METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(names.METRICS)}")
     return metric
 
 
@@ -116,7 +114,7 @@ def _pick(configurations: list[list[RunRecord]], metric: str | None) -> list[Run
     if metric is None:
         return configurations[0]
     having = [g for g in configurations if any(metric in r.metrics for r in g)] or configurations
-    sign = -1 if metric in names.LOWER_IS_BETTER else 1
+    sign = 1 if names.METRICS[metric].direction == names.MAXIMIZE else -1
     return max(having, key=lambda g: sign * Group("", g).mean(metric))
 
 

@@ -21,41 +21,32 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_lab import names, tracking
-from mnist_lab.comparison.compare import SIGNIFICANCE_FORMATS, markdown_table, tables
+from mnist_lab.comparison.compare import (
+    ACCURACY_COLUMNS,
+    DESCRIPTION,
+    FORMATS,
+    SIGNIFICANCE_FORMATS,
+    Format,
+    markdown_table,
+    tables,
+)
 from mnist_lab.comparison.groups import Group, config_overrides, group_label, model_order
 from mnist_lab.database import redact
 from mnist_lab.tracking import RunRecord
 
-TRAIN_TIME_STD = names.aggregate(names.TRAIN_TIME_S, "std")
-COLUMNS = [
-    "model",
-    "n",
-    names.TEST_ACCURACY,
-    names.aggregate(names.TEST_ACCURACY, "std"),
-    names.TEST_ACCURACY_CI95_LOW,
-    names.TEST_ACCURACY_CI95_HIGH,
-    names.ROBUST_ACCURACY_MEAN,
-    names.TEST_ECE,
-    names.TRAIN_TIME_S,
-    TRAIN_TIME_STD,
-    names.TEST_REPORT_S,
-    "machine",
-    "precision",
-    "run_ids",
-]
-FORMATS = {
-    "n": "{:.0f}",
-    names.TEST_ACCURACY: "{:.4f}",
-    names.aggregate(names.TEST_ACCURACY, "std"): "{:.4f}",
-    names.TEST_ACCURACY_CI95_LOW: "{:.4f}",
-    names.TEST_ACCURACY_CI95_HIGH: "{:.4f}",
-    names.ROBUST_ACCURACY_MEAN: "{:.4f}",
-    names.TEST_ECE: "{:.4f}",
-    names.TRAIN_TIME_S: "{:.1f}",
-    TRAIN_TIME_STD: "{:.1f}",
-    names.TEST_REPORT_S: "{:.1f}",
+TRAIN_TIME_STD = names.aggregate(names.TRAIN_TIME_S, "std")  # beside the mean training time
+REPORT_FORMATS: dict[str, Format] = FORMATS | {
+    TRAIN_TIME_STD: names.METRICS[names.TRAIN_TIME_S].fmt
 }
-BENCHMARK_COLUMNS = ["model", "n", *COLUMNS[2:6], "rank", *COLUMNS[6:]]
+
+
+def columns(rank: bool = False) -> list[str]:
+    """A table's columns: test accuracy with its interval (and the benchmark's rank), then
+    the mean over a row's runs of every metric names.METRICS marks `report`."""
+    metrics = []
+    for metric in names.metric_names("report"):
+        metrics += [metric, TRAIN_TIME_STD] if metric == names.TRAIN_TIME_S else [metric]
+    return ["model", "n", *ACCURACY_COLUMNS, *(["rank"] if rank else []), *metrics, *DESCRIPTION]
 
 
 @dataclass
@@ -85,17 +76,17 @@ def report(output_dir: str | Path = "results", tags: dict[str, str] | None = Non
     out.mkdir(parents=True, exist_ok=True)
     source = _source(experiment)
     groups = sorted(_labelled(tracking.by_configuration(runs)), key=_model_order)
-    configurations = _with_costs(tables(groups)[0], groups)[COLUMNS]
-    files = [_write(out / "configurations", configurations, FORMATS, CONFIGURATIONS_TITLE, source)]
+    configurations = _with_costs(tables(groups)[0], groups)[columns()]
+    files = [_write(out / "configurations", configurations, CONFIGURATIONS_TITLE, source)]
     benchmark = _newest_benchmark(experiment)
     table = None
     if benchmark is not None:
         parent, members = benchmark
         groups = sorted(_by_model(tracking.by_configuration(members)), key=_model_order)
         table, significance = tables(groups)
-        table = _with_costs(table, groups)[BENCHMARK_COLUMNS]
+        table = _with_costs(table, groups)[columns(rank=True)]
         title = BENCHMARK_TITLE.format(run=parent.run_id, params=_benchmark_params(parent))
-        page = _write(out / "benchmark", table, FORMATS | {"rank": "{:.0f}"}, title, source)
+        page = _write(out / "benchmark", table, title, source)
         with page.open("a") as f:
             f.write("\n" + markdown_table(significance, SIGNIFICANCE_FORMATS))
         significance.to_csv(out / "benchmark_significance.csv", index=False)
@@ -149,9 +140,13 @@ def _model_order(group: Group) -> tuple[int, str]:
 
 
 def _with_costs(table: pd.DataFrame, groups: Sequence[Group]) -> pd.DataFrame:
+    """`compare`'s table with the report's metrics it lacks, the spread of the training time
+    and every machine a row ran on."""
     table = table.copy()
+    for metric in names.metric_names("report"):
+        if metric not in table:
+            table[metric] = [g.mean(metric) for g in groups]
     table[TRAIN_TIME_STD] = [_std(g, names.TRAIN_TIME_S) for g in groups]
-    table[names.TEST_REPORT_S] = [g.mean(names.TEST_REPORT_S) for g in groups]
     table["machine"] = ["; ".join(_machines(g)) for g in groups]
     return table
 
@@ -200,14 +195,12 @@ def _source(experiment: str) -> str:
     )
 
 
-def _write(
-    stem: Path, table: pd.DataFrame, formats: dict[str, str], title: str, source: str
-) -> Path:
+def _write(stem: Path, table: pd.DataFrame, title: str, source: str) -> Path:
     table.to_csv(stem.with_suffix(".csv"), index=False)
     shown = table.copy()
     shown["run_ids"] = [_short(ids) for ids in table["run_ids"]]
     path = stem.with_suffix(".md")
-    path.write_text(f"{title}\n\n{source}\n\n{markdown_table(shown, formats)}")
+    path.write_text(f"{title}\n\n{source}\n\n{markdown_table(shown, REPORT_FORMATS)}")
     return path
 
 

@@ -14,7 +14,8 @@
 - `sources-figure`: per source, digits as given, as seen after cleaning, and as read.
 - `onnx-exporters`: torch's two ONNX exporters' export time, answers and onnxruntime speed;
 - `constraints`: the share of a CNN study's trials within a budget, with and without
-  `--constraint`.
+  `--constraint`;
+- `tracking-outage`: two runs side by side, one through an outage of its tracking server.
 
 Figures are printed, never asserted in tests. It may import every layer except the CLI.
 """

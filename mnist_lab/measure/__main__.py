@@ -1,6 +1,6 @@
 """`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx|
 calibration|cleaning|off-centre|sources-figure|
-onnx-exporters|constraints …`: see `mnist_lab.measure`."""
+onnx-exporters|constraints|tracking-outage …`: see `mnist_lab.measure`."""
 
 import importlib
 import sys
@@ -20,6 +20,7 @@ SCRIPTS = {
     "sources-figure": "sources_figure",
     "constraints": "constraints",
     "onnx-exporters": "onnx_exporters",
+    "tracking-outage": "tracking_outage",
 }
 
 

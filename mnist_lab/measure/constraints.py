@@ -32,16 +32,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
+    from mnist_lab import names
     from mnist_lab.analysis.selection import parse_rule
     from mnist_lab.engine.device import resolve_device
     from mnist_lab.measure.hardware import hardware
     from mnist_lab.tuning.pareto import ATTR_METRICS
     from mnist_lab.tuning.space import load_space
     from mnist_lab.tuning.study import completed_user_attrs
-    from mnist_lab.tuning.tune_options import OBJECTIVES
     from mnist_lab.tuning.tuner import TuneOptions, tune
 
-    budget = parse_rule(args.budget, OBJECTIVES, flag="--budget", objective=False)
+    objectives = names.metric_names("objective")
+    budget = parse_rule(args.budget, objectives, flag="--budget", objective=False)
     print(f"hardware: {hardware(resolve_device('auto'))}", flush=True)
     folder = Path(tempfile.mkdtemp(prefix="mnist-lab-constraints-"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")

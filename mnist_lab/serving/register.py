@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from mnist_lab import names, tracking
 from mnist_lab.analysis.predictions import correct, same_digits
-from mnist_lab.analysis.selection import RUN_BUDGETS, parse_rule
+from mnist_lab.analysis.selection import parse_rule
 from mnist_lab.analysis.statistics import ALPHA, promotion_test
 from mnist_lab.errors import LabError
 from mnist_lab.models import architecture
@@ -35,14 +35,6 @@ PROMOTION_RULE = (
     f"McNemar on the same digits, p < {ALPHA}"
 )
 PROMOTION_TEST = "McNemar exact, one-sided, paired, test digits"
-VERSION_TAGS = (
-    names.BEST_VAL_ACCURACY,
-    names.TEST_ACCURACY,
-    names.TEST_F1_MACRO,
-    names.TEST_LOSS,
-    names.TRAIN_TIME_S,
-    names.NUM_PARAMS,
-)
 # Tags on every registered version: how the alias decision was made.
 TAG_RULE, TAG_TEST, TAG_P_VALUE, TAG_OUTCOME, TAG_DECISION = (
     "promotion_rule",
@@ -90,7 +82,8 @@ def best_run(model: str, where: str | None = None) -> tracking.RunRecord:
     """The best seed of the configuration with the best mean validation accuracy; with
     `where` ("inference_ms_per_image<=0.1"), among the runs within every budget."""
     architecture(model)  # a ConfigError naming the valid models for an unknown one
-    rule = parse_rule(where, RUN_BUDGETS, flag="--where", objective=False) if where else None
+    budgets = names.metric_names("budget")
+    rule = parse_rule(where, budgets, flag="--where", objective=False) if where else None
     experiment = tracking.experiment_name()
     runs = tracking.search_runs(
         experiment,
@@ -127,7 +120,7 @@ def register(model: str, force: bool = False, where: str | None = None) -> Regis
     if current is not None and current.run_id == run.run_id and not force:
         reason = "that run already is the champion; nothing registered"
         return Registration(name, current.version, run.run_id, accuracy, True, reason)
-    tags = {k: f"{run.metrics[k]:.6g}" for k in VERSION_TAGS if k in run.metrics}
+    tags = {k: f"{run.metrics[k]:.6g}" for k in names.metric_names("register") if k in run.metrics}
     tags[SELECT_BY] = f"{accuracy:.6g}"
     tags.update({"run_id": run.run_id, names.TAG_MODEL: model, "selected_by": SELECT_BY})
     if current is None:

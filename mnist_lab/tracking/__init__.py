@@ -7,7 +7,8 @@ logs epochs and checkpoints), `pyfunc` (logging the model, whose loader is mnist
 checking one before it loads), `onnx` (the same model as ONNX),
 `query` (reading runs back), `model_registry` (MLflow's registered models and the `champion` alias),
 `liveness` (the process behind a RUNNING run, its heartbeat, and ending runs whose process is
-gone), `spool` (a run's records kept and sent in order while its tracking server is away) and
+gone), `spool` (a run's records kept and sent in order while its tracking server is away),
+`saved_model` (a model saved into a spool, made the run's logged model when sent) and
 `store` (opening the store: a fresh SQLite store's tables made one process at a
 time). It may import everything below it (engine, analysis, models, data, config); nothing
 below imports it.

@@ -43,7 +43,7 @@ from mnist_lab.models import is_detector
 from mnist_lab.models.build import ModelSpec
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.models.faster_rcnn import top_box_probabilities
-from mnist_lab.tracking.runs import await_store, log_metrics, set_tags
+from mnist_lab.tracking.runs import log_flavor_model, log_metrics, set_tags
 
 log = logging.getLogger(__name__)
 
@@ -204,21 +204,20 @@ def _log(onnx_bytes: bytes, example: np.ndarray, name: str) -> str:
     import mlflow.onnx
     import onnx
 
-    await_store()
     ort = session(onnx_bytes)
     outputs = ort.run(None, {ort.get_inputs()[0].name: example})
     output_names = [o.name for o in ort.get_outputs()]
     signature = infer_signature(example, dict(zip(output_names, outputs, strict=True)))
-    info = mlflow.onnx.log_model(
-        onnx.load_from_string(onnx_bytes),
-        name=name,
+    return log_flavor_model(
+        mlflow.onnx,
+        name,
+        onnx_model=onnx.load_from_string(onnx_bytes),
         signature=signature,
         input_example=example,
         pip_requirements=onnx_requirements(),
         onnx_execution_providers=["CPUExecutionProvider"],
         save_as_external_data=False,
     )
-    return info.model_uri
 
 
 def onnx_model_uri(run_id: str, name: str = names.ONNX_ARTIFACT) -> str:

@@ -39,7 +39,7 @@ from mnist_lab.errors import ModelFileError
 from mnist_lab.inference import MODEL_DATA, SPEC_FILE, DigitClassifier, save_weights
 from mnist_lab.models import table_modules
 from mnist_lab.models.build import ModelSpec
-from mnist_lab.tracking.runs import await_store
+from mnist_lab.tracking.runs import log_flavor_model, set_tags
 
 PACKAGE = Path(inference.__file__).resolve().parent  # mnist_lab/
 LOADER = inference.__name__  # the loader a logged model's MLmodel names; it travels in code/
@@ -181,7 +181,6 @@ def log_torch_model(module: nn.Module, spec: ModelSpec, name: str) -> str:
 
 
 def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
-    await_store()  # a logged model is made on the server: it waits for an away one
     with tempfile.TemporaryDirectory() as tmp:
         code = copy_code(Path(tmp) / "code")
         code_digest = inference.code_sha256(code.parent)
@@ -189,18 +188,18 @@ def _log(module: nn.Module, spec: ModelSpec, name: str, **kwargs: Any) -> str:
         digest = save_weights(module, spec, folder, code_sha256=code_digest)
         # Out of the artifact store's reach: a weights or code file swapped there (with its
         # spec.json) then differs from what the run recorded.
-        mlflow.set_tags(
+        set_tags(
             {names.model_sha256_tag(name): digest, names.model_code_sha256_tag(name): code_digest}
         )
-        info = mlflow.pyfunc.log_model(
-            name=name,
+        return log_flavor_model(
+            mlflow.pyfunc,
+            name,
             loader_module=LOADER,
             data_path=str(folder),
             code_paths=[str(code)],
             pip_requirements=list(model_requirements()),
             **kwargs,
         )
-    return info.model_uri
 
 
 def _device_of(model: nn.Module) -> str:

@@ -7,9 +7,9 @@ experiment `mnist-lab`; an active `MLFLOW_RUN_ID` (set by `mlflow run`) is joine
 A run that raises is ended FAILED (KILLED on Ctrl-C) with a `failure_reason` tag: never left
 RUNNING.
 
-On a tracking server, a run's params, tags, metrics and artifacts go through its spool
-(spool.py): recorded at once, sent in order, kept while the server is away. What the spool
-cannot hold (the logged model, its datasets, tables) waits for the server (`await_store`).
+On a tracking server, a run's params, tags, metrics, artifacts and logged models go through its
+spool (spool.py): recorded at once, sent in order, kept while the server is away. What the spool
+does not hold (a run's datasets, tables) waits for the server (`await_store`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import matplotlib.figure
@@ -422,9 +423,32 @@ def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
     mlflow.log_table({c: [row.get(c) for row in rows] for c in columns}, artifact_file)
 
 
+def log_flavor_model(flavor: ModuleType, name: str, **options: Any) -> str:
+    """Log a model as the active run's `name` with MLflow `flavor` (mlflow.pyfunc, mlflow.onnx),
+    `options` being its `save_model`'s; returns the model's URI. A local store gets it at once
+    (`flavor.log_model`). On a tracking server it is saved into the run's spool
+    (`flavor.save_model`) and logged from there in order with the run's other records
+    (saved_model.py), so a server away at the run's end costs it neither time nor its model."""
+    writer = _writer()
+    if writer is None:
+        return flavor.log_model(name=name, **options).model_uri
+    with tempfile.TemporaryDirectory(prefix="mnist-lab-model-") as folder:
+        saved = Path(folder) / name
+        flavor.save_model(path=str(saved), **options)
+        writer.add("model", {"name": name}, file=saved)
+    if config := options.get("model_config"):  # what `log_model` logs as the run's params
+        writer.add("params", {"values": {k: str(v) for k, v in config.items()}})
+    return f"runs:/{active_run_id()}/{name}"
+
+
 def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    """Metrics for a run that has ended (a trial's measurements after training, a study's
-    confirmation after its retrain)."""
+    """Metrics for a run other than the active one: one that has ended (a trial's
+    measurements after training), or a parent still open here (a study's confirmation after
+    its retrain), which records them through its spool."""
+    if writer := _writer(run_id):
+        values = {k: float(v) for k, v in metrics.items()}
+        writer.add("metrics", {"values": values, "timestamp": int(time.time() * 1000), "step": 0})
+        return
     store_client().log_batch(
         run_id,
         metrics=[
@@ -505,6 +529,11 @@ def find_run(experiment_id: str, tags: dict[str, str]) -> str | None:
 
 
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    """Tags of a run other than the active one; a run still open here (a study's parent)
+    records them through its spool."""
+    if writer := _writer(run_id):
+        writer.add("tags", {"values": {k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items()}})
+        return
     client = store_client()
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value)[:MAX_TAG_LENGTH])

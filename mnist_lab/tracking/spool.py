@@ -1,9 +1,9 @@
 """A run's records while its tracking server is away: a durable spool, sent in order.
 
-A run on a tracking server (an `http(s)://` URI) hands every param, tag, metric and artifact it
-records to a `SpoolWriter`. The writer appends the record to the run's spool and returns at
-once; a background thread sends the spool's records to the server in order. While the server
-is unreachable the records stay in the spool and the thread asks the server's health check
+A run on a tracking server (an `http(s)://` URI) hands every param, tag, metric, artifact and
+logged model it records to a `SpoolWriter`. The writer appends the record to the run's spool and
+returns at once; a background thread sends the spool's records to the server in order. While the
+server is unreachable the records stay in the spool and the thread asks the server's health check
 every `RETRY_S` seconds, so training never waits for the server; when it answers again the
 records go in the order they were made, metrics with the timestamps and steps they were made
 with, so the run on the server ends as it would have without the outage. A local store
@@ -16,7 +16,8 @@ A spool is the folder `<spool root>/<run id>/` (root: `MNIST_LAB_SPOOL_DIR`, els
 - `records.jsonl`: one record a line, append-only, flushed to disk (fsync) before `add`
   returns, so `kill -9` loses nothing that was added;
 - `sent.jsonl`: the sequence number of each record the server has; a record is sent once;
-- `files/<seq>/<name>`: an artifact's file, until the server has it;
+- `files/<seq>/<name>`: an artifact's file, or a model's folder (saved by its flavor's
+  `save_model`, logged from there: saved_model.py), until the server has it;
 - `lock`: held by the one process writing or replaying the spool.
 
 A spool whose records were all sent is deleted. One left behind (the server had not come back
@@ -45,6 +46,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mnist_lab.errors import LabError
+from mnist_lab.tracking.saved_model import log_saved_model
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ STORE_WAIT_ENV = "MNIST_LAB_STORE_WAIT_S"
 DEFAULT_STORE_WAIT_S = 900.0  # what a run's end waits for an away server: a restart, an upgrade
 RETRY_S = 2.0
 BATCH = 100  # MLflow's log_batch takes at most 100 params or tags a call
-KINDS = ("params", "tags", "metrics", "artifact", "end")
+KINDS = ("params", "tags", "metrics", "artifact", "model", "end")
+MODEL_ID_FILE = "model_id"  # beside a spooled model's folder: the logged model made of it
 
 
 class Client(Protocol):
@@ -62,6 +65,14 @@ class Client(Protocol):
     def log_batch(self, run_id: str, metrics=(), params=(), tags=()) -> None: ...
     def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None): ...
     def set_terminated(self, run_id: str, status: str, end_time: int | None = None) -> None: ...
+    # A logged model (saved_model.py).
+    def get_run(self, run_id: str): ...
+    def get_metric_history(self, run_id: str, key: str): ...
+    def create_logged_model(self, experiment_id: str, name=None, source_run_id=None, **kw): ...
+    def get_logged_model(self, model_id: str): ...
+    def log_outputs(self, run_id: str, models: list) -> None: ...
+    def log_model_artifacts(self, model_id: str, local_dir: str) -> None: ...
+    def finalize_logged_model(self, model_id: str, status): ...
 
 
 def spool_root() -> Path:
@@ -122,16 +133,18 @@ class Spool:
         return FileLock(self.folder / "lock", thread_local=False)
 
     def add(self, kind: str, data: dict[str, Any], file: Path | None = None) -> Record:
-        """Append a record, durably; `file` (an artifact's) is moved into the spool first."""
+        """Append a record, durably; `file` (an artifact's file, a model's folder) is moved
+        into the spool first."""
         if kind not in KINDS:
             raise ValueError(f"unknown spool record kind {kind!r}")
         with self._mutex:
             seq = self._records[-1]["seq"] + 1 if self._records else 0
             if file is not None:
                 target = self.folder / "files" / str(seq) / file.name
-                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(target.parent, ignore_errors=True)  # a kill's half-moved file
+                target.parent.mkdir(parents=True)
                 shutil.move(file, target)
-                _fsync(target)
+                _fsync_tree(target)
             line = {"seq": seq, "kind": kind, "data": data}
             _append_synced(self.folder / "records.jsonl", line)
             self._records.append(line)
@@ -172,6 +185,9 @@ def send(client: Client, run_id: str, spool: Spool, record: Record) -> None:
             client.log_batch(run_id, **{record.kind: chunk})
     elif record.kind == "artifact":
         client.log_artifact(run_id, str(spool.file_of(record)), data["dir"])
+    elif record.kind == "model":
+        made = spool.file_of(record).with_name(MODEL_ID_FILE)
+        log_saved_model(client, run_id, spool.file_of(record), data["name"], made)
     else:  # "end"
         client.set_terminated(run_id, data["status"], data["end_time"])
 
@@ -394,3 +410,13 @@ def _write_synced(path: Path, data: dict[str, Any]) -> None:
 def _fsync(path: Path) -> None:
     with path.open("rb") as f:
         os.fsync(f.fileno())
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync a file, or a folder with everything in it."""
+    for item in [path, *path.rglob("*")]:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -3,18 +3,19 @@
     tune --objectives val_accuracy,inference_ms_per_image
          --pick "val_accuracy, inference_ms_per_image<=0.1"   (the most accurate within 0.1 ms)
 
-Every objective is a number a trial can measure without the test split:
+Every objective is a number a trial can measure without the test split (names.METRICS marks
+them `objective` and gives each its direction):
 
-| objective               | direction | measured                                                  |
-|-------------------------|-----------|-----------------------------------------------------------|
-| val_accuracy            | maximize  | the best epoch's validation accuracy (as always)          |
-| val_robust_accuracy     | maximize  | the best epoch's model on the validation digits under the  |
-|                         |           | MNIST-C corruption suite (mean over corruptions)          |
-| num_params              | minimize  | the model's parameters                                    |
-| train_flops_per_image   | minimize  | FLOPs of one training step per image                      |
-| inference_ms_per_image  | minimize  | a forward pass over the validation digits at              |
-|                         |           | eval_batch_size: the fastest of three passes              |
-| train_time_s            | minimize  | the trial's training wall time                            |
+| objective               | measured                                                        |
+|-------------------------|-----------------------------------------------------------------|
+| val_accuracy            | the best epoch's validation accuracy (as always)                |
+| val_robust_accuracy     | the best epoch's model on the validation digits under the       |
+|                         | MNIST-C corruption suite (mean over corruptions)                |
+| num_params              | the model's parameters                                          |
+| train_flops_per_image   | FLOPs of one training step per image                            |
+| inference_ms_per_image  | a forward pass over the validation digits at eval_batch_size:   |
+|                         | the fastest of three passes                                     |
+| train_time_s            | the trial's training wall time                                  |
 
 The two measured after training (`MEASURED_AFTER`) cost an extra pass; a trial measures them only
 when an objective or the pick rule needs them, and logs them to its run like the others.
@@ -36,14 +37,14 @@ import torch
 from mnist_lab import names
 from mnist_lab.analysis.corruptions import DEFAULT_SEVERITY
 from mnist_lab.analysis.robustness import evaluate_robustness, model_predict
-from mnist_lab.analysis.selection import METRICS, Constraint, Rule, direction, parse_rule
+from mnist_lab.analysis.selection import Constraint, Rule, direction, parse_rule
 from mnist_lab.config import TrainConfig
 from mnist_lab.engine.classification import CORRUPTION_SEED
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError
 from mnist_lab.models import is_detector
 from mnist_lab.train import load_splits, make_task
-from mnist_lab.tuning.tune_options import AUTO_PRUNER, OBJECTIVES
+from mnist_lab.tuning.tune_options import AUTO_PRUNER
 
 DEFAULT_OBJECTIVES = (names.VAL_ACCURACY,)
 MEASURED_AFTER = (names.VAL_ROBUST_ACCURACY, names.INFERENCE_MS_PER_IMAGE)
@@ -94,7 +95,7 @@ class Objectives:
         return [metrics[name] for name in self.chosen]
 
     def __str__(self) -> str:
-        return ", ".join(f"{n} ({METRICS[n].direction})" for n in self.chosen)
+        return ", ".join(f"{n} ({direction(n)})" for n in self.chosen)
 
 
 def parse_objectives(
@@ -108,11 +109,12 @@ def parse_objectives(
     if isinstance(objectives, str):
         objectives = [item.strip() for item in objectives.split(",") if item.strip()]
     chosen = tuple(objectives or DEFAULT_OBJECTIVES)
+    allowed = names.metric_names("objective")
     for name in chosen:
-        if name not in OBJECTIVES:
+        if name not in allowed:
             raise ConfigError(
                 f"objectives: unknown objective {name!r}; choose up to {MAX_OBJECTIVES} of "
-                f"{', '.join(OBJECTIVES)}"
+                f"{', '.join(allowed)}"
             )
     if len(set(chosen)) != len(chosen):
         raise ConfigError(f"objectives={','.join(chosen)}: an objective is named twice")
@@ -121,10 +123,10 @@ def parse_objectives(
             f"objectives={','.join(chosen)}: at most {MAX_OBJECTIVES} objectives (a Pareto "
             "front of more is hard to read and needs many more trials)"
         )
-    rule = parse_rule(pick, OBJECTIVES, flag="--pick") if pick else None
+    rule = parse_rule(pick, allowed, flag="--pick") if pick else None
     budgets = ()
     if constraint:
-        budgets = parse_rule(constraint, OBJECTIVES, flag="--constraint", objective=False)
+        budgets = parse_rule(constraint, allowed, flag="--constraint", objective=False)
         budgets = budgets.constraints
     if rule is not None:
         # Budgets only: the first objective ranks; --constraint's bound the pick too.
@@ -151,7 +153,7 @@ def set_constraints(trial: optuna.Trial, objectives: Objectives, metrics: dict[s
 def trial_metrics(train_metrics: dict[str, float]) -> dict[str, float]:
     """The objectives' values among what `train(evaluate_test=False)` logged."""
     found = {}
-    for name in OBJECTIVES:
+    for name in names.metric_names("objective"):
         source = SOURCE.get(name, name)
         if source in train_metrics:
             found[name] = float(train_metrics[source])

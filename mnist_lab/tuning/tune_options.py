@@ -1,5 +1,6 @@
 """What `tune` takes: TuneOptions, each setting with its default, choices and help (the CLI's
-flags are read from here), and the names the tuning modules share. Imports neither optuna nor
+flags are read from here), and the names the tuning modules share (the objectives are
+names.METRICS's). Imports neither optuna nor
 torch, so `tune --help` answers at once."""
 
 from __future__ import annotations
@@ -15,14 +16,6 @@ SAMPLERS = ("tpe", "random", "nsga2")
 PRUNERS = ("hyperband", "median", "none")
 AUTO_PRUNER = "auto"  # hyperband where the study can prune, none where it cannot
 RETRAIN_MODES = ("full", "subset", "none")
-OBJECTIVES = (
-    names.VAL_ACCURACY,
-    names.VAL_ROBUST_ACCURACY,
-    names.NUM_PARAMS,
-    names.TRAIN_FLOPS_PER_IMAGE,
-    names.INFERENCE_MS_PER_IMAGE,
-    names.TRAIN_TIME_S,
-)
 # Run settings every trial takes from the command line rather than the space file.
 DATA_OPTIONS = ("device", "seed", "max_train_samples", "max_test_samples", "val_size", "data_dir")
 
@@ -61,9 +54,9 @@ class TuneOptions:
     heartbeat_interval: int = setting(60, "seconds between trial heartbeats on RDB storages")
     objectives: str | tuple[str, ...] | None = setting(
         None,
-        "what the study optimises: one to three of "
-        f"{', '.join(OBJECTIVES)}, comma-separated, each in its own direction (several: a "
-        "Pareto front, and no pruning; unset: val_accuracy)",
+        f"what the study optimises: one to three of {', '.join(names.metric_names('objective'))}, "
+        "comma-separated, each in its own direction (several: a Pareto front, and no pruning; "
+        "unset: val_accuracy)",
     )
     pick: str | None = setting(
         None,
