@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from mnist_lab import __version__
-from mnist_lab.architectures import OPTION_HELP, model_names, options_by_name
 from mnist_lab.config import SETTINGS, TRAIN_FIELDS
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.errors import (
@@ -27,6 +26,7 @@ from mnist_lab.errors import (
     ConfigError,
     LabError,
 )
+from mnist_lab.models import Option, benchmark_models, model_names, options_by_name
 from mnist_lab.serving.robustness_options import RobustnessOptions
 from mnist_lab.settings import choices_of, help_of, is_unset, parse_bool, parse_number
 from mnist_lab.tuning.tune_options import DATA_OPTIONS, TuneOptions
@@ -87,7 +87,18 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     for name, per_model in sorted(options_by_name().items()):
         defaults = ", ".join(f"{model} {option.default}" for model, option in per_model.items())
         choices = next((o.choices for o in per_model.values() if o.choices), None)
-        add_flag(options, name, _described(OPTION_HELP[name], defaults, choices))
+        add_flag(options, name, _described(_option_help(per_model), defaults, choices))
+
+
+def _option_help(per_model: dict[str, Option]) -> str:
+    """A shared flag's help: each distinct meaning once, with the models it has when they differ
+    ("cnn: conv blocks, 1-4; vit, timm_vit: transformer blocks")."""
+    models_by_help: dict[str, list[str]] = {}
+    for model, option in per_model.items():
+        models_by_help.setdefault(option.help, []).append(model)
+    if len(models_by_help) == 1:
+        return next(iter(models_by_help))
+    return "; ".join(f"{', '.join(models)}: {text}" for text, models in models_by_help.items())
 
 
 def setting_names() -> set[str]:
@@ -394,7 +405,8 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     compare.set_defaults(handler=cmd_compare)
 
     bench = commands.add_parser("benchmark", help="train every model, then compare")
-    add_flag(bench, "models", action="append", help="comma list (default: every lab model)")
+    default = ", ".join(benchmark_models())
+    add_flag(bench, "models", action="append", help=f"comma list (default: {default})")
     for name in ("epochs", "max_train_samples", "max_test_samples", "val_size", "device"):
         add_flag(bench, name, help="override for every model (default: its experiments yaml)")
     add_flag(

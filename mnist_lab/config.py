@@ -1,6 +1,6 @@
 """The one run configuration: defaults from `experiments/<model>.yaml`, overrides from flags.
 
-Precedence, lowest first: the dataclass defaults and the model builder's defaults, the model's
+Precedence, lowest first: the dataclass defaults and the architecture table's defaults, the model's
 YAML file, a chosen run config (`--config experiments/cnn_fast.yaml`: a preset that lists what
 it changes), then explicit overrides (CLI flags, `mlflow run -P`, a tuning trial). Everything is
 validated here, before any data is read or any MLflow run is touched.
@@ -16,9 +16,8 @@ from typing import Any
 
 import yaml
 
-from mnist_lab.architectures import model_names, model_options
 from mnist_lab.errors import ConfigError
-from mnist_lab.names import DETECTOR_MODEL
+from mnist_lab.models import architecture, check_options, is_detector, model_options
 from mnist_lab.settings import is_unset, parse_bool, parse_number, setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -110,11 +109,11 @@ class TrainConfig:
     robustness_samples: int = setting(
         2000, "test digits per MNIST-C corruption in the end-of-run report; 0: none"
     )
-    # Architecture options, checked against the model builder's keyword arguments.
+    # Architecture options, checked against the architecture table's entry for `model`.
     model_options: dict[str, Any] = field(default_factory=dict)
 
     def resolved_model_options(self) -> dict[str, Any]:
-        """The builder's defaults overlaid with this config's options: what the model gets."""
+        """The table's defaults overlaid with this config's options: what the model gets."""
         return {**model_options(self.model), **self.model_options}
 
     def to_params(self) -> dict[str, Any]:
@@ -149,9 +148,9 @@ SETTINGS = set(TRAIN_FIELDS) - {"model", "config_file"}
 
 
 def experiment_file(model: str) -> Path:
-    """`experiments/<model>.yaml`; `timm:<name>` models share `experiments/timm.yaml`."""
-    stem = "timm" if model.startswith("timm:") else model
-    return shipped_or_own("experiments", f"{stem}.yaml")
+    """The model's run config, `experiments/<its run_config>.yaml` (the architecture table's
+    entry; `timm:<name>` models share `experiments/timm.yaml`)."""
+    return shipped_or_own("experiments", f"{architecture(model).run_config}.yaml")
 
 
 def shipped_or_own(kind: str, name: str) -> Path:
@@ -171,7 +170,7 @@ def load_config(
 
     `model` may be None when `config_file` names one (its `model:` key); else it is "cnn".
     Keys of the YAML files and of `overrides` may be `TrainConfig` fields or options of the
-    model's builder (e.g. `patch_size` for `vit`); anything else is an error naming the key
+    model (e.g. `patch_size` for `vit`); anything else is an error naming the key
     and the file.
     """
     chosen: dict[str, Any] = {}
@@ -187,8 +186,7 @@ def load_config(
             )
         model = model or named
     model = model or TrainConfig.model
-    if model not in model_names() and not model.startswith("timm:"):
-        raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(model_names())}")
+    architecture(model)  # a ConfigError naming the valid models for an unknown one
     values: dict[str, Any] = {}
     path = experiment_file(model)
     if path.exists():
@@ -235,23 +233,23 @@ def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
     values = dict(values)
     model = values.get("model", TrainConfig.model)
     options = dict(values.pop("model_options", None) or {})
-    builder_options = model_options(model)
+    model_defaults = model_options(model)
     run_values: dict[str, Any] = {}
     for key, value in values.items():
         if key == "augment":
             run_values[key] = _coerce_augment(value, source)
         elif key in TRAIN_FIELDS:
             run_values[key] = _coerce(key, value, TRAIN_FIELDS[key].type, source)
-        elif key in builder_options or model.startswith("timm:"):
+        elif key in model_defaults:
             options[key] = value
         else:
-            valid = sorted(TRAIN_FIELDS) + sorted(builder_options)
+            valid = sorted(TRAIN_FIELDS) + sorted(model_defaults)
             raise ConfigError(
                 f"{source}: {key!r} is not a setting of model {model!r}; "
                 f"valid settings: {', '.join(valid)}"
             )
     for key, value in list(options.items()):
-        default = builder_options.get(key)
+        default = model_defaults.get(key)
         if default is not None and value is not None:
             options[key] = _coerce(key, value, type(default).__name__, source)
     config = TrainConfig(**run_values, model_options=options)
@@ -320,13 +318,13 @@ def validate(config: TrainConfig) -> None:
         c.clean_final_epochs,
         f"must be in [0, epochs={c.epochs}]",
     )
-    if c.model == DETECTOR_MODEL:  # scenes already place and scale digits at random
+    if is_detector(c.model):  # scenes already place and scale digits at random
         for name, off in (("augment", False), ("clean_final_epochs", 0)):
             _check(
                 getattr(c, name) == off,
                 name,
                 getattr(c, name),
-                f"must be {off} for {DETECTOR_MODEL} (its scenes are made, not augmented)",
+                f"must be {off} for {c.model} (its scenes are made, not augmented)",
             )
     _check(10 <= c.val_size <= 50_000, "val_size", c.val_size, "must be in [10, 50000]")
     for name in ("seed", "split_seed"):
@@ -340,9 +338,7 @@ def validate(config: TrainConfig) -> None:
     for name in ("max_train_samples", "max_test_samples"):
         value = getattr(c, name)
         _check(value is None or value >= 10, name, value, "must be >= 10 (or unset for all)")
-    from mnist_lab.models import check_options  # the builders' own rules (imports torch)
-
-    check_options(c.model, c.model_options)
+    check_options(c.model, c.model_options)  # imports the model's module (and torch)
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:

@@ -44,7 +44,7 @@ from torch import nn
 from mnist_lab import __version__
 from mnist_lab.data.cleaning import clean
 from mnist_lab.errors import ModelFileError
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
 FORMAT_VERSION = 1  # spec.json's `format_version`, written when a model is logged

@@ -115,7 +115,6 @@ REPORT_SOURCES = "reports/sources.json"  # per source: accuracy, Wilson interval
 REPORT_CALIBRATION = "reports/calibration.json"
 PLOT_DETECTIONS = "plots/detections.png"  # faster_rcnn: predicted vs true boxes on test scenes
 DETECTOR_ARTIFACT = "detector"  # faster_rcnn: the raw torchvision detector (get_raw_model())
-DETECTOR_MODEL = "faster_rcnn"  # the one registered model trained on scenes, not on digits
 
 # Tags.
 TAG_MODEL = "model"

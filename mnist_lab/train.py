@@ -46,7 +46,8 @@ from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
 from mnist_lab.engine.loop import Listener, TrainState, fit, make_optimizer, make_scheduler
 from mnist_lab.engine.tasks import Evaluation, Loader, Task, TestReport
 from mnist_lab.errors import LabError
-from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models import is_detector
+from mnist_lab.models.build import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,7 @@ def load_splits(config: TrainConfig) -> Splits:
 
 def make_task(config: TrainConfig) -> Task:
     """The detector trains on scenes; every other model is a digit classifier."""
-    if config.model == names.DETECTOR_MODEL:
+    if is_detector(config.model):
         return DetectionTask(config)
     return ClassificationTask(config)
 

@@ -10,7 +10,6 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
 from mnist_lab.cli import main
-from mnist_lab.comparison.benchmark import default_models
 from mnist_lab.measure.__main__ import SCRIPTS as MEASURE_SCRIPTS
 
 TINY = ["--epochs", "1", "--max-train-samples", "200", "--max-test-samples", "100"]
@@ -54,11 +53,11 @@ def test_a_failing_model_is_recorded_and_the_others_still_run(
     assert "| vit | – |" in (out / "comparison.md").read_text()
 
 
-def test_default_models_are_the_lab_models_in_the_registry():
-    from mnist_lab.models import MODELS
+def test_benchmark_trains_the_tables_benchmark_models():
+    from mnist_lab.models import ARCHITECTURES, benchmark_models
 
-    assert default_models()[:4] == ["cnn", "vgg16", "alexnet", "vit"]
-    assert ("faster_rcnn" in default_models()) == ("faster_rcnn" in MODELS)
+    assert benchmark_models() == ["cnn", "vgg16", "alexnet", "vit", "faster_rcnn"]
+    assert not ARCHITECTURES["timm_vit"].benchmark  # a cross-check of vit, not a lab model
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from mnist_lab.data.mnist import load_mnist, make_splits
 from mnist_lab.data.scenes import SceneLoader, ink_boxes
 from mnist_lab.engine.detection import DetectionTask
 from mnist_lab.errors import ConfigError, WeightsError
-from mnist_lab.models import build_model
+from mnist_lab.models.build import build_model
 from mnist_lab.models.faster_rcnn import SmallBackbone
 from mnist_lab.train import train
 

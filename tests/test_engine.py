@@ -24,7 +24,7 @@ from mnist_lab.engine.loop import (
     make_optimizer,
     make_scheduler,
 )
-from mnist_lab.models import build_model
+from mnist_lab.models.build import build_model
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from mnist_lab.analysis.explanations import (
     method_name,
 )
 from mnist_lab.errors import LabError
-from mnist_lab.models import build_model
+from mnist_lab.models.build import build_model
 from mnist_lab.models.vit import ViT
 
 SMALL_VIT = {"dim": 32, "depth": 2, "heads": 2, "patch_size": 7}

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mnist_lab"
 LAYERS: list[set[str]] = [
     {"__init__", "errors", "names", "database", "settings"},  # __init__ holds only __version__
     {"data"},
-    {"models", "architectures"},  # architectures: the models' options, read, not imported
+    {"models"},  # models/__init__.py: the architecture table, torch-free (`--help` reads it)
     {"inference"},  # a logged model's loader: travels with the model (models/ and below only)
     {"config"},
     {"analysis"},

@@ -20,7 +20,7 @@ from mnist_lab.inference import (
     load_module,
     save_weights,
 )
-from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models.build import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.tracking.pyfunc import code_files
 

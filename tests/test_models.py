@@ -1,5 +1,6 @@
 """Model registry, shapes, options and weights loading. No network, no MNIST files."""
 
+import inspect
 import urllib.error
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import torch
 import torchvision
 
 from mnist_lab.errors import ConfigError, WeightsError
-from mnist_lab.models import MODELS, build_model, model_names, model_options
+from mnist_lab.models import ARCHITECTURES, TIMM, model_names, model_options
+from mnist_lab.models.build import build_model
 from mnist_lab.models.vit import attention
 
 VGG16_FILE = "vgg16-397923af.pth"
@@ -58,7 +60,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_names_and_options() -> None:
     names = model_names()
     for name in ("cnn", "vgg16", "alexnet", "vit", "timm_vit"):
-        assert name in names and name in MODELS
+        assert name in names and name in ARCHITECTURES
     assert "timm:<name>" in names
     assert list(model_options("cnn")) == [
         "depth",
@@ -68,12 +70,24 @@ def test_names_and_options() -> None:
         "pool",
         "convs",
     ]
-    assert all("input_norm" in model_options(name) for name in MODELS if name != "faster_rcnn")
+    classifiers = [n for n, entry in ARCHITECTURES.items() if entry.task == "classifier"]
+    assert all("input_norm" in model_options(name) for name in classifiers)
     assert set(model_options("vgg16")) == {
         *("weights", "input_size", "freeze_features", "dropout", "input_norm")
     }
     assert model_options("vit") == model_options("timm_vit")
     assert model_options("timm:resnet18") == {"drop_path": 0.0}  # stochastic depth, any timm
+
+
+@pytest.mark.parametrize("entry", [*ARCHITECTURES.values(), TIMM], ids=lambda e: e.name)
+def test_each_builder_takes_its_entrys_options_keyword_only_without_defaults(entry) -> None:
+    """The table states the defaults, once: a builder's keyword-only parameters are its entry's
+    options and none has a default of its own; its check takes them all too."""
+    params = inspect.signature(entry.build_function()).parameters.values()
+    keyword_only = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    assert [p.name for p in keyword_only] == list(entry.options)
+    assert all(p.default is inspect.Parameter.empty for p in keyword_only)
+    entry.check_function()(entry.name, **entry.defaults())  # the defaults pass their check
 
 
 def test_unknown_model_lists_valid_names() -> None:

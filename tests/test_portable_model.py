@@ -29,7 +29,8 @@ from packaging.utils import canonicalize_name
 
 from mnist_lab import inference, names
 from mnist_lab.inference import CHUNK, MAX_BATCH, MAX_DIGITS_ENV, SERVING_ENV, DigitClassifier
-from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models import table_modules
+from mnist_lab.models.build import ModelSpec, build_model
 from mnist_lab.tracking import pyfunc
 from mnist_lab.tracking.onnx import TOLERANCE
 
@@ -400,6 +401,10 @@ def test_the_requirements_name_every_package_the_carried_code_imports(mlflow_sto
     }
     assert pyfunc.third_party_modules() <= provided
     assert "mnist_lab/inference.py" in pyfunc.code_files()
+    builders = {
+        f"mnist_lab/{m.removeprefix('mnist_lab.').replace('.', '/')}.py" for m in table_modules()
+    }
+    assert "mnist_lab/models/cnn.py" in builders and builders <= set(pyfunc.code_files())
     assert not [f for f in pyfunc.code_files() if f.split("/")[1] in ("engine", "tracking")]
     assert inference.__name__ == "mnist_lab.inference"
 

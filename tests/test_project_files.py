@@ -11,7 +11,7 @@ import yaml
 
 from mnist_lab.cli import build_parser, setting_names
 from mnist_lab.config import EXPERIMENTS_DIR, PROJECT_ROOT, load_config
-from mnist_lab.models import MODELS
+from mnist_lab.models import ARCHITECTURES
 
 
 def test_environment_yml_pins_are_pyprojects():
@@ -36,8 +36,8 @@ def test_mlproject_parameters_reach_the_cli():
 
 
 def test_every_model_has_a_valid_experiment_file():
-    for model in MODELS:
-        assert (EXPERIMENTS_DIR / f"{model}.yaml").exists(), model
+    for model, entry in ARCHITECTURES.items():
+        assert (EXPERIMENTS_DIR / f"{entry.run_config}.yaml").exists(), model
         assert load_config(model).model == model
 
 

@@ -15,7 +15,7 @@ from mnist_lab import names, tracking
 from mnist_lab.analysis.predictions import predictions_frame
 from mnist_lab.cli import main
 from mnist_lab.errors import LabError
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 
 
 def frame_of(right: np.ndarray):

@@ -8,7 +8,7 @@ from mnist_lab import names, tracking
 from mnist_lab.analysis.selection import Constraint, Rule, gain, parse_rule
 from mnist_lab.cli import main
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.names import METRICS
 from mnist_lab.serving.register import best_run
 

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from mnist_lab import names, tracking
 from mnist_lab.errors import LabError, StoreUnreachable
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.tracking import runs
 from mnist_lab.tracking.spool import Spool, SpoolWriter, replay_all, spools
 

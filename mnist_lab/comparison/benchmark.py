@@ -14,25 +14,19 @@ from typing import Any
 
 from mnist_lab import names, tracking
 from mnist_lab.comparison.compare import Comparison, Failure, compare
-from mnist_lab.comparison.groups import LAB_MODELS
 from mnist_lab.config import load_config
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import MODELS
+from mnist_lab.models import ARCHITECTURES, benchmark_models
 
 log = logging.getLogger(__name__)
 
 
-def default_models() -> list[str]:
-    """The lab's architectures that are in the architecture table."""
-    return [m for m in LAB_MODELS if m in MODELS]
-
-
 def check_models(models: Sequence[str]) -> list[str]:
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in ARCHITECTURES]
     if unknown or not models:
         raise ConfigError(
             f"unknown model {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"valid models: {', '.join(MODELS)}"
+            f"valid models: {', '.join(ARCHITECTURES)}"
         )
     return list(models)
 
@@ -51,7 +45,7 @@ def benchmark(
     from mnist_lab.repeats import check_seeds, train_seeds
 
     check_seeds(seeds)
-    models = check_models(models or default_models())
+    models = check_models(models or benchmark_models())
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     configs = {m: load_config(m, overrides) for m in models}
     run_ids: list[str] = []

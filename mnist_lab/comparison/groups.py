@@ -9,10 +9,8 @@ from dataclasses import dataclass
 
 from mnist_lab import names, tracking
 from mnist_lab.errors import ConfigError
+from mnist_lab.models import ARCHITECTURES
 from mnist_lab.tracking import NOT_CONFIGURATION, RunRecord, by_configuration
-
-# The lab's architectures in table order; any other model follows, alphabetically.
-LAB_MODELS = ("cnn", "vgg16", "alexnet", "vit", "faster_rcnn")
 
 
 @dataclass
@@ -67,7 +65,7 @@ def select_groups(
     include_tuning: bool = False,
 ) -> list[Group]:
     """The groups to compare: given runs grouped by configuration; else per architecture its
-    newest configuration (or its best by `best_by`), the lab's models in LAB_MODELS order, then
+    newest configuration (or its best by `best_by`), in `model_order`, then
     each study's winning configuration with `include_tuning`."""
     if run_ids:
         given = by_configuration([tracking.get_run(run_id) for run_id in run_ids])
@@ -99,10 +97,14 @@ def _split(runs: list[RunRecord], key: Callable[[RunRecord], str]) -> list[list[
     return list(parts.values())
 
 
+def model_order(model: str) -> int:
+    """Where `model` sorts: the architecture table's order, any other model (timm:) after."""
+    order = list(ARCHITECTURES)
+    return order.index(model) if model in order else len(order)
+
+
 def _table_order(runs: list[RunRecord]) -> tuple[int, str]:
-    model = runs[0].model
-    in_lab = model in LAB_MODELS
-    return (LAB_MODELS.index(model) if in_lab else len(LAB_MODELS), model)
+    return (model_order(runs[0].model), runs[0].model)
 
 
 def _pick(configurations: list[list[RunRecord]], metric: str | None) -> list[RunRecord]:

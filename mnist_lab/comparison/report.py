@@ -30,7 +30,7 @@ from mnist_lab.comparison.compare import (
     markdown_table,
     tables,
 )
-from mnist_lab.comparison.groups import LAB_MODELS, Group, config_overrides, group_label
+from mnist_lab.comparison.groups import Group, config_overrides, group_label, model_order
 from mnist_lab.database import redact
 from mnist_lab.tracking import RunRecord
 
@@ -136,8 +136,7 @@ def _by_model(configurations: list[list[RunRecord]]) -> list[Group]:
 
 
 def _model_order(group: Group) -> tuple[int, str]:
-    known = group.model in LAB_MODELS
-    return (LAB_MODELS.index(group.model) if known else len(LAB_MODELS), group.label)
+    return (model_order(group.model), group.label)
 
 
 def _with_costs(table: pd.DataFrame, groups: Sequence[Group]) -> pd.DataFrame:

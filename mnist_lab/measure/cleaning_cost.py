@@ -23,7 +23,7 @@ from mnist_lab.analysis.corruptions import corrupt
 from mnist_lab.config import load_config
 from mnist_lab.data.cleaning import clean
 from mnist_lab.data.mnist import load_mnist
-from mnist_lab.models import build_model
+from mnist_lab.models.build import build_model
 
 PROG = "python -m mnist_lab.measure cleaning"
 

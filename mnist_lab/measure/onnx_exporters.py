@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from mnist_lab.measure.hardware import hardware
-    from mnist_lab.models import build_model
+    from mnist_lab.models.build import build_model
     from mnist_lab.models.common import TemperatureScaled
     from mnist_lab.tracking.onnx import PROBABILITIES, export_classifier, session
 

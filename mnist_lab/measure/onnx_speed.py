@@ -30,7 +30,7 @@ import torch
 
 from mnist_lab import names, tracking
 from mnist_lab.engine.device import cpu_name
-from mnist_lab.models import ModelSpec, build_model
+from mnist_lab.models.build import ModelSpec, build_model
 from mnist_lab.models.common import TemperatureScaled
 
 DEFAULT_MODELS = "cnn,vit"

@@ -30,7 +30,6 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from mnist_lab import names
 from mnist_lab.config import TrainConfig, load_config
 from mnist_lab.engine.device import place_model, precision, resolve_device, synchronize
 from mnist_lab.engine.flops import train_flops_per_sample
@@ -44,7 +43,8 @@ from mnist_lab.engine.loop import (
 from mnist_lab.engine.tasks import Task
 from mnist_lab.errors import EXIT_LAB_ERROR, LabError
 from mnist_lab.measure.hardware import hardware
-from mnist_lab.models import build_model
+from mnist_lab.models import is_detector
+from mnist_lab.models.build import build_model
 from mnist_lab.train import load_splits, make_task
 
 PROG = "python -m mnist_lab.measure profile"
@@ -119,7 +119,7 @@ def profile_steps(
         prof.export_chrome_trace(trace)
     seconds, images = timed
     flops = prepared.flops
-    unit = "scene" if config.model == names.DETECTOR_MODEL else "image"
+    unit = "scene" if is_detector(config.model) else "image"
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     header = (
         f"{config.model} ({config.config_file}), batch {images:.0f}, {hardware(device)}\n"

@@ -30,7 +30,7 @@ import torch
 from mnist_lab import tracking
 from mnist_lab.inference import MAX_BATCH
 from mnist_lab.measure.hardware import hardware
-from mnist_lab.models import ModelSpec
+from mnist_lab.models.build import ModelSpec
 
 STARTUP_TIMEOUT_S = 180.0
 

@@ -19,13 +19,12 @@ of flattening it (a smaller head, so its checkpoints differ).
 """
 
 import itertools
-from typing import Literal
 
 import torch
 from torch import nn
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.models.common import InputNorm, InputNormMode, MnistNormalize, check_input_norm
+from mnist_lab.models.common import InputNorm, MnistNormalize
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
 
@@ -49,20 +48,11 @@ def conv_block(in_ch: int, out_ch: int, convs: int = 1) -> nn.Sequential:
     )
 
 
-POOLS = ("flatten", "avg")
-
-
 class CNN(nn.Module):
     """[B, 1, 28, 28] in [0, 1] → logits [B, 10]."""
 
     def __init__(
-        self,
-        depth: int = 3,
-        width: int = 24,
-        dropout: float = 0.1,
-        input_norm: str = "none",
-        pool: str = "flatten",
-        convs: int = 1,
+        self, depth: int, width: int, dropout: float, input_norm: str, pool: str, convs: int
     ) -> None:
         super().__init__()
         chans = [1] + [width * 2**i for i in range(depth)]
@@ -85,36 +75,27 @@ class CNN(nn.Module):
 
 
 def build_cnn(
-    *,
-    depth: int = 3,
-    width: int = 24,
-    dropout: float = 0.1,
-    input_norm: InputNormMode = "none",
-    pool: Literal["flatten", "avg"] = "flatten",
-    convs: int = 1,
+    *, depth: int, width: int, dropout: float, input_norm: str, pool: str, convs: int
 ) -> nn.Module:
-    """The `cnn` model: `depth` in 1..4 conv blocks of `convs` convolutions each, `width`
-    channels in the first one; `input_norm` and `pool` as in the module docstring."""
-    check_cnn(
-        depth=depth, width=width, dropout=dropout, input_norm=input_norm, pool=pool, convs=convs
-    )
+    """The `cnn` model: `depth` conv blocks of `convs` convolutions each, `width` channels in
+    the first one; `input_norm` and `pool` as in the module docstring."""
     return CNN(
         depth=depth, width=width, dropout=dropout, input_norm=input_norm, pool=pool, convs=convs
     )
 
 
 def check_cnn(
-    *, depth: int, width: int, dropout: float, input_norm: str, pool: str, convs: int
+    name: str, *, depth: int, width: int, convs: int, dropout: float, **_: object
 ) -> None:
-    """`build_cnn`'s rules, without building: a ConfigError naming the first option broken."""
-    check_input_norm("cnn", input_norm)
-    if pool not in POOLS:
-        raise ConfigError(f"cnn: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    """`build_cnn`'s rules beyond the options' choices, without building: a ConfigError naming
+    the first option broken."""
     if not 1 <= depth <= 4:
-        raise ConfigError(f"cnn: depth must be 1..4 (28 px halves four times at most), got {depth}")
+        raise ConfigError(
+            f"{name}: depth must be 1..4 (28 px halves four times at most), got {depth}"
+        )
     if not 1 <= convs <= 4:
-        raise ConfigError(f"cnn: convs (convolutions per block) must be 1..4, got {convs}")
+        raise ConfigError(f"{name}: convs (convolutions per block) must be 1..4, got {convs}")
     if width < 1:
-        raise ConfigError(f"cnn: width must be a positive channel count, got {width}")
+        raise ConfigError(f"{name}: width must be a positive channel count, got {width}")
     if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"cnn: dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"{name}: dropout must be in [0, 1), got {dropout}")

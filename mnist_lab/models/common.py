@@ -8,13 +8,10 @@ happens inside the model, so a logged model needs no preprocessing from its call
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from mnist_lab.errors import ConfigError
 
 _READ_PRETRAINED = contextvars.ContextVar("read_pretrained", default=True)
 
@@ -75,8 +72,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-InputNormMode = Literal["none", "minmax", "tophat"]
-INPUT_NORMS: tuple[str, ...] = get_args(InputNormMode)
 TOPHAT_SIZE = 7  # wider than MNIST strokes (2-4 px), narrower than the digit
 
 
@@ -107,13 +102,6 @@ class InputNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
-
-
-def check_input_norm(model: str, mode: str) -> None:
-    if mode not in INPUT_NORMS:
-        raise ConfigError(
-            f"{model}: input_norm must be one of {', '.join(INPUT_NORMS)}, got {mode!r}"
-        )
 
 
 class MnistNormalize(nn.Module):

@@ -47,7 +47,6 @@ from mnist_lab.models.torchvision_nets import (
 )
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
 
-BACKBONES = ("small", "mobilenet_v3", "resnet50")
 # The ImageNet backbones see the canvas upscaled: mobilenet_v3's first FPN level has stride 16.
 UPSCALE = {"small": 1, "mobilenet_v3": 4, "resnet50": 2}
 MAX_TRAINABLE = {"small": 0, "mobilenet_v3": 6, "resnet50": 5}
@@ -56,7 +55,9 @@ MAX_DIGITS = 4
 SMALL_HEAD = 256  # width of the small backbone's box head
 
 
-def check_options(
+def check_faster_rcnn(
+    name: str,
+    *,
     backbone: str,
     weights_backbone: str,
     trainable_backbone_layers: int,
@@ -66,13 +67,13 @@ def check_options(
     max_digits: int,
     image_size: int,
 ) -> None:
-    """Reject options no detector could use, naming the parameter (ConfigError)."""
+    """Reject options no detector could use beyond the options' choices, naming the parameter
+    (ConfigError)."""
 
-    def check(ok: bool, name: str, value: object, rule: str) -> None:
+    def check(ok: bool, option: str, value: object, rule: str) -> None:
         if not ok:
-            raise ConfigError(f"{name}={value!r} {rule}")
+            raise ConfigError(f"{name}: {option}={value!r} {rule}")
 
-    check(backbone in BACKBONES, "backbone", backbone, f"is not a backbone; use one of {BACKBONES}")
     check(
         not (backbone == "small" and weights_backbone == "imagenet"),
         "weights_backbone",
@@ -282,14 +283,14 @@ def top_box_probabilities(
 
 def build_faster_rcnn(
     *,
-    backbone: str = "small",
-    weights_backbone: str = "none",
-    trainable_backbone_layers: int = 3,
-    canvas_size: int = 64,
-    min_scale: float = 0.8,
-    max_scale: float = 1.4,
-    max_digits: int = 4,
-    image_size: int = 0,
+    backbone: str,
+    weights_backbone: str,
+    trainable_backbone_layers: int,
+    canvas_size: int,
+    min_scale: float,
+    max_scale: float,
+    max_digits: int,
+    image_size: int,
 ) -> DetectorClassifier:
     """The `faster_rcnn` model.
 
@@ -301,16 +302,6 @@ def build_faster_rcnn(
     and multi-digit test scene. image_size: what the detector's transform resizes the canvas
     to; 0 = canvas_size × 1 (small), × 2 (resnet50), × 4 (mobilenet_v3).
     """
-    check_options(
-        backbone,
-        weights_backbone,
-        trainable_backbone_layers,
-        canvas_size,
-        min_scale,
-        max_scale,
-        max_digits,
-        image_size,
-    )
     size = image_size or canvas_size * UPSCALE[backbone]
     body, levels = _backbone(backbone, weights_backbone, trainable_backbone_layers)
     r = size / canvas_size

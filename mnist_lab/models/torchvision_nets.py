@@ -25,14 +25,10 @@ from mnist_lab.errors import ConfigError, WeightsError
 from mnist_lab.models.common import (
     ImageNetAdapter,
     InputNorm,
-    InputNormMode,
     MnistNormalize,
-    check_input_norm,
     reads_pretrained_weights,
 )
 from mnist_lab.names import NUM_CLASSES
-
-INPUT_SIZES = (32, 224)
 
 
 class ConvNetClassifier(nn.Module):
@@ -207,33 +203,20 @@ def _load_fitting(
 
 
 def check_convnet(
-    arch: str,
-    *,
-    weights: str,
-    input_size: int,
-    freeze_features: bool,
-    dropout: float,
-    input_norm: str,
+    name: str, *, weights: str, freeze_features: bool, dropout: float, **_: object
 ) -> None:
-    """`build_vgg16`'s and `build_alexnet`'s rules, without building: a ConfigError naming the
-    first option broken."""
-    check_input_norm(arch, input_norm)
-    if input_size not in INPUT_SIZES:
-        raise ConfigError(
-            f"{arch}: input_size must be 32 (native, 1-channel) or 224 (ImageNet transfer), "
-            f"got {input_size}"
-        )
+    """`build_vgg16`'s and `build_alexnet`'s rules beyond the options' choices, without
+    building: a ConfigError naming the first option broken."""
     if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"{arch}: dropout must be in [0, 1), got {dropout}")
+        raise ConfigError(f"{name}: dropout must be in [0, 1), got {dropout}")
     if freeze_features and weights == "none":
         raise ConfigError(
-            f"{arch}: freeze_features=True with weights='none' would freeze a random conv stack; "
+            f"{name}: freeze_features=True with weights='none' would freeze a random conv stack; "
             f"use weights='imagenet' or a weights path, or set freeze_features=False"
         )
 
 
 def _build(
-    arch: str,
     factory: Callable[[int, float], tuple[ConvNetClassifier, tuple[str, ...]]],
     imagenet: torchvision.models.WeightsEnum,
     weights: str,
@@ -242,14 +225,6 @@ def _build(
     dropout: float,
     input_norm: str,
 ) -> nn.Module:
-    check_convnet(
-        arch,
-        weights=weights,
-        input_size=input_size,
-        freeze_features=freeze_features,
-        dropout=dropout,
-        input_norm=input_norm,
-    )
     model, new = factory(input_size, dropout)
     if input_norm != "none":  # prep holds no weights: the state dict keys stay torchvision's
         model.prep = nn.Sequential(InputNorm(input_norm), model.prep)
@@ -267,30 +242,16 @@ def _build(
 
 
 def build_vgg16(
-    *,
-    weights: str = "none",
-    input_size: int = 32,
-    freeze_features: bool = False,
-    dropout: float = 0.5,
-    input_norm: InputNormMode = "none",
+    *, weights: str, input_size: int, freeze_features: bool, dropout: float, input_norm: str
 ) -> nn.Module:
     """The `vgg16` model. weights: 'none' | 'imagenet' | path to a .pt/.pth state dict."""
     imagenet = torchvision.models.VGG16_Weights.IMAGENET1K_V1
-    return _build(
-        "vgg16", _vgg16, imagenet, weights, input_size, freeze_features, dropout, input_norm
-    )
+    return _build(_vgg16, imagenet, weights, input_size, freeze_features, dropout, input_norm)
 
 
 def build_alexnet(
-    *,
-    weights: str = "none",
-    input_size: int = 32,
-    freeze_features: bool = False,
-    dropout: float = 0.5,
-    input_norm: InputNormMode = "none",
+    *, weights: str, input_size: int, freeze_features: bool, dropout: float, input_norm: str
 ) -> nn.Module:
     """The `alexnet` model. weights: 'none' | 'imagenet' | path to a .pt/.pth state dict."""
     imagenet = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
-    return _build(
-        "alexnet", _alexnet, imagenet, weights, input_size, freeze_features, dropout, input_norm
-    )
+    return _build(_alexnet, imagenet, weights, input_size, freeze_features, dropout, input_norm)

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.models.common import InputNorm, InputNormMode, MnistNormalize, check_input_norm
+from mnist_lab.models.common import InputNorm, MnistNormalize
 from mnist_lab.names import IMAGE_SIZE, NUM_CLASSES
-
-PATCH_SIZES = (4, 7, 14)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -105,14 +103,14 @@ class ViT(nn.Module):
 
     def __init__(
         self,
-        patch_size: int = 7,
-        dim: int = 64,
-        depth: int = 6,
-        heads: int = 4,
-        mlp_ratio: float = 2.0,
-        dropout: float = 0.0,
-        input_norm: str = "none",
-        drop_path: float = 0.0,
+        patch_size: int,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        input_norm: str,
+        drop_path: float,
     ) -> None:
         super().__init__()
         num_patches = (IMAGE_SIZE // patch_size) ** 2
@@ -149,20 +147,17 @@ class ViT(nn.Module):
 
 def check_vit(
     name: str,
-    patch_size: int,
+    *,
     dim: int,
     depth: int,
     heads: int,
     mlp_ratio: float,
     dropout: float,
-    input_norm: str,
-    drop_path: float = 0.0,
+    drop_path: float,
+    **_: object,
 ) -> None:
-    check_input_norm(name, input_norm)
-    if patch_size not in PATCH_SIZES:
-        raise ConfigError(
-            f"{name}: patch_size must divide 28 and be one of {list(PATCH_SIZES)}, got {patch_size}"
-        )
+    """`build_vit`'s and `build_timm_vit`'s rules beyond the options' choices (patch_size: one
+    that divides 28), without building: a ConfigError naming the first option broken."""
     if dim < 1 or heads < 1 or dim % heads:
         raise ConfigError(
             f"{name}: dim ({dim}) must be a positive multiple of heads ({heads}); "
@@ -174,43 +169,41 @@ def check_vit(
         raise ConfigError(f"{name}: mlp_ratio must be > 0, got {mlp_ratio}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"{name}: dropout must be in [0, 1), got {dropout}")
-    check_drop_path(name, drop_path)
+    check_drop_path(name, drop_path=drop_path)
 
 
-def check_drop_path(name: str, drop_path: float) -> None:
+def check_drop_path(name: str, *, drop_path: float) -> None:
     if not 0.0 <= drop_path < 1.0:
         raise ConfigError(f"{name}: drop_path must be in [0, 1), got {drop_path}")
 
 
 def build_vit(
     *,
-    patch_size: int = 7,
-    dim: int = 64,
-    depth: int = 6,
-    heads: int = 4,
-    mlp_ratio: float = 2.0,
-    dropout: float = 0.0,
-    input_norm: InputNormMode = "none",
-    drop_path: float = 0.0,
+    patch_size: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_ratio: float,
+    dropout: float,
+    input_norm: str,
+    drop_path: float,
 ) -> nn.Module:
     """The `vit` model (this project's ViT). `drop_path`: stochastic depth of the last block."""
-    check_vit("vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
     return ViT(patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
 
 
 def build_timm_vit(
     *,
-    patch_size: int = 7,
-    dim: int = 64,
-    depth: int = 6,
-    heads: int = 4,
-    mlp_ratio: float = 2.0,
-    dropout: float = 0.0,
-    input_norm: InputNormMode = "none",
-    drop_path: float = 0.0,
+    patch_size: int,
+    dim: int,
+    depth: int,
+    heads: int,
+    mlp_ratio: float,
+    dropout: float,
+    input_norm: str,
+    drop_path: float,
 ) -> nn.Module:
     """The `timm_vit` model: timm's VisionTransformer with `vit`'s options, MNIST-normalised."""
-    check_vit("timm_vit", patch_size, dim, depth, heads, mlp_ratio, dropout, input_norm, drop_path)
     from timm.models.vision_transformer import VisionTransformer
 
     net = VisionTransformer(

@@ -25,8 +25,8 @@ from mnist_lab import names, tracking
 from mnist_lab.analysis.predictions import correct, same_digits
 from mnist_lab.analysis.selection import parse_rule
 from mnist_lab.analysis.statistics import ALPHA, promotion_test
-from mnist_lab.errors import ConfigError, LabError
-from mnist_lab.models import MODELS, TIMM_PREFIX
+from mnist_lab.errors import LabError
+from mnist_lab.models import architecture
 
 SELECT_BY = names.BEST_VAL_ACCURACY
 PROMOTION_RULE = (
@@ -81,8 +81,7 @@ def val_accuracy(run: tracking.RunRecord) -> float | None:
 def best_run(model: str, where: str | None = None) -> tracking.RunRecord:
     """The best seed of the configuration with the best mean validation accuracy; with
     `where` ("inference_ms_per_image<=0.1"), among the runs within every budget."""
-    if model not in MODELS and not model.startswith(TIMM_PREFIX):
-        raise ConfigError(f"unknown model {model!r}; valid models: {', '.join(MODELS)}")
+    architecture(model)  # a ConfigError naming the valid models for an unknown one
     budgets = names.metric_names("budget")
     rule = parse_rule(where, budgets, flag="--where", objective=False) if where else None
     experiment = tracking.experiment_name()

@@ -39,7 +39,8 @@ from torch import nn
 
 from mnist_lab import names
 from mnist_lab.data.cleaning import clean
-from mnist_lab.models import ModelSpec
+from mnist_lab.models import is_detector
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.models.common import TemperatureScaled
 from mnist_lab.models.faster_rcnn import top_box_probabilities
 from mnist_lab.tracking.runs import log_flavor_model, log_metrics, set_tags
@@ -168,7 +169,7 @@ def log_onnx_model(served: nn.Module, digits: np.ndarray, spec: ModelSpec) -> st
     torch on `digits` (uint8 [N, 28, 28], test digits) and log it: `onnx`, or `onnx_detector`
     for faster_rcnn. Returns its URI, or None after a failed export or check (tag onnx.error)."""
     served = served.cpu().eval()
-    detector = spec.model == names.DETECTOR_MODEL
+    detector = is_detector(spec.model)
     name = names.ONNX_DETECTOR_ARTIFACT if detector else names.ONNX_ARTIFACT
     try:
         if detector:

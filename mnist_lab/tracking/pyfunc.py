@@ -37,7 +37,8 @@ from torch import nn
 from mnist_lab import inference, names
 from mnist_lab.errors import ModelFileError
 from mnist_lab.inference import MODEL_DATA, SPEC_FILE, DigitClassifier, save_weights
-from mnist_lab.models import ModelSpec
+from mnist_lab.models import table_modules
+from mnist_lab.models.build import ModelSpec
 from mnist_lab.tracking.runs import log_flavor_model, set_tags
 
 PACKAGE = Path(inference.__file__).resolve().parent  # mnist_lab/
@@ -53,6 +54,7 @@ def code_files() -> list[str]:
     `__init__.py` of every package on their way: paths relative to mnist_lab's parent."""
     seen: set[Path] = set()
     todo = [Path(inference.__file__).resolve()]
+    todo += [file for module in table_modules() for file in _files_of(module)]  # the builders
     while todo:
         path = todo.pop()
         if path in seen:

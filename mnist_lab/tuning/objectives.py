@@ -42,6 +42,7 @@ from mnist_lab.config import TrainConfig
 from mnist_lab.engine.classification import CORRUPTION_SEED
 from mnist_lab.engine.loop import TrainState
 from mnist_lab.errors import ConfigError
+from mnist_lab.models import is_detector
 from mnist_lab.train import load_splits, make_task
 from mnist_lab.tuning.tune_options import AUTO_PRUNER
 
@@ -197,7 +198,7 @@ def measure(state: TrainState, config: TrainConfig, wanted: Iterable[str]) -> di
 def check_measurable(objectives: Objectives, config: TrainConfig) -> None:
     """What a study's trials could not measure fails here, before any trial."""
     if names.VAL_ROBUST_ACCURACY in objectives.measured:
-        if config.model == names.DETECTOR_MODEL:
+        if is_detector(config.model):
             raise ConfigError(
                 f"{names.VAL_ROBUST_ACCURACY} is measured on single digits; {config.model} is a "
                 "detector (its trials cannot be scored on the corruption suite)"

@@ -35,7 +35,7 @@ import yaml
 
 from mnist_lab.config import SETTINGS, SHIPPED_DIR, load_config, shipped_or_own
 from mnist_lab.errors import ConfigError
-from mnist_lab.models import TIMM_PREFIX, model_options
+from mnist_lab.models import architecture, model_options
 
 TUNING_DIR = SHIPPED_DIR / "tuning"  # the shipped spaces; tuning/ of the working folder first
 SECTIONS = ("fixed", "params", "pruner")
@@ -128,9 +128,9 @@ class SearchSpace:
 
 
 def space_file(model: str) -> Path:
-    """`tuning/<model>.yaml`; every `timm:<name>` model shares `tuning/timm.yaml`."""
-    stem = "timm" if model.startswith(TIMM_PREFIX) else model
-    return shipped_or_own("tuning", f"{stem}.yaml")
+    """The model's search space, `tuning/<its search_space>.yaml` (the architecture table's
+    entry; every `timm:<name>` model shares `tuning/timm.yaml`)."""
+    return shipped_or_own("tuning", f"{architecture(model).search_space}.yaml")
 
 
 def load_space(model: str, path: Path | str | None = None) -> SearchSpace:
