@@ -313,7 +313,7 @@ def _fit_logged(session: Session, listeners: tuple[Listener, ...]) -> float:
             listeners=(epoch_logger, ConsoleReporter(), *listeners),
         )
     finally:
-        epoch_logger.wait()
+        epoch_logger.close()
     raise_if_interrupted()  # a Ctrl-C during the last epoch's logging: KILLED, not tested
     return epoch_logger.seconds
 

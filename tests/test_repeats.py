@@ -143,17 +143,6 @@ def test_bad_seeds_exit_1_before_anything_runs(mlflow_store, capsys, extra, mess
     assert not MlflowClient().search_runs(["0"])
 
 
-def test_a_checkpoint_from_before_split_seed_resumes_on_the_split_its_seed_drew(monkeypatch):
-    values = load_config("cnn", {**SMALL, "seed": 3}).to_dict()
-    del values["split_seed"]
-    monkeypatch.setattr(tracking, "download_checkpoint", lambda run_id: "checkpoint.pt")
-    monkeypatch.setattr(train_module, "load_checkpoint", lambda path: {"config": values})
-    seen = {}
-    monkeypatch.setattr(train_module, "train", lambda config, **_: seen.setdefault("c", config))
-    train_module.resume("abc")
-    assert (seen["c"].seed, seen["c"].split_seed) == (3, 3)
-
-
 def test_split_seed_draws_the_split_and_seed_the_training():
     a = train_module.load_splits(load_config("cnn", {**SMALL, "seed": 5}))
     b = train_module.load_splits(load_config("cnn", {**SMALL, "seed": 6}))

@@ -1,6 +1,8 @@
 """The MLflow and Optuna conventions users expect: a model-development experiment, readable run
 names, dataset lineage on every run, and a study that names its objective."""
 
+import tempfile
+
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -26,8 +28,14 @@ def inputs_of(run_id: str) -> dict[str, tuple[str, dict[str, str]]]:
     }
 
 
-def test_a_run_is_named_tagged_and_records_the_data_it_saw(mnist_dir, mlflow_store):
+def test_a_run_is_named_tagged_and_records_the_data_it_saw(
+    mnist_dir, mlflow_store, tmp_path, monkeypatch
+):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     result = train(load_config("cnn", {**TINY, **NO_REPORT}))
+    assert list(scratch.iterdir()) == []  # its checkpoint folder (and any other) went with it
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.run_name == "cnn-1ep-n200"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,6 +62,15 @@ class EpochLogger:
             pending, self._pending = self._pending, None
             pending.result()
         self.seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        """`wait`, then remove the local checkpoint folder (a checkpoint can be hundreds of MB:
+        one left behind a run would fill the temporary folder over a study)."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown()
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def _to_host(value: Any) -> Any:
