@@ -1,0 +1,142 @@
+"""`python -m mnist_lab.measure all`: regenerate every table of results/ on this machine.
+
+`make results` runs it: one measure script after another, each in its own process.
+
+Each script merges its rows into results/<name>.csv and rewrites the Markdown beside it
+(results_table.py): rows of other machines stay. `--quick` shortens the long recipes (fewer
+epochs, digits, trials or repeats); a table whose rows it shortened says so in a "quick:" line
+and in each row's `recipe` column, so a quick figure never passes for the full recipe's.
+Finally `report` rewrites configurations.md and benchmark.md from the tracking store's train
+runs, when it has any.
+
+    python -m mnist_lab.measure all --quick                 # ~15 min on 2 CPU cores
+    python -m mnist_lab.measure all --only training,onnx     # some pieces
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+PROG = "python -m mnist_lab.measure all"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A measure script's invocation: its arguments for the full and the quick run, the files
+    it writes and roughly how long each run takes on 2 CPU cores."""
+
+    script: str
+    full: tuple[str, ...]
+    quick: tuple[str, ...]
+    files: tuple[str, ...]
+    full_min: float
+    quick_min: float
+
+
+PIECES = (
+    Piece("calibration", (), ("--quick",), ("statistics",), 10, 1),
+    Piece("cleaning", (), ("--repeats", "20"), ("cleaning",), 1, 0.3),
+    Piece("onnx", (), ("--repeats", "1", "--batch", "1,256"), ("onnx",), 2, 0.5),
+    Piece("onnx-exporters", (), ("--repeats", "1", "--models", "cnn"), ("onnx-exporters",), 2, 0.3),
+    Piece("serving", (), ("--quick",), ("serving",), 2, 1),
+    Piece(
+        "profile",
+        ("--config", "experiments/cnn_fast.yaml", "--steps", "30"),
+        ("--config", "experiments/cnn_fast.yaml", "--steps", "5", "--warmup", "1"),
+        ("profiles",),
+        1,
+        0.3,
+    ),
+    Piece(
+        "profile",
+        ("--compare-precision", "--model", "cnn", "vit", "alexnet", "vgg16", "--steps", "5"),
+        ("--compare-precision", "--model", "cnn", "vit", "--steps", "2", "--warmup", "1"),
+        ("precision",),
+        5,
+        0.5,
+    ),
+    Piece("constraints", (), ("--quick",), ("constraints",), 10, 1.5),
+    Piece("tuning", (), ("--quick",), ("tuning",), 20, 2),
+    Piece(
+        "time-to-accuracy", (), ("--quick",), ("time-to-accuracy", "time-to-accuracy-peer"), 30, 1.5
+    ),
+    Piece("training", (), ("--quick",), ("training",), 90, 4),
+)
+
+
+SCRIPTS = tuple(dict.fromkeys(p.script for p in PIECES))
+
+
+def invocation(piece: Piece, quick: bool, output_dir: str) -> list[str]:
+    args = piece.quick if quick else piece.full
+    return [
+        sys.executable,
+        "-m",
+        "mnist_lab.measure",
+        piece.script,
+        *args,
+        "--output-dir",
+        output_dir,
+    ]
+
+
+def report(output_dir: str) -> None:
+    """`report` into `output_dir`; a store without train runs leaves the files as they are
+    (its error says so), which fails nothing here."""
+    command = [sys.executable, "-m", "mnist_lab", "report", "--output-dir", output_dir]
+    print(f"== {' '.join(command[1:])}", flush=True)
+    code = subprocess.run(command, check=False).returncode
+    if code:
+        print(f"== report: exit {code}: configurations.md and benchmark.md left as they were")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="shortened recipes, said so in the files"
+    )
+    parser.add_argument(
+        "--output-dir", default="results", help="where the tables go (default results)"
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma list of pieces to run, of: {', '.join(SCRIPTS)}, report",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    chosen = set(args.only.split(",")) if args.only else None
+    known = {p.script for p in PIECES} | {"report"}
+    if chosen and chosen - known:
+        parser.error(
+            f"--only: unknown piece(s) {sorted(chosen - known)}; choose from {sorted(known)}"
+        )
+    failed = []
+    for piece in PIECES:
+        if chosen and piece.script not in chosen:
+            continue
+        command = invocation(piece, args.quick, args.output_dir)
+        minutes = piece.quick_min if args.quick else piece.full_min
+        print(f"== {' '.join(command[1:])}  (~{minutes:g} min on 2 cores)", flush=True)
+        if args.dry_run:
+            continue
+        start = time.perf_counter()
+        code = subprocess.run(command, check=False).returncode
+        print(
+            f"== {piece.script}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True
+        )
+        if code:
+            failed.append(piece.script)
+    if (not chosen or "report" in chosen) and not args.dry_run:
+        report(args.output_dir)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
