@@ -293,14 +293,23 @@ def implied(regime: Regime, reps: int = 200, seed: int = 0) -> tuple[float, floa
 
 COMMAND = "python -m mnist_lab.measure calibration --output-dir results"
 PACKAGES = ("numpy", "scipy")
+REPS, PROMOTION_REPS = 2000, 1000  # data sets a row: the full recipe
 QUICK_REPS = 200  # --quick: data sets a row (a tenth), so the rates carry ~3x the error
 
 
-def markdown(table: pd.DataFrame, reps: int, promotion_reps: int, quick: bool = False) -> str:
+def recipe(reps: int, promotion_reps: int) -> str:
+    """`full` at the default data sets a row, else what was shortened."""
+    if (reps, promotion_reps) == (REPS, PROMOTION_REPS):
+        return results_table.FULL
+    return f"{reps} data sets a row, {promotion_reps} a promotion row"
+
+
+def markdown(table: pd.DataFrame, reps: int, promotion_reps: int) -> str:
     """The table as results/statistics.md prints it."""
     title = "# Statistics: how often the lab's intervals and tests are wrong"
+    shortened = recipe(reps, promotion_reps)
     lines = [
-        title + (f" (quick: {reps} data sets a row)" if quick else ""),
+        title + ("" if shortened == results_table.FULL else f" (quick: {shortened})"),
         "",
         f"Written by `{COMMAND}` on {date.today().isoformat()} with "
         f"{results_table.versions(PACKAGES)} (a simulation with a known truth: {reps} data sets "
@@ -379,9 +388,12 @@ def _rate(value: float, mcse: float) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_lab.measure calibration")
-    parser.add_argument("--reps", type=int, default=2000, help="data sets a row (default 2000)")
+    parser.add_argument("--reps", type=int, default=REPS, help=f"data sets a row (default {REPS})")
     parser.add_argument(
-        "--promotion-reps", type=int, default=1000, help="data sets a promotion row (default 1000)"
+        "--promotion-reps",
+        type=int,
+        default=PROMOTION_REPS,
+        help=f"data sets a promotion row (default {PROMOTION_REPS})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -395,7 +407,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.reps = args.promotion_reps = QUICK_REPS
     table = simulate(args.reps, args.promotion_reps, args.seed)
-    text = markdown(table, args.reps, args.promotion_reps, args.quick)
+    text = markdown(table, args.reps, args.promotion_reps)
     print(text, end="")
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -406,9 +418,7 @@ def main(argv: list[str]) -> int:
             results_table.MACHINE: "simulation (no machine dependence)",
             results_table.VERSIONS: results_table.versions(PACKAGES),
             results_table.DATE: date.today().isoformat(),
-            results_table.RECIPE: f"quick: {QUICK_REPS} data sets a row"
-            if args.quick
-            else results_table.FULL,
+            results_table.RECIPE: recipe(args.reps, args.promotion_reps),
         }
         table.assign(**provenance).to_csv(
             args.output_dir / "statistics.csv", index=False, float_format="%.5g"

@@ -70,7 +70,7 @@ PROFILE_TABLE = results_table.Table(
     ),
     columns=("config", "batch", "precision", "n", "ms_per_step", "per_s", "tflops", "operators"),
     key=("config", "batch", "precision"),
-    formats={"ms_per_step": "{:.1f}", "per_s": "{:.0f}", "tflops": "{:.3f}"},
+    formats={"batch": "{:.0f}", "ms_per_step": "{:.1f}", "per_s": "{:.0f}", "tflops": "{:.3f}"},
 )
 PRECISION_TABLE = results_table.Table(
     name="precision",
@@ -95,7 +95,12 @@ PRECISION_TABLE = results_table.Table(
         "bf16_over_fp32",
     ),
     key=("model", "config", "batch"),
-    formats={"fp32_step_s": "{:.4f}", "bf16_step_s": "{:.4f}", "bf16_over_fp32": "{:.2f}"},
+    formats={
+        "batch": "{:.0f}",
+        "fp32_step_s": "{:.4f}",
+        "bf16_step_s": "{:.4f}",
+        "bf16_over_fp32": "{:.2f}",
+    },
 )
 
 

@@ -16,6 +16,7 @@ runs, when it has any.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import subprocess
 import sys
 import time
@@ -35,13 +36,22 @@ class Piece:
     files: tuple[str, ...]
     full_min: float
     quick_min: float
+    needs: tuple[str, ...] = ()  # modules outside the lab's dependencies; skipped without them
 
 
 PIECES = (
     Piece("calibration", (), ("--quick",), ("statistics",), 10, 1),
     Piece("cleaning", (), ("--repeats", "20"), ("cleaning",), 1, 0.3),
     Piece("onnx", (), ("--repeats", "1", "--batch", "1,256"), ("onnx",), 2, 0.5),
-    Piece("onnx-exporters", (), ("--repeats", "1", "--models", "cnn"), ("onnx-exporters",), 2, 0.3),
+    Piece(
+        "onnx-exporters",
+        (),
+        ("--repeats", "1", "--models", "cnn"),
+        ("onnx-exporters",),
+        2,
+        0.3,
+        needs=("onnxscript",),
+    ),
     Piece("serving", (), ("--quick",), ("serving",), 2, 1),
     Piece(
         "profile",
@@ -122,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         command = invocation(piece, args.quick, args.output_dir)
         minutes = piece.quick_min if args.quick else piece.full_min
         print(f"== {' '.join(command[1:])}  (~{minutes:g} min on 2 cores)", flush=True)
+        missing = [m for m in piece.needs if importlib.util.find_spec(m) is None]
+        if missing:
+            print(f"== {piece.script}: skipped: needs {', '.join(missing)} (pip install them)")
+            continue
         if args.dry_run:
             continue
         start = time.perf_counter()

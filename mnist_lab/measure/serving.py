@@ -65,7 +65,7 @@ TABLE = results_table.Table(
     ),
     key=("model", "workers", "clients", "batch"),
     formats={
-        "seconds": "{:g}",
+        "seconds": "{:.0f}",
         "requests_per_s": "{:.1f}",
         "digits_per_s": "{:,.0f}",
         "p50_ms": "{:.1f}",
