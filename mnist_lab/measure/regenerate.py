@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 PROG = "python -m mnist_lab.measure all"
 
@@ -104,6 +105,64 @@ def report(output_dir: str) -> None:
         print(f"== report: exit {code}: configurations.md and benchmark.md left as they were")
 
 
+REPORT_FILES = ("configurations", "benchmark")
+INDEX = """# Results
+
+Every table here is written by a command, never typed: a measure script from its own runs
+(`python -m mnist_lab.measure <script> --output-dir results`) or `python -m mnist_lab report`
+from tagged MLflow runs. `python -m mnist_lab.measure all` (`make results`) runs them all on the
+machine it runs on; this index is rewritten with them. Each Markdown table has its CSV beside it.
+
+## How to read them
+
+- **n** is the number of runs, repeats or trials behind a row; a row of n = 1 is one run at one
+  seed, and a second seed moves a test accuracy about as much as its interval is wide, so a
+  difference of a few tenths between two such rows is a tie.
+  [docs/comparisons.md](../docs/comparisons.md) says how to get n, intervals and tests for a
+  claim, and [statistics.md](statistics.md) how often each is wrong.
+- Every row names its **machine** (CPU model, vector units and cores, or the GPU), the versions
+  it ran with, the date and its **recipe**: `full`, or what a `--quick` run shortened. A page
+  has a section per machine and recipe; a quick section says so in its heading. Re-running a
+  script replaces only its own machine's rows.
+- Times are wall-clock seconds on the machine named, and mean nothing beyond it, nor when other
+  work shared its cores: read ratios measured side by side. `report` shows a configuration's
+  seconds only where every run had its cores to itself (column `alone`).
+- The T4 GPU seconds in [time-to-accuracy.md](time-to-accuracy.md) are reference targets
+  (`mnist_lab/measure/data/t4_reference.csv`), not the lab's measurements.
+
+## Files
+
+| file | title | written by | `all --quick` | `all` |
+|---|---|---|---|---|
+"""
+
+
+def write_index(output_dir: str) -> Path:
+    """results/README.md: each file present, its title (its first line) and the command that
+    writes it, with the minutes a quick and a full run take on 2 CPU cores."""
+    out = Path(output_dir)
+    rows = []
+    for piece in PIECES:
+        for name in piece.files:
+            words = ["python -m mnist_lab.measure", piece.script, *piece.full, "--output-dir results"]
+            command = f"`{' '.join(words)}`"
+            timing = (f"~{piece.quick_min:g} min", f"~{piece.full_min:g} min")
+            rows.append((name, command, *timing))
+    rows += [(name, "`python -m mnist_lab report`", "from the store", "from the store")
+             for name in REPORT_FILES]  # fmt: skip
+    lines = []
+    for name, command, quick, full in rows:
+        page = out / f"{name}.md"
+        if not page.exists():
+            continue
+        title = page.read_text().splitlines()[0].removeprefix("# ")
+        csv = f"[{name}.md]({name}.md) ([csv]({name}.csv))"
+        lines.append(f"| {csv} | {title} | {command} | {quick} | {full} |")
+    path = out / "README.md"
+    path.write_text(INDEX + "\n".join(lines) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -147,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(piece.script)
     if (not chosen or "report" in chosen) and not args.dry_run:
         report(args.output_dir)
+    if not args.dry_run:
+        print(f"wrote {write_index(args.output_dir)}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

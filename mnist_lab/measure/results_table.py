@@ -67,6 +67,8 @@ def write(
         raise ValueError(f"{table.name}: rows lack columns {sorted(set(missing))}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not rows and (out / f"{table.name}.csv").exists():
+        return out / f"{table.name}.md"  # nothing measured: the file stays as it was
     stamp = {
         MACHINE: machine,
         VERSIONS: versions(table.packages),
@@ -102,10 +104,14 @@ def _keys(table: Table, rows: Sequence[dict[str, Any]]) -> set[tuple[str, ...]]:
     return {_key(table, r) for r in rows}
 
 
-def markdown(table: Table, rows: Sequence[dict[str, Any]], stamp: dict[str, str]) -> str:
+def markdown(
+    table: Table, rows: Sequence[dict[str, Any]], stamp: dict[str, str] | None = None
+) -> str:
     """The page: title, header, the "Written by" line, then a section per machine and recipe
     naming its versions and dates, each with the table's columns."""
     lines = [f"# {table.title}", "", table.header.strip(), ""]
+    if not rows:
+        return "\n".join([*lines, f"No rows yet: `{table.command}` writes them.", ""])
     lines += [
         f"Written by `{table.command}` on {stamp[DATE]} on {stamp[MACHINE]} "
         f"(the rows of other machines are kept from their own runs; every row's machine, "
