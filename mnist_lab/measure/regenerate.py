@@ -144,7 +144,12 @@ def write_index(output_dir: str) -> Path:
     rows = []
     for piece in PIECES:
         for name in piece.files:
-            words = ["python -m mnist_lab.measure", piece.script, *piece.full, "--output-dir results"]
+            words = [
+                "python -m mnist_lab.measure",
+                piece.script,
+                *piece.full,
+                "--output-dir results",
+            ]
             command = f"`{' '.join(words)}`"
             timing = (f"~{piece.quick_min:g} min", f"~{piece.full_min:g} min")
             rows.append((name, command, *timing))
