@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnist_lab.measure import results_table
+
 PROG = "python -m mnist_lab.measure all"
 
 
@@ -38,10 +40,13 @@ class Piece:
     full_min: float
     quick_min: float
     needs: tuple[str, ...] = ()  # modules outside the lab's dependencies; skipped without them
+    # A simulation: its full rows hold on every machine, so --quick keeps them rather than
+    # replace them with noisier ones.
+    machine_independent: bool = False
 
 
 PIECES = (
-    Piece("calibration", (), ("--quick",), ("statistics",), 10, 1),
+    Piece("calibration", (), ("--quick",), ("statistics",), 4, 0.5, machine_independent=True),
     Piece("cleaning", (), ("--repeats", "20"), ("cleaning",), 1, 0.3),
     Piece("onnx", (), ("--repeats", "1", "--batch", "1,256"), ("onnx",), 2, 0.5),
     Piece(
@@ -95,6 +100,12 @@ def invocation(piece: Piece, quick: bool, output_dir: str) -> list[str]:
     ]
 
 
+def has_full_rows(piece: Piece, output_dir: str) -> bool:
+    """Whether every file of `piece` in `output_dir` holds rows of the full recipe."""
+    files = [results_table.read(Path(output_dir) / f"{name}.csv") for name in piece.files]
+    return all(rows and all(r.get("recipe") == results_table.FULL for r in rows) for rows in files)
+
+
 def report(output_dir: str) -> None:
     """`report` into `output_dir`; a store without train runs leaves the files as they are
     (its error says so), which fails nothing here."""
@@ -137,7 +148,14 @@ machine it runs on; this index is rewritten with them. Each Markdown table has i
 """
 
 
-def write_index(output_dir: str) -> Path:
+def write_index(output_dir: str | Path) -> Path:
+    """Write results/README.md (`index_text`)."""
+    path = Path(output_dir) / "README.md"
+    path.write_text(index_text(output_dir))
+    return path
+
+
+def index_text(output_dir: str | Path) -> str:
     """results/README.md: each file present, its title (its first line) and the command that
     writes it, with the minutes a quick and a full run take on 2 CPU cores."""
     out = Path(output_dir)
@@ -163,9 +181,7 @@ def write_index(output_dir: str) -> Path:
         title = page.read_text().splitlines()[0].removeprefix("# ")
         csv = f"[{name}.md]({name}.md) ([csv]({name}.csv))"
         lines.append(f"| {csv} | {title} | {command} | {quick} | {full} |")
-    path = out / "README.md"
-    path.write_text(INDEX + "\n".join(lines) + "\n")
-    return path
+    return INDEX + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,11 +211,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         command = invocation(piece, args.quick, args.output_dir)
         minutes = piece.quick_min if args.quick else piece.full_min
-        print(f"== {' '.join(command[1:])}  (~{minutes:g} min on 2 cores)", flush=True)
+        shown = " ".join(command[1:])
+        if args.quick and piece.machine_independent and has_full_rows(piece, args.output_dir):
+            print(f"== {shown}: kept the full rows (they do not depend on the machine)")
+            continue
         missing = [m for m in piece.needs if importlib.util.find_spec(m) is None]
         if missing:
-            print(f"== {piece.script}: skipped: needs {', '.join(missing)} (pip install them)")
+            print(f"== {shown}: skipped: needs {', '.join(missing)} (pip install them)")
             continue
+        print(f"== {shown}  (~{minutes:g} min on 2 cores)", flush=True)
         if args.dry_run:
             continue
         start = time.perf_counter()
