@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         command = invocation(piece, args.quick, args.output_dir)
         minutes = piece.quick_min if args.quick else piece.full_min
-        shown = " ".join(command[1:])
+        shown = " ".join(["python", *command[1:]])
         if args.quick and piece.machine_independent and has_full_rows(piece, args.output_dir):
             print(f"== {shown}: kept the full rows (they do not depend on the machine)")
             continue
