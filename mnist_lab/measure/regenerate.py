@@ -9,7 +9,7 @@ and in each row's `recipe` column, so a quick figure never passes for the full r
 Finally `report` rewrites configurations.md and benchmark.md from the tracking store's train
 runs, when it has any.
 
-    python -m mnist_lab.measure all --quick                 # ~15 min on 2 CPU cores
+    python -m mnist_lab.measure all --quick                 # ~15 min on 2 idle CPU cores
     python -m mnist_lab.measure all --only training,onnx     # some pieces
 """
 
@@ -81,6 +81,14 @@ PIECES = (
         "time-to-accuracy", (), ("--quick",), ("time-to-accuracy", "time-to-accuracy-peer"), 30, 1.5
     ),
     Piece("training", (), ("--quick",), ("training",), 90, 4),
+    Piece(
+        "tracking-outage",
+        (),
+        ("--outage-s", "20", "--epochs", "3", "--max-train-samples", "2000"),
+        ("tracking-outage",),
+        15,
+        3,
+    ),
 )
 
 
