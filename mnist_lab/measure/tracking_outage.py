@@ -206,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     if args.output_dir is not None:
         where = machine_name(resolve_device("auto"))
-        print(f"wrote {results_table.write(TABLE, rows, args.output_dir, where)}")
+        changed = {
+            k: v for k, v in vars(args).items() if k != "output_dir" and v != parser.get_default(k)
+        }  # a shortened check is not the full recipe: its rows say so
+        recipe = ", ".join(f"{k}={v}" for k, v in changed.items()) or results_table.FULL
+        print(f"wrote {results_table.write(TABLE, rows, args.output_dir, where, recipe)}")
     print(f"logs and stores: {folder}", file=sys.stderr)
     return 0
 
