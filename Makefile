@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 JOBS   ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: train test test-fast lint format measure clean-venv
+.PHONY: train test test-fast lint format measure results clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## measure: the measure scripts print the figures results/ holds (make measure ARGS="time-to-accuracy")
+## measure: one measure script (make measure ARGS="time-to-accuracy --output-dir results")
 measure: $(STAMP)
 	$(BIN)/python -m mnist_lab.measure $(if $(ARGS),$(ARGS),training)
+
+## results: regenerate every table of results/ on this machine (ARGS="--quick": ~15 min on 2 cores)
+results: $(STAMP)
+	$(BIN)/python -m mnist_lab.measure all $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -129,6 +129,9 @@ TAG_DEVICE = "device"
 # What a run's figures ran on: the CPU's model, units (AVX2, AVX-512, "AVX-512, avx512_bf16",
 # AMX) and cores, or the GPU. Timings compare only between runs of one machine.
 TAG_MACHINE = "machine"
+# The share of the run's CPUs' time other processes used while it trained
+# (engine/contention.py): its seconds are the recipe's cost only when this is small.
+TAG_OTHER_CPU_SHARE = "other_cpu_share"
 # `train --seeds N`: the parent run of the N seed runs (kind "repeats"), named on each of them.
 TAG_REPEATS_RUN_ID = "repeats_run_id"
 TAG_TORCH_VERSION = "torch_version"

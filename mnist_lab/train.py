@@ -35,11 +35,11 @@ from mnist_lab.data.mnist import (
     resolve_data_dir,
     split_records,
 )
-from mnist_lab.engine import distributed
+from mnist_lab.engine import contention, distributed
 from mnist_lab.engine.checkpoint import load_checkpoint
 from mnist_lab.engine.classification import ClassificationTask
 from mnist_lab.engine.detection import DetectionTask
-from mnist_lab.engine.device import place_model, resolve_device
+from mnist_lab.engine.device import place_model, resolve_device, usable_cpus
 from mnist_lab.engine.distributed import rank_device
 from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.interrupt import deferred_interrupts, raise_if_interrupted
@@ -210,7 +210,10 @@ def _train(
     ):
         if checkpoint is None:
             _log_inputs(config, device, session.splits, evaluate_test)
+        clock = contention.read_clock()
         tracking_seconds = _fit_logged(session, listeners)
+        share = contention.others_share(clock, contention.read_clock(), usable_cpus())
+        tracking.set_tags({names.TAG_OTHER_CPU_SHARE: f"{share:.2f}"})
         if state.best_model is not None:
             model.load_state_dict(state.best_model)
         if not evaluate_test:  # a tuning trial: validation only

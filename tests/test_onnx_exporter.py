@@ -1,6 +1,6 @@
 """The ONNX export's exporter: torch's TorchScript-based one (`dynamo=False`), chosen by the
-figures in results/serving.md (same answers, a tenth of the export time). torch deprecates it;
-this test is the day it goes."""
+figures in results/onnx-exporters.md (the same answers, a far shorter export). torch deprecates
+it; this test is the day it goes."""
 
 import io
 
@@ -12,7 +12,7 @@ GONE = (
     "torch {version} no longer has the TorchScript-based ONNX exporter "
     "(torch.onnx.export(..., dynamo=False)) that mnist_lab/tracking/onnx.py exports every run's "
     "ONNX model with ({error}). Switch export_classifier and export_detector to dynamo=True "
-    "(results/serving.md: the same answers, ~10x the export time; needs onnxscript) and "
+    "(results/onnx-exporters.md: the same answers, a far longer export; needs onnxscript) and "
     "measure again with `python -m mnist_lab.measure onnx-exporters`"
 )
 

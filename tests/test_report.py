@@ -61,3 +61,27 @@ def test_report_writes_every_configuration_and_the_newest_benchmark(mlflow_store
 def test_report_without_runs_says_how_to_make_some(mlflow_store, tmp_path, capsys):
     assert main(["report", "--output-dir", str(tmp_path)]) == 1
     assert "no finished train runs to report" in capsys.readouterr().err
+
+
+def test_report_shows_seconds_only_for_runs_that_had_their_cores_alone(mlflow_store, tmp_path):
+    rng = np.random.default_rng(1)
+    client = MlflowClient()
+    shares = {"0.02": "alone", "0.55": "busy"}
+    for share, lr in shares.items():
+        for seed in range(2):
+            tags = {**MACHINE, names.TAG_OTHER_CPU_SHARE: share}
+            run = scored_run("cnn", rng.random(1000) < 0.99, seed, tags=tags, lr=lr)
+            client.log_metric(run, names.TRAIN_TIME_S, 10.0 + seed)
+    untagged = scored_run("cnn", rng.random(1000) < 0.99, tags=MACHINE, lr="untagged")
+    client.log_metric(untagged, names.TRAIN_TIME_S, 99.0)
+
+    assert main(["report", "--output-dir", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "configurations.csv").set_index("model")
+    by_lr = {
+        lr: table.loc[next(i for i in table.index if f"lr={lr}" in i)]
+        for lr in (*shares.values(), "untagged")
+    }
+    assert by_lr["alone"]["alone"] == "yes" and by_lr["alone"][names.TRAIN_TIME_S] == 10.5
+    assert by_lr["busy"]["alone"] == "no" and np.isnan(by_lr["busy"][names.TRAIN_TIME_S])
+    assert by_lr["untagged"]["alone"] == "unknown"
+    assert np.isnan(by_lr["untagged"][names.TRAIN_TIME_S])

@@ -95,6 +95,7 @@ def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
     assert client.get_experiment(run.info.experiment_id).name == names.DEFAULT_EXPERIMENT
     assert run.data.tags[names.TAG_MODEL] == model
     assert {names.TAG_DEVICE, names.TAG_TORCH_VERSION, names.TAG_GIT_COMMIT} <= set(run.data.tags)
+    assert 0 <= float(run.data.tags[names.TAG_OTHER_CPU_SHARE]) <= 1  # report's `alone`
     amp = amp_dtype(torch.device("cpu"), enabled=run.data.params["amp"] == "True")
     precision = "bf16" if amp else "fp32"
     assert run.data.tags[names.TAG_PRECISION] == run.data.params[names.PARAM_PRECISION] == precision

@@ -17,16 +17,16 @@ equal to skimage's (within 1e-5) on real MNIST.
 - rotate, scale, translate: the same. The reference warps with skimage (bilinear, zero fill)
   under an inverse map about the centre (13.5, 13.5); torchvision's `v2.functional` rotate and
   affine sample identically. They take one parameter set per call, so the random signs are
-  applied as one call per sign pattern (2 or 4 calls); that measured 4-5x faster than one
+  applied as one call per sign pattern (2 or 4 calls); that measured faster than one
   per-image `F.affine_grid` + `F.grid_sample` call, as torchvision warps a shared grid with the
   images stacked as channels.
 - shear: the same, by grid_sample: skimage's original `shear=s` (the one MNIST-C ran on) is the
   inverse map [[1, -sin s], [0, cos s]], a shear plus a 1 / cos s vertical stretch, which
   torchvision's affine (isotropic scale only) cannot express.
-- glass_blur: the reference swaps pixels one at a time in a Python loop (~0.1 s per image). We
+- glass_blur: the reference swaps pixels one at a time in a Python loop (slow). We
   move all pixels at once with a random local permutation per pass (a random half of the pixels
   jump ahead of up to max_delta others, along rows then columns: argsort of jittered positions),
-  mass-preserving like the swaps. The mean pixel change matches the loop's within 5% at MNIST-C's
+  mass-preserving like the swaps. The mean pixel change matches the loop's at MNIST-C's
   glass parameters; the loop's chained in-place swaps carry some pixels several steps to the top
   left, ours spread symmetrically.
 - motion_blur: ImageMagick's MotionBlurImage (via wand) rebuilt: a one-sided Gaussian streak of
@@ -38,7 +38,7 @@ equal to skimage's (within 1e-5) on real MNIST.
   its own of the 64 disjoint windows on a 32-pixel grid (window statistics measured the same),
   for 1/64 of the work.
 - spatter, glass_blur: skimage's `gaussian` (4-sigma kernel, edge repeated) as two 28x28 matrix
-  products per image, measured 10x faster here than torchvision's `gaussian_blur` (a 1-channel
+  products per image, measured faster here than torchvision's `gaussian_blur` (a 1-channel
   conv2d), which also pads by reflection.
 - canny_edges: skimage's `feature.canny` (sigma 1, thresholds 0.1 / 0.2) rebuilt in torch:
   masked Gaussian, Sobel, non-maximum suppression interpolating between the axis and diagonal

@@ -10,8 +10,8 @@ Grad-CAM reference implementations scale them), on the CPU:
   `grad_cam_layer` says which layer. Grad-CAM proper averages the gradient over positions
   first; for a head that reads positions separately (our cnn's flatten, VGG's and AlexNet's
   classifier) those weights cancel: on our trained default CNNs it drew an all-zero map for
-  71-91 % of 500 test digits and was hotter on the ink than off it for 6-9 %; HiResCAM on the
-  same layer, never all zero and hotter on the ink for 100 %.
+  most test digits and was rarely hotter on the ink than off it, where HiResCAM on the same
+  layer was never all zero and hotter on the ink.
 - Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers") for
   our `vit` and timm's VisionTransformer (`timm_vit`): per layer, average the heads, add the
   identity for the residual path and renormalise the rows; multiply the layers together; the
@@ -237,10 +237,10 @@ def grad_cam_layer(model: nn.Module) -> str:
     of the paper (its VGG conv5_3 is post-ReLU). Why not past a pool: Grad-CAM weighs each
     channel by the spatial mean of its gradient, and wants the finest class-specific map. Our
     cnn's block is conv → maxpool → BN → ReLU, so its ReLU'd output is 3×3 and feeds a flatten
-    head whose position-specific weights largely cancel in that mean. Measured on 500 test
-    digits with a cnn trained 200 steps: on that 3×3 output Grad-CAM was all zero for 30 % of
-    the digits and hotter off the ink than on it for 65 %; on the 7×7 conv output it was never
-    all zero and hotter on the ink for 94 %. Layers that reach 1×1 are skipped, as a single
+    head whose position-specific weights largely cancel in that mean: on that 3×3 output a
+    briefly trained cnn's Grad-CAM was often all zero and mostly hotter off the ink than on
+    it, on the 7×7 conv output never all zero and mostly hotter on the ink. Layers that reach
+    1×1 are skipped, as a single
     cell localises nothing (timm:resnet18 is 1×1 after layer4 at 28 px, so layer3 is used).
     """
     with _eval_mode(model):

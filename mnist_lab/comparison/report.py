@@ -2,8 +2,8 @@
 
 - `configurations.md` / `.csv`: every configuration of finished train runs in the experiment
   (tuning trials left out), with n, the mean test accuracy, its std over the seeds and a 95 %
-  interval over the seeds and the test digits, the cost (training and report seconds), the
-  machine and the run ids.
+  interval over the seeds and the test digits, the cost (training and report seconds, shown
+  only where every run had its cores to itself), the machine and the run ids.
 - `benchmark.md`, `benchmark.csv`, `benchmark_significance.csv`: the newest `benchmark` run's
   models, ranked, with every pair's difference and test (as `compare` shows them).
 
@@ -32,6 +32,7 @@ from mnist_lab.comparison.compare import (
 )
 from mnist_lab.comparison.groups import Group, config_overrides, group_label, model_order
 from mnist_lab.database import redact
+from mnist_lab.engine.contention import ALONE_BELOW
 from mnist_lab.tracking import RunRecord
 
 TRAIN_TIME_STD = names.aggregate(names.TRAIN_TIME_S, "std")  # beside the mean training time
@@ -46,7 +47,8 @@ def columns(rank: bool = False) -> list[str]:
     metrics = []
     for metric in names.metric_names("report"):
         metrics += [metric, TRAIN_TIME_STD] if metric == names.TRAIN_TIME_S else [metric]
-    return ["model", "n", *ACCURACY_COLUMNS, *(["rank"] if rank else []), *metrics, *DESCRIPTION]
+    head = ["model", "n", *ACCURACY_COLUMNS, *(["rank"] if rank else [])]
+    return [*head, *metrics, "alone", *DESCRIPTION]
 
 
 @dataclass
@@ -99,14 +101,18 @@ CONFIGURATIONS_TITLE = (
     "from the seed), with n seeds: test accuracy's mean, std over the seeds and 95 % interval "
     "(t over seeds × test digits; one run: Wilson's over its digits, seed noise unmeasured), "
     "the mean training and report seconds, the machine, the precision it trained in (bf16 and "
-    "fp32 runs are two configurations) and the runs. "
+    "fp32 runs are two configurations) and the runs. Seconds are shown only where `alone` is "
+    "yes: every run of the row logged that other processes used under "
+    f"{ALONE_BELOW:.0%} of its CPUs' time while it trained (tag `{names.TAG_OTHER_CPU_SHARE}`); "
+    "elsewhere they measure the machine's load, not the recipe's cost. "
     "[docs/comparisons.md](../docs/comparisons.md) says what each number means and assumes."
 )
 BENCHMARK_TITLE = (
     "# Benchmark\n\nThe newest `benchmark` run ({run}; {params}): its models ranked (1 + the "
     "longest chain of models above one, each beating the next beyond noise, Holm-adjusted "
     "p < 0.05), then every pair's difference in test accuracy, the 95 % interval of its test "
-    "(t over seeds × digits), the p-values and the verdict. "
+    "(t over seeds × digits), the p-values and the verdict. Seconds are shown only for models "
+    "whose every run had its cores to itself (`alone`). "
     "[docs/comparisons.md](../docs/comparisons.md) says what each number means and assumes."
 )
 
@@ -140,15 +146,27 @@ def _model_order(group: Group) -> tuple[int, str]:
 
 
 def _with_costs(table: pd.DataFrame, groups: Sequence[Group]) -> pd.DataFrame:
-    """`compare`'s table with the report's metrics it lacks, the spread of the training time
-    and every machine a row ran on."""
+    """`compare`'s table with the report's metrics it lacks, the spread of the training time,
+    every machine a row ran on and whether its runs were alone (seconds blanked where not)."""
     table = table.copy()
     for metric in names.metric_names("report"):
         if metric not in table:
             table[metric] = [g.mean(metric) for g in groups]
     table[TRAIN_TIME_STD] = [_std(g, names.TRAIN_TIME_S) for g in groups]
     table["machine"] = ["; ".join(_machines(g)) for g in groups]
+    table["alone"] = [_alone(g) for g in groups]
+    seconds = [c for c in table.columns if c.endswith("_s") or c == TRAIN_TIME_STD]
+    table.loc[table["alone"] != "yes", seconds] = math.nan
     return table
+
+
+def _alone(group: Group) -> str:
+    """`yes` when every run logged that others used under ALONE_BELOW of its CPUs' time while
+    it trained, `no` when one logged more, `unknown` when one did not log it."""
+    shares = [r.tags.get(names.TAG_OTHER_CPU_SHARE) for r in group.runs]
+    if any(s is not None and float(s) >= ALONE_BELOW for s in shares):
+        return "no"
+    return "unknown" if None in shares else "yes"
 
 
 def _std(group: Group, metric: str) -> float:

@@ -67,14 +67,14 @@ class CpuPrecision:
 # gave a NaN validation loss in a short run).
 CPU_PRECISION = (
     CpuPrecision(
-        "amx_bf16", "AMX", torch.bfloat16, "AMX tiles: the CNN's epoch 1.5x faster on 2 Xeon cores"
+        "amx_bf16", "AMX", torch.bfloat16, "AMX tiles: bf16 steps faster (results/precision.md)"
     ),
     CpuPrecision(
         "avx512_bf16",
         "AVX-512, avx512_bf16",
         torch.bfloat16,
-        "bf16 dot products: the CNN's, ViT's and AlexNet's training step 0.76-0.90x fp32's "
-        "on 2 shared AMD EPYC cores (results/precision.md; VGG16's not settled there)",
+        "bf16 dot products: the CNN's, ViT's and AlexNet's steps faster than fp32's "
+        "(results/precision.md)",
     ),
     CpuPrecision("avx512f", "AVX-512", None, "no bf16 multiply"),
     CpuPrecision("avx2", "AVX2", None, "no bf16 multiply"),

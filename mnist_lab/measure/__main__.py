@@ -1,12 +1,13 @@
-"""`python -m mnist_lab.measure training|time-to-accuracy|profile|tuning|real-digits|serving|onnx|
-calibration|cleaning|off-centre|sources-figure|
-onnx-exporters|constraints|tracking-outage …`: see `mnist_lab.measure`."""
+"""`python -m mnist_lab.measure all|training|time-to-accuracy|profile|tuning|real-digits|serving|
+onnx|calibration|cleaning|off-centre|sources-figure|onnx-exporters|constraints|tracking-outage …`:
+see `mnist_lab.measure`."""
 
 import importlib
 import sys
 
 # Script name → its module in mnist_lab.measure, imported only when run (each pulls in torch).
 SCRIPTS = {
+    "all": "regenerate",
     "training": "training",
     "time-to-accuracy": "time_to_accuracy",
     "profile": "profile",

@@ -23,6 +23,7 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from scipy import stats
 from scipy.special import expit
 
 from mnist_lab.analysis import statistics as st
+from mnist_lab.measure import results_table
 
 SEEDS = (2, 3, 5, 10)
 PROMOTION_SCENARIOS = (  # (configurations, seeds each, epochs each): what register chooses among
@@ -289,14 +291,30 @@ def implied(regime: Regime, reps: int = 200, seed: int = 0) -> tuple[float, floa
     return float(runs.mean()), float(runs.mean(1).std(ddof=1))
 
 
+COMMAND = "python -m mnist_lab.measure calibration --output-dir results"
+PACKAGES = ("numpy", "scipy")
+REPS, PROMOTION_REPS = 2000, 1000  # data sets a row: the full recipe
+QUICK_REPS = 200  # --quick: data sets a row (a tenth), so the rates carry ~3x the error
+
+
+def recipe(reps: int, promotion_reps: int) -> str:
+    """`full` at the default data sets a row, else what was shortened."""
+    if (reps, promotion_reps) == (REPS, PROMOTION_REPS):
+        return results_table.FULL
+    return f"{reps} data sets a row, {promotion_reps} a promotion row"
+
+
 def markdown(table: pd.DataFrame, reps: int, promotion_reps: int) -> str:
     """The table as results/statistics.md prints it."""
+    title = "# Statistics: how often the lab's intervals and tests are wrong"
+    shortened = recipe(reps, promotion_reps)
     lines = [
-        "# Statistics: how often the lab's intervals and tests are wrong",
+        title + ("" if shortened == results_table.FULL else f" (quick: {shortened})"),
         "",
-        "Written by `python -m mnist_lab.measure calibration` (a simulation with a known truth: "
-        f"{reps} data sets a row, {promotion_reps} for the promotion rows; no training, so no "
-        "machine dependence). Each rate is followed by its Monte-Carlo standard error. "
+        f"Written by `{COMMAND}` on {date.today().isoformat()} with "
+        f"{results_table.versions(PACKAGES)} (a simulation with a known truth: {reps} data sets "
+        f"a row, {promotion_reps} for the promotion rows; no training, so no machine "
+        "dependence). Each rate is followed by its Monte-Carlo standard error. "
         "[docs/comparisons.md](../docs/comparisons.md) says how to read them.",
         "",
         "| regime | stands for | digits | θ ~ N(μ, τ²) | seed effect sd | better config's shift | "
@@ -370,23 +388,41 @@ def _rate(value: float, mcse: float) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_lab.measure calibration")
-    parser.add_argument("--reps", type=int, default=2000, help="data sets a row (default 2000)")
+    parser.add_argument("--reps", type=int, default=REPS, help=f"data sets a row (default {REPS})")
     parser.add_argument(
-        "--promotion-reps", type=int, default=1000, help="data sets a promotion row (default 1000)"
+        "--promotion-reps",
+        type=int,
+        default=PROMOTION_REPS,
+        help=f"data sets a promotion row (default {PROMOTION_REPS})",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--output-dir", type=Path, default=None,
         help="also write statistics.md and statistics.csv there (e.g. results/)",
     )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_REPS} data sets a row (said so in the files)"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.reps = args.promotion_reps = QUICK_REPS
     table = simulate(args.reps, args.promotion_reps, args.seed)
     text = markdown(table, args.reps, args.promotion_reps)
     print(text, end="")
     if args.output_dir is not None:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         (args.output_dir / "statistics.md").write_text(text)
-        table.to_csv(args.output_dir / "statistics.csv", index=False, float_format="%.5g")
+        promotion = table["comparison"].str.startswith("promotion")
+        provenance = {
+            "n": np.where(promotion, args.promotion_reps, args.reps),
+            results_table.MACHINE: "simulation (no machine dependence)",
+            results_table.VERSIONS: results_table.versions(PACKAGES),
+            results_table.DATE: date.today().isoformat(),
+            results_table.RECIPE: recipe(args.reps, args.promotion_reps),
+        }
+        table.assign(**provenance).to_csv(
+            args.output_dir / "statistics.csv", index=False, float_format="%.5g"
+        )
     return 1 if check(table) else 0
 
 

@@ -9,7 +9,8 @@ them. No MLflow run: a diagnostic.
 
 `--compare-precision --model cnn vit …` times each model's step in fp32 and under bf16
 autocast instead, alternating, and prints a Markdown table: what the CPU precision rule
-(engine/device.py) is decided from.
+(engine/device.py) is decided from. With `--output-dir results` a profile's row goes to
+results/profiles.md and a precision comparison's to results/precision.md (with their CSVs).
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from mnist_lab.config import TrainConfig, load_config
-from mnist_lab.engine.device import place_model, precision, resolve_device, synchronize
+from mnist_lab.engine.device import (
+    machine_name,
+    place_model,
+    precision,
+    resolve_device,
+    synchronize,
+)
 from mnist_lab.engine.flops import train_flops_per_sample
 from mnist_lab.engine.loop import (
     TrainState,
@@ -42,12 +49,59 @@ from mnist_lab.engine.loop import (
 )
 from mnist_lab.engine.tasks import Task
 from mnist_lab.errors import EXIT_LAB_ERROR, LabError
+from mnist_lab.measure import results_table
 from mnist_lab.measure.hardware import hardware
 from mnist_lab.models import is_detector
 from mnist_lab.models.build import build_model
 from mnist_lab.train import load_splits, make_task
 
 PROG = "python -m mnist_lab.measure profile"
+TOP_OPERATORS = 6  # the operators a profile's row names
+PROFILE_TABLE = results_table.Table(
+    name="profiles",
+    title="Where a training step's time goes, by operator",
+    command=f"{PROG} --config FILE --output-dir results",
+    header=(
+        "A run config's training steps through the engine's own step (autocast, backward, "
+        "clipping, the optimizer), timed after warm-up steps (n: the steps timed), then rerun "
+        "under `torch.profiler`: milliseconds a step, images (scenes) a second, the achieved "
+        "TFLOP/s and the operators with the largest share of the self time. No MLflow run: a "
+        "diagnostic. Shares count more than seconds where other work shared the cores."
+    ),
+    columns=("config", "batch", "precision", "n", "ms_per_step", "per_s", "tflops", "operators"),
+    key=("config", "batch", "precision"),
+    formats={"batch": "{:.0f}", "ms_per_step": "{:.1f}", "per_s": "{:.0f}", "tflops": "{:.3f}"},
+)
+PRECISION_TABLE = results_table.Table(
+    name="precision",
+    title="A training step in fp32 and under bf16 autocast",
+    command=f"{PROG} --compare-precision --model cnn vit alexnet vgg16 --output-dir results",
+    header=(
+        "What the CPU precision rule (`CPU_PRECISION` in `mnist_lab/engine/device.py`) rests on: "
+        "each model from its `experiments/<model>.yaml`, built and placed as the engine does, "
+        "the engine's own step (forward, backward, AdamW), the two precisions alternating on the "
+        "same model and batches n times; a cell is the fastest of the n timings, each the mean of "
+        "`steps` steps. Read the ratio: it was measured side by side. Whether bf16 costs "
+        "accuracy is a question for `compare` over seeds (docs/comparisons.md)."
+    ),
+    columns=(
+        "model",
+        "config",
+        "batch",
+        "n",
+        "steps",
+        "fp32_step_s",
+        "bf16_step_s",
+        "bf16_over_fp32",
+    ),
+    key=("model", "config", "batch"),
+    formats={
+        "batch": "{:.0f}",
+        "fp32_step_s": "{:.4f}",
+        "bf16_step_s": "{:.4f}",
+        "bf16_over_fp32": "{:.2f}",
+    },
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="override the config's")
     parser.add_argument("--device", default=None, help="override the config's device")
     parser.add_argument("--trace", default=None, help="also write a Chrome trace to this file")
+    parser.add_argument(
+        "--output-dir", default=None, help="write profiles.md (or precision.md) and its CSV there"
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rows < 1 or args.repeats < 1:
         parser.error("--steps, --rows and --repeats must be >= 1, --warmup >= 0")
@@ -92,21 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {"batch_size": args.batch_size, "device": args.device}
         configs = [load_config(model, overrides, args.config) for model in models]
+        machine = machine_name(resolve_device(configs[0].device))
         if args.compare_precision:
-            for line in compare_precision(configs, args.steps, args.warmup, args.repeats):
+            rows = []
+            for line, row in compare_precision(configs, args.steps, args.warmup, args.repeats):
                 print(line, flush=True)
+                rows += [row] if row else []
+            table = PRECISION_TABLE
         else:
-            print(profile_steps(configs[0], args.steps, args.warmup, args.rows, args.trace))
+            text, row = profile_steps(configs[0], args.steps, args.warmup, args.rows, args.trace)
+            print(text)
+            rows, table = [row], PROFILE_TABLE
     except LabError as err:
         parser.exit(EXIT_LAB_ERROR, f"{PROG}: error: {err}\n")
+    if args.output_dir:
+        print(f"wrote {results_table.write(table, rows, args.output_dir, machine)}")
     return 0
 
 
 def profile_steps(
     config: TrainConfig, steps: int, warmup: int, rows: int, trace: str | None = None
-) -> str:
+) -> tuple[str, dict[str, Any]]:
     """The report: a header of figures from `steps` timed steps after `warmup` ones, then
-    torch.profiler's table of the top `rows` operators by self time over those steps rerun."""
+    torch.profiler's table of the top `rows` operators by self time over those steps rerun;
+    and the same as a results row."""
     prepared = _prepare(config, steps, warmup)
     state, task, step_module, batches, device = prepared.steps
     for batch in batches[:warmup]:
@@ -127,7 +193,28 @@ def profile_steps(
         f"{flops / 1e6:.1f} MFLOP per {unit} trained, "
         f"{flops * images / seconds / 1e12:.3f} TFLOP/s achieved"
     )
-    return header + "\n" + prof.key_averages().table(sort_by=sort, row_limit=rows)
+    averages = prof.key_averages()
+    row = {
+        "config": Path(config.config_file or f"{config.model}.yaml").name,
+        "batch": images,
+        "precision": precision(device, config.amp),
+        "n": steps,
+        "ms_per_step": seconds * 1000,
+        "per_s": images / seconds,
+        "tflops": flops * images / seconds / 1e12,
+        "operators": _top_operators(averages, sort),
+    }
+    return header + "\n" + averages.table(sort_by=sort, row_limit=rows), row
+
+
+def _top_operators(averages: Any, sort: str) -> str:
+    """`aten::convolution_backward 39 %, …`: the TOP_OPERATORS largest shares of self time."""
+    key = "self_device_time_total" if sort.startswith("self_device") else "self_cpu_time_total"
+    events = sorted(averages, key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1
+    return ", ".join(
+        f"{e.key} {100 * getattr(e, key) / total:.0f} %" for e in events[:TOP_OPERATORS]
+    )
 
 
 @dataclass
@@ -164,22 +251,26 @@ def _prepare(config: TrainConfig, steps: int, warmup: int) -> Prepared:
 
 def compare_precision(
     configs: list[TrainConfig], steps: int, warmup: int, repeats: int
-) -> Iterator[str]:
-    """The lines of a Markdown table, a row as each config is timed: its training step (the
+) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """The lines of a Markdown table (each with its results row, None for the header's), a
+    row as each config is timed: its training step (the
     engine's own: forward, backward, the optimizer) in fp32 and under bf16 autocast, whatever
     the precision rule says for this device, on the same model and batches. The two
     alternate `repeats` times after `warmup` steps of each; a cell is the fastest mean of
     `steps` steps."""
     device = resolve_device(configs[0].device)
-    yield from [
-        f"hardware: {hardware(device)}; the rule's precision where amp is on: "
-        f"{precision(device, enabled=True)}",
-        f"n: the fastest of {repeats} alternating timings, each the mean of {steps} steps "
-        f"after {warmup} warm-up steps in each precision",
-        "",
-        "| model (config) | batch | fp32 step | bf16 autocast step | bf16 / fp32 |",
-        "|---|---|---|---|---|",
-    ]
+    yield from (
+        (line, None)
+        for line in [
+            f"hardware: {hardware(device)}; the rule's precision where amp is on: "
+            f"{precision(device, enabled=True)}",
+            f"n: the fastest of {repeats} alternating timings, each the mean of {steps} steps "
+            f"after {warmup} warm-up steps in each precision",
+            "",
+            "| model (config) | batch | fp32 step | bf16 autocast step | bf16 / fp32 |",
+            "|---|---|---|---|---|",
+        ]
+    )
     for config in configs:
         fp32_config = dataclasses.replace(config, amp=False)  # autocast only where asked below
         prepared = _prepare(fp32_config, steps, warmup)
@@ -200,9 +291,22 @@ def compare_precision(
                         state, task, step_module, batches[warmup:], device
                     )
                 best[name] = min(best[name], seconds)
-        yield (
+        line = (
             f"| {config.model} ({Path(config.config_file or '-').name}) | {images:.0f} | "
             f"{_ms(best['fp32'])} | {_ms(best['bf16'])} | {best['bf16'] / best['fp32']:.2f} |"
+        )
+        yield (
+            line,
+            {
+                "model": config.model,
+                "config": Path(config.config_file or "-").name,
+                "batch": images,
+                "n": repeats,
+                "steps": steps,
+                "fp32_step_s": best["fp32"],
+                "bf16_step_s": best["bf16"],
+                "bf16_over_fp32": best["bf16"] / best["fp32"],
+            },
         )
 
 

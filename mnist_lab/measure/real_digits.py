@@ -9,7 +9,7 @@ and uneven lighting, ink colour and opacity, blur and sensor noise. Saved as
 `DIR/fonts.txt`. Each image is drawn from its own seed (set seed, digit, index): the same seed on
 the same fonts gives the same files. No font is held out: the models never saw any of them.
 
-The figures in the report used the fonts of Debian's fonts-dejavu-core, fonts-liberation,
+The lab's runs of it used the fonts of Debian's fonts-dejavu-core, fonts-liberation,
 fonts-freefont-ttf, fonts-urw-base35, fonts-comic-neue and fonts-humor-sans
 (`apt-get install -y fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35
 fonts-comic-neue fonts-humor-sans`); with other fonts the set, and the figures, differ.

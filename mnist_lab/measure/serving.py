@@ -6,7 +6,8 @@ drives it from concurrent clients for a bounded time per setting and prints requ
 digits per second, p50/p99 latency and the error count. Then it sends malformed payloads
 (wrong shapes, strings, NaN, empty, not JSON, a batch over the limit, ...) and checks that each
 gets a 4xx with a message and that the server still answers. Clients share the machine with the
-server: the figures are of both, on the CPU printed first.
+server: the figures are of both, on the CPU printed first. With `--output-dir results` the
+load rows go to results/serving.md and .csv, with the count of malformed payloads mishandled.
 """
 
 from __future__ import annotations
@@ -28,11 +29,49 @@ import requests
 import torch
 
 from mnist_lab import tracking
+from mnist_lab.engine.device import machine_name
 from mnist_lab.inference import MAX_BATCH
+from mnist_lab.measure import results_table
 from mnist_lab.measure.hardware import hardware
 from mnist_lab.models.build import ModelSpec
 
 STARTUP_TIMEOUT_S = 180.0
+QUICK_SECONDS = 3.0
+TABLE = results_table.Table(
+    name="serving",
+    title="`mlflow models serve` under concurrent clients",
+    command="python -m mnist_lab.measure serving --output-dir results",
+    header=(
+        "`mlflow models serve` on 127.0.0.1 (an untrained default CNN unless a row's model says "
+        "otherwise: throughput does not depend on the weights), driven by concurrent clients "
+        "posting batches of random digits for `seconds` a setting; n is the requests answered. "
+        "The clients share the machine with the server: the figures are of both. "
+        "`bad_payloads` counts the malformed payloads (wrong shapes, strings, NaN, empty, not "
+        "JSON, a batch over the limit) not answered with a 4xx or that stopped the server."
+    ),
+    columns=(
+        "model",
+        "workers",
+        "clients",
+        "batch",
+        "seconds",
+        "n",
+        "requests_per_s",
+        "digits_per_s",
+        "p50_ms",
+        "p99_ms",
+        "errors",
+        "bad_payloads",
+    ),
+    key=("model", "workers", "clients", "batch"),
+    formats={
+        "seconds": "{:.0f}",
+        "requests_per_s": "{:.1f}",
+        "digits_per_s": "{:,.0f}",
+        "p50_ms": "{:.1f}",
+        "p99_ms": "{:.1f}",
+    },
+)
 
 
 @dataclass
@@ -51,6 +90,21 @@ class Load:
             f"{self.clients:>7} {self.batch:>5} {rate:>9.1f} {rate * self.batch:>9.0f} "
             f"{p50:>8.1f} {p99:>8.1f} {self.errors:>6}"
         )
+
+    def row(self) -> dict:
+        p50, p99 = np.percentile(self.latencies_ms, [50, 99]) if self.latencies_ms else (0, 0)
+        rate = self.requests / self.seconds
+        return {
+            "clients": self.clients,
+            "batch": self.batch,
+            "seconds": self.seconds,
+            "n": self.requests,
+            "requests_per_s": rate,
+            "digits_per_s": rate * self.batch,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "errors": self.errors,
+        }
 
 
 def drive(url: str, clients: int, batch: int, seconds: float) -> Load:
@@ -188,8 +242,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", default="1,32", help="digits per request, comma list")
     parser.add_argument("--seconds", type=float, default=10.0, help="per setting")
     parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--output-dir", type=Path, default=None, help="write serving.md/.csv there")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_SECONDS:g} s a setting, 1 and 4 clients"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.clients = QUICK_SECONDS, "1,4"
+    output_dir = args.output_dir.resolve() if args.output_dir else None
     print(f"hardware: {hardware(torch.device('cpu'))}")
+    home, loads = Path.cwd(), []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         uri = args.model_uri or fresh_model(folder)
@@ -200,7 +262,8 @@ def main(argv: list[str]) -> int:
             print("clients batch     req/s  digits/s  p50 ms   p99 ms  errors")
             for batch in _ints(args.batch):
                 for clients in _ints(args.clients):
-                    print(drive(invocations, clients, batch, args.seconds).line(), flush=True)
+                    loads.append(drive(invocations, clients, batch, args.seconds))
+                    print(loads[-1].line(), flush=True)
             print("malformed payloads (status, message, server answers after):")
             failures = 0
             for name, status, message, alive in fuzz(invocations):
@@ -211,4 +274,11 @@ def main(argv: list[str]) -> int:
         finally:
             process.terminate()
             process.wait(timeout=30)
+            os.chdir(home)
+    if output_dir:
+        model = args.model_uri or "untrained default CNN"
+        shared = {"model": model, "workers": args.workers, "bad_payloads": failures}
+        rows = [{**shared, **load.row()} for load in loads]
+        machine = machine_name(torch.device("cpu"))
+        print(f"wrote {results_table.write(TABLE, rows, output_dir, machine)}")
     return 1 if failures else 0

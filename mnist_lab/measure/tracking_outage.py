@@ -10,7 +10,7 @@ is then sent with `mnist-lab runs --sync`, as a user would. Prints, for each run
 times (mean ± sd; the outage run's epochs trained while its server was away marked *), its exit
 status and its state on its server: status, the steps of `val_accuracy`, test accuracy, whether
 its `model` loads and whether it has its `onnx` model. `--output-dir` also writes
-tracking-outage.md and tracking-outage.csv (one row an epoch) there.
+tracking-outage.md and tracking-outage.csv (a row a run, results_table.py) there.
 
     python -m mnist_lab.measure tracking-outage --outage-s 600 --epochs 8 --output-dir results
     python -m mnist_lab.measure tracking-outage --outage-s 20 --epochs 3 \\
@@ -23,7 +23,6 @@ the server is still away then): the path where `runs --sync` sends its spool.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import re
@@ -35,10 +34,53 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 
+from mnist_lab.measure import results_table
+
 PROG = "python -m mnist_lab.measure tracking-outage"
+TABLE = results_table.Table(
+    name="tracking-outage",
+    title="A tracking server that goes away during training",
+    command=f"{PROG} --output-dir results",
+    header=(
+        "How a run on `mlflow server` trains through an outage of the server "
+        "([docs/guarantees.md](../docs/guarantees.md#a-tracking-server-that-goes-away)): two "
+        "`mnist-lab train` runs started together, each on its own `mlflow server` (SQLite behind "
+        "it, artifacts proxied) on the same machine, alike but for the outage: the second one's "
+        "server is stopped once the run has logged epoch `stop_after` and started again "
+        "`outage_s` seconds later (`away_s`: until it answered). A run whose server was still "
+        "away at its end exits non-zero and is sent by `mnist-lab runs --sync`. n is a run's "
+        "epochs; in `epoch_times_s` the epochs trained, at least in part, while the server was "
+        "away are marked *. The two runs share the machine, so both see the same load."
+    ),
+    columns=(
+        "run",
+        "settings",
+        "n",
+        "epoch_times_s",
+        "mean_epoch_s",
+        "sd_epoch_s",
+        "away_epochs_mean_s",
+        "wall_s",
+        "away_s",
+        "exit",
+        "status",
+        "val_steps",
+        "test_accuracy",
+        "model",
+        "onnx",
+    ),
+    key=("run", "settings"),
+    formats={
+        "mean_epoch_s": "{:.1f}",
+        "sd_epoch_s": "{:.1f}",
+        "away_epochs_mean_s": "{:.1f}",
+        "wall_s": "{:.0f}",
+        "away_s": "{:.0f}",
+        "test_accuracy": "{:.4f}",
+    },
+)
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ ")  # train.ConsoleReporter's line
 
 
@@ -118,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--stop-after {args.stop_after}: give an epoch from 1 to --epochs - 1")
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
-    from mnist_lab.engine.device import resolve_device
+    from mnist_lab.engine.device import machine_name, resolve_device
     from mnist_lab.measure.hardware import hardware
 
     machine = hardware(resolve_device("auto"))
@@ -159,16 +201,16 @@ def main(argv: list[str] | None = None) -> int:
             if run.process is not None and run.process.poll() is None:
                 run.process.kill()
             run.server.stop()
-    rows = _rows(runs, away)
-    text = markdown(runs, away, outage_s, args, machine)
-    print(text, end="")
+    rows = _rows(runs, away, outage_s, args)
+    for row in rows:
+        print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "tracking-outage.md").write_text(text)
-        with (args.output_dir / "tracking-outage.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        where = machine_name(resolve_device("auto"))
+        changed = {
+            k: v for k, v in vars(args).items() if k != "output_dir" and v != parser.get_default(k)
+        }  # a shortened check is not the full recipe: its rows say so
+        recipe = ", ".join(f"{k}={v}" for k, v in changed.items()) or results_table.FULL
+        print(f"wrote {results_table.write(TABLE, rows, args.output_dir, where, recipe)}")
     print(f"logs and stores: {folder}", file=sys.stderr)
     return 0
 
@@ -234,79 +276,47 @@ def _read_back(run: Run) -> None:
         run.onnx = "none"
 
 
-def _spread(values: list[float]) -> str:
-    """Mean ± sd of `values`; the value alone for one."""
-    if len(values) < 2:
-        return f"{values[0]:.1f}" if values else "–"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
-def _rows(runs: list[Run], away: set[int]) -> list[dict[str, object]]:
-    return [
-        {
-            "run": run.name,
-            "epoch": epoch,
-            "epoch_time_s": round(seconds, 3),
-            "server_away": run.name == "outage" and epoch in away,
-        }
-        for run in runs
-        for epoch, seconds in run.epoch_times
-    ]
-
-
-def markdown(
-    runs: list[Run], away: set[int], outage_s: float, args: argparse.Namespace, machine: str
-) -> str:
-    steady, outage = runs
-    command = (
-        f"{PROG} --outage-s {args.outage_s:g} --stop-after {args.stop_after} --model "
-        f"{args.model} --epochs {args.epochs} --max-train-samples {args.max_train_samples} "
-        f"--max-test-samples {args.max_test_samples} --robustness-samples "
-        f"{args.robustness_samples}"
+def _rows(
+    runs: list[Run], away: set[int], outage_s: float, args: argparse.Namespace
+) -> list[dict[str, object]]:
+    """A row a run: its epochs (those trained while its server was away marked *), their
+    spread, and what its server holds of it."""
+    settings = (
+        f"{args.model}, {args.epochs} epochs, {args.max_train_samples} train digits, "
+        f"outage {args.outage_s:g} s after epoch {args.stop_after}"
     )
-    lines = [
-        "# A tracking server that goes away during training",
-        "",
-        "How a run on `mlflow server` trains through an outage of the server "
-        "([docs/guarantees.md](../docs/guarantees.md#a-tracking-server-that-goes-away)).",
-        "",
-        f"Written by `{command}`: two `mnist-lab train` runs started together, each on its own "
-        "`mlflow server` (SQLite behind it, artifacts proxied) on this machine; the second "
-        f"one's server was stopped once the run had logged epoch {args.stop_after} and started "
-        f"again {args.outage_s:g} s later; it answered {outage_s:.0f} s after it stopped. A "
-        "run whose server was still away at its end (`MNIST_LAB_STORE_WAIT_S`) exits non-zero "
-        "and is sent by `mnist-lab runs --sync`.",
-        "",
-        f"**Machine.** {machine}; MLflow {version('mlflow')}. The two runs share it. "
-        "n = 1 run each.",
-        "",
-        "| run | epoch times (s) | mean ± sd (s) | wall (s) | exit | status on the server | "
-        "`val_accuracy` steps | test accuracy | `model` | `onnx` |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for run in runs:
-        times = ", ".join(
-            f"**{s:.1f}**" if run is outage and e in away else f"{s:.1f}"
-            for e, s in run.epoch_times
+        outage = run.name == "outage"
+        seconds = [s for _, s in run.epoch_times]
+        during = [s for e, s in run.epoch_times if outage and e in away]
+        rows.append(
+            {
+                "run": "outage" if outage else "server up throughout",
+                "settings": settings,
+                "n": len(seconds),
+                "epoch_times_s": ", ".join(
+                    f"{s:.1f}*" if outage and e in away else f"{s:.1f}" for e, s in run.epoch_times
+                ),
+                "mean_epoch_s": statistics.mean(seconds) if seconds else float("nan"),
+                "sd_epoch_s": statistics.stdev(seconds) if len(seconds) > 1 else float("nan"),
+                "away_epochs_mean_s": statistics.mean(during) if during else float("nan"),
+                "wall_s": run.wall_s,
+                "away_s": outage_s if outage else float("nan"),
+                "exit": str(run.exit_status)
+                + (f"; runs --sync {run.synced}" if run.synced else ""),
+                "status": run.status,
+                "val_steps": f"{min(run.val_steps)}-{max(run.val_steps)}"
+                if run.val_steps
+                else "none",
+                "test_accuracy": run.test_accuracy
+                if run.test_accuracy is not None
+                else float("nan"),
+                "model": run.model,
+                "onnx": run.onnx,
+            }
         )
-        steps = f"{min(run.val_steps)}–{max(run.val_steps)}" if run.val_steps else "none"
-        accuracy = "–" if run.test_accuracy is None else f"{run.test_accuracy:.4f}"
-        exit_text = str(run.exit_status) + (f"; `runs --sync` {run.synced}" if run.synced else "")
-        label = "server up throughout" if run is steady else f"{outage_s:.0f} s outage"
-        lines.append(
-            f"| {label} | {times} | {_spread([s for _, s in run.epoch_times])} | "
-            f"{run.wall_s:.0f} | {exit_text} | {run.status} | {steps} | {accuracy} | "
-            f"{run.model} | {run.onnx} |"
-        )
-    during = [s for e, s in outage.epoch_times if e in away]
-    which = f"epoch {min(away)}" if len(away) == 1 else f"epochs {min(away)}–{max(away)}"
-    lines += [
-        "",
-        f"In bold the epochs trained, at least in part, while the server was away ({which}): "
-        f"{_spread(during)} s, against {_spread([s for _, s in steady.epoch_times])} s an epoch "
-        "for the run whose server stayed up.",
-    ]
-    return "\n".join(lines) + "\n"
+    return rows
 
 
 def _answers(url: str) -> bool:

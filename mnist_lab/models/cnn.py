@@ -2,13 +2,13 @@
 
 `depth` blocks, each conv3×3 → maxpool 2×2 → BatchNorm → ReLU, the first with `width` channels
 and each next one with twice as many; then flatten, dropout and a linear head. Flattening the
-last map (3×3 after three blocks) keeps where the strokes are; global average pooling lost
-~0.4 points of one-epoch accuracy in our measurements at the same cost.
+last map (3×3 after three blocks) keeps where the strokes are; global average pooling
+(`pool: avg`) lost one-epoch accuracy in our measurements at the same cost.
 
 Pooling before BatchNorm and ReLU (as hlb-CIFAR10 does) runs both on a quarter of the pixels.
 Max-pooling commutes with ReLU and with BN's affine map where its scale is positive, so the
-block stays close to the usual one; on a 2-core CPU the training step got 1.7× faster at the
-same one-epoch accuracy (99.14 % vs 99.10 %).
+block stays close to the usual one, and on a CPU the training step is faster at a tie in
+one-epoch accuracy (`python -m mnist_lab.measure profile` times a step).
 
 `convs` > 1 puts more conv-BN-ReLU layers in each block, before its pooling conv, at the
 block's resolution (`cnn_best.yaml`: two a block).

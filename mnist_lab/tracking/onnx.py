@@ -6,8 +6,8 @@ a batch whose maximum exceeds 1 is divided by 255, as the pyfunc does), centres 
 centre of mass in the graph (`mnist_lab.data.cleaning.clean`, the pyfunc's cleaning) and answers
 `probabilities` [B, 10] (the served model's: temperature included) and `digit` [B] int64. It is
 exported by torch.onnx's TorchScript-based exporter with a dynamic batch (the torch.export-based
-one answers the same to within 1e-7 and runs as fast, but takes ~10× as long to export, a cost
-every run would pay: results/serving.md; tests/test_onnx_exporter.py fails the day torch drops
+one answers the same and runs as fast, but takes far longer to export, a cost every run would
+pay: results/onnx-exporters.md; tests/test_onnx_exporter.py fails the day torch drops
 the TorchScript-based one), and checked before it is logged:
 onnxruntime's probabilities against torch's on the run's test digits, max |Δ| ≤ TOLERANCE (the
 run's metric `onnx_max_abs_prob_diff`). Unlike the pyfunc it does not refuse bad input with a
