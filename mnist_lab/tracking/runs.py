@@ -44,8 +44,10 @@ from mnist_lab.data.mnist import SplitRecord
 from mnist_lab.engine.device import machine_name, precision
 from mnist_lab.errors import LabError, StoreUnreachable
 from mnist_lab.names import IMAGE_SIZE
+from mnist_lab.tracking import spool
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
 from mnist_lab.tracking.spool import (
+    RETRY_S,
     STORE_WAIT_ENV,
     Spool,
     SpoolWriter,
@@ -264,6 +266,58 @@ def await_store() -> None:
     writer = _writers.get(run.info.run_id) if run else None
     if writer is not None and not writer.wait_sent(store_wait_s()):
         raise StoreUnreachable(unreachable_message(writer, "could not go on"))
+
+
+def server_answers() -> bool:
+    """Whether the tracking store can be written now: always for a local store."""
+    uri = mlflow.get_tracking_uri()
+    return not is_remote(uri) or spool.answers(uri)
+
+
+def await_server(what: str) -> None:
+    """Before `what` starts a run on a tracking server (a study's next trial): wait while the
+    server does not answer, up to `store_wait_s()`, saying once why; else a StoreUnreachable.
+    MLflow makes a run's id on the server, so no run can start without it. Immediate for a
+    local store or a server that answers."""
+    if server_answers():
+        return
+    uri, wait = mlflow.get_tracking_uri(), store_wait_s()
+    log.warning(
+        "tracking server %s did not answer: %s waits for it, up to %.0f s (%s): MLflow makes "
+        "a run on the server, so a run cannot start while it is away",
+        uri,
+        what,
+        wait,
+        STORE_WAIT_ENV,
+    )
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(RETRY_S, left))
+        if spool.answers(uri):
+            log.warning("tracking server %s is back: %s starts", uri, what)
+            return
+    raise StoreUnreachable(
+        f"the tracking server {uri} did not answer for {wait:.0f} s ({STORE_WAIT_ENV} sets how "
+        f"long to wait): {what} could not start its run; once the server answers, send what "
+        "earlier runs spooled with `mnist-lab runs --sync`, and run the same command again "
+        "to go on"
+    )
+
+
+def fail_spooled_run(run_id: str, reason: str, tags: dict[str, Any]) -> bool:
+    """End FAILED, with `reason` and `tags`, a run that ended with records still in its spool
+    (its server was away): these records go after the others, by `runs --sync`. Whether the
+    run has such a spool."""
+    folder = spool_root() / run_id
+    if not (folder / "run.json").is_file():
+        return False
+    values = {
+        k: str(v)[:MAX_TAG_LENGTH] for k, v in {**tags, names.TAG_FAILURE_REASON: reason}.items()
+    }
+    left = Spool(folder)
+    left.add("tags", {"values": values})
+    left.add("end", {"status": "FAILED", "end_time": int(time.time() * 1000)})
+    return True
 
 
 def _writer(run_id: str | None = None) -> SpoolWriter | None:

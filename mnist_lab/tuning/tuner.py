@@ -39,7 +39,7 @@ from mnist_lab.database import redact
 from mnist_lab.engine.device import resolve_device, usable_cpus
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState
-from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.errors import EXIT_LAB_ERROR, ConfigError, LabError, StoreUnreachable
 from mnist_lab.repeats import RepeatsResult, train_seeds
 from mnist_lab.train import train
 from mnist_lab.tuning.claim import claim, release
@@ -148,8 +148,21 @@ class Objective:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.model = job.options.model
+        self.unreachable: StoreUnreachable | None = None  # what stopped the study
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        """A tracking server away past `MNIST_LAB_STORE_WAIT_S` stops the study (rather than
+        failing this trial and every later one): the trial is FAIL without a failure reason,
+        so it does not count, and `run_trials` raises the error once Optuna has ended it."""
+        try:
+            tracking.await_server(f"trial {trial.number} of study {self.job.options.name!r}")
+            return self._run(trial)
+        except StoreUnreachable as err:
+            self.unreachable = err
+            trial.study.stop()
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float | list[float]:
         self._end_run_of_retried(trial)
         overrides = self.job.space.suggest(trial)
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
@@ -187,6 +200,13 @@ class Objective:
             raise
         except KeyboardInterrupt:
             self._mark_failed(trial, listener, "interrupted by the user (Ctrl-C)")
+            raise
+        except StoreUnreachable as err:  # the trial's records wait in its run's spool
+            if listener.run_id:
+                reason = (
+                    f"the tracking server was away at the trial's end; the study stopped: {err}"
+                )
+                tracking.fail_spooled_run(listener.run_id, reason, {names.TAG_TRIAL_STATE: "FAIL"})
             raise
         except Exception as err:  # NaN loss, out of memory, ...: FAIL, and the study goes on
             reason = f"{type(err).__name__}: {err}"
@@ -259,14 +279,17 @@ def run_trials(job: Job) -> None:
     study.sampler = make_sampler(options.sampler, seed, options.n_trials)
     kind = job.objectives.pruner
     study.pruner = make_pruner(kind, job.space, _epoch_budget(options, job.space))
+    objective = Objective(job)
     study.optimize(
-        Objective(job),
+        objective,
         n_trials=job.quota,
         timeout=options.timeout,
         catch=(Exception,),
         callbacks=[StopWhenDone(options.n_trials)],
         gc_after_trial=False,
     )
+    if objective.unreachable is not None:
+        raise objective.unreachable
 
 
 def _worker_main(job: Job) -> None:
@@ -282,6 +305,9 @@ def _worker_main(job: Job) -> None:
         run_trials(job)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except StoreUnreachable as err:
+        log.error("%s", err)
+        raise SystemExit(EXIT_LAB_ERROR) from None
 
 
 def _run_workers(jobs: list[Job]) -> None:
@@ -305,6 +331,12 @@ def _run_workers(jobs: list[Job]) -> None:
         _stop(processes)
         raise
     crashed = [p.exitcode for p in processes if p.exitcode != 0]
+    if crashed and not tracking.server_answers():
+        raise StoreUnreachable(
+            f"{len(crashed)} worker(s) stopped: the tracking server {tracking.tracking_uri()} "
+            "did not answer (their logs say for how long); once it answers, send what their "
+            "runs spooled with `mnist-lab runs --sync`, and run the same `tune` again to go on"
+        )
     if crashed:
         log.warning(
             "%d worker(s) exited with %s; their running trials are re-queued when the study "
