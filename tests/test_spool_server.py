@@ -218,3 +218,46 @@ def test_a_studys_trials_record_through_the_spool(server, tmp_path, mnist_dir):
         history = MlflowClient().get_metric_history(run.info.run_id, names.VAL_ACCURACY)
         assert [m.step for m in history] == [1, 2]
     assert not any((tmp_path / "spool").iterdir())  # every trial's spool was sent and removed
+
+
+@pytest.mark.slow
+def test_a_study_trains_through_an_outage_and_every_trial_ends_whole(
+    server, tmp_path, monkeypatch, mnist_dir
+):
+    """The server stops after trial 1's first epoch and starts again while the trial trains
+    on: every trial completes, its run whole on the server under the study's parent run."""
+    import threading
+
+    from tuning_helpers import TINY_SPACE, assert_consistent, load, options, trial_runs
+
+    from mnist_lab.tuning import tuner
+
+    restarted = threading.Thread(target=server.start)
+
+    class StopOnce:
+        def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+            if state.epoch == 1 and not restarted.is_alive() and restarted.ident is None:
+                server.stop()
+                restarted.start()  # up again in seconds, while the trial goes on
+
+    def train_with_outage(config, listeners, tags, **kwargs):
+        if tags[names.TAG_TRIAL_NUMBER] == "1":
+            listeners = (*listeners, StopOnce())
+        return train(config, listeners=listeners, tags=tags, **kwargs)
+
+    monkeypatch.setattr(tuner, "train", train_with_outage)
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE)
+    opts = options(tmp_path, space, n_trials=3)
+    result = tuner.tune(opts)
+    restarted.join()
+    assert restarted.ident is not None  # the outage happened
+    study = load(opts)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+    runs = trial_runs(result.parent_run_id)
+    assert len(runs) == 3
+    assert_consistent(study, runs)
+    for run in runs:
+        history = MlflowClient().get_metric_history(run.info.run_id, names.VAL_ACCURACY)
+        assert [m.step for m in history] == [1, 2]  # every epoch, once
+    assert not any((tmp_path / "spool").iterdir())  # all sent
