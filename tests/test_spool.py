@@ -249,8 +249,8 @@ class FakeTrials:
     through the spool. `end_away` names trials whose server is away from their last epoch on
     (their spool's client fails; the health check says no)."""
 
-    def __init__(self, end_away: tuple[int, ...] = ()) -> None:
-        self.end_away, self.store = end_away, FlakyStore()
+    def __init__(self, end_away: tuple[int, ...] = (), fail: tuple[int, ...] = ()) -> None:
+        self.end_away, self.fail, self.store = end_away, fail, FlakyStore()
 
     def __call__(self, config, listeners, tags, run_name, **kwargs):
         from types import SimpleNamespace
@@ -272,6 +272,9 @@ class FakeTrials:
                     listener.on_epoch_end(
                         SimpleNamespace(epoch=epoch), {names.VAL_ACCURACY: accuracy}
                     )
+                if epoch == 2 and trial in self.fail:
+                    until(lambda: writer.away_since is not None)  # its sender met the outage
+                    raise FloatingPointError("loss is nan")
         return TrainResult(active.info.run_id, {names.BEST_VAL_ACCURACY: accuracy}, accuracy, 2)
 
 
@@ -362,3 +365,35 @@ def test_a_server_away_past_the_wait_stops_the_study_once_and_sync_then_tune_fin
         "COMPLETE",
     ]
     assert_consistent(study, trial_runs())
+
+
+def test_a_trial_that_fails_while_the_server_is_away_reaches_it_when_back(
+    monkeypatch, tmp_path, mnist_dir, caplog
+):
+    """Trial 1 fails by itself (a NaN loss) while the server is away; its run does not wait at
+    its end, the tuner sends what it spooled once the server answers, and the study goes on."""
+    from tuning_helpers import assert_consistent, load, trial_runs
+
+    from mnist_lab.tuning.tuner import tune
+
+    fake = FakeTrials(end_away=(1,), fail=(1,))
+    checks = {"no": 0}
+
+    def probe(uri: str) -> bool:
+        if fake.store.down:
+            checks["no"] += 1
+            fake.store.down = checks["no"] <= 3  # back on the fourth health check
+        return not fake.store.down
+
+    opts = study_on_a_server(monkeypatch, tmp_path, fake, probe)
+    caplog.set_level("WARNING", logger="mnist_lab.tracking.runs")
+    result = tune(opts)
+    study = load(opts)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "spooled records wait for it" in caplog.text  # the tuner waited, not the run's end
+    found = trial_runs(result.parent_run_id)
+    assert_consistent(study, found)
+    (failed,) = [r for r in found if r.data.tags[names.TAG_TRIAL_NUMBER] == "1"]
+    assert "loss is nan" in failed.data.tags[names.TAG_FAILURE_REASON]
+    assert val_steps(failed.info.run_id) == [1, 2]
+    assert spools() == []

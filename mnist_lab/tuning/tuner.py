@@ -13,7 +13,6 @@ runs only the trials still missing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -151,18 +150,25 @@ class Objective:
         self.unreachable: StoreUnreachable | None = None  # what stopped the study
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
-        """A tracking server away past `MNIST_LAB_STORE_WAIT_S` stops the study (rather than
-        failing this trial and every later one): the trial is FAIL without a failure reason,
-        so it does not count, and `run_trials` raises the error once Optuna has ended it."""
+        """A tracking server away past `MNIST_LAB_STORE_WAIT_S`, at the trial's start or end,
+        stops the study rather than failing this trial and every later one: the trial's run
+        is ended FAILED in its spool, the trial is FAIL (counted only if it failed by itself),
+        and `run_trials` raises the error once Optuna has ended the trial."""
+        listener = PruningListener(trial, prune=self.job.objectives.prunable)
         try:
             tracking.await_server(f"trial {trial.number} of study {self.job.options.name!r}")
-            return self._run(trial)
+            return self._run(trial, listener)
         except StoreUnreachable as err:
+            if listener.run_id:
+                reason = trial.user_attrs.get(ATTR_FAILURE) or (
+                    f"the tracking server was away when the trial ended; the study stopped: {err}"
+                )
+                tracking.fail_spooled_run(listener.run_id, reason, {names.TAG_TRIAL_STATE: "FAIL"})
             self.unreachable = err
             trial.study.stop()
             raise
 
-    def _run(self, trial: optuna.Trial) -> float | list[float]:
+    def _run(self, trial: optuna.Trial, listener: PruningListener) -> float | list[float]:
         self._end_run_of_retried(trial)
         overrides = self.job.space.suggest(trial)
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
@@ -177,7 +183,6 @@ class Objective:
             tags[names.TAG_DEFAULTS_TRIAL] = "true"
         params = {"model": self.model, **self.job.space.fixed, **overrides}
         objectives = self.job.objectives
-        listener = PruningListener(trial, prune=objectives.prunable)
         try:
             # A combination no run can use (dim not divisible by heads) fails right here.
             config = trial_config(self.job.options, self.job.space, overrides)
@@ -198,15 +203,10 @@ class Objective:
         except optuna.TrialPruned as pruned:
             tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
             raise
-        except KeyboardInterrupt:
-            self._mark_failed(trial, listener, "interrupted by the user (Ctrl-C)")
+        except KeyboardInterrupt:  # does not wait for an away server
+            self._mark_failed(trial, listener, "interrupted by the user (Ctrl-C)", wait=0.0)
             raise
-        except StoreUnreachable as err:  # the trial's records wait in its run's spool
-            if listener.run_id:
-                reason = (
-                    f"the tracking server was away at the trial's end; the study stopped: {err}"
-                )
-                tracking.fail_spooled_run(listener.run_id, reason, {names.TAG_TRIAL_STATE: "FAIL"})
+        except StoreUnreachable:  # the run's records wait in its spool: the study stops
             raise
         except Exception as err:  # NaN loss, out of memory, ...: FAIL, and the study goes on
             reason = f"{type(err).__name__}: {err}"
@@ -235,15 +235,23 @@ class Objective:
         reason: str,
         tags: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        wait: float | None = None,
     ) -> None:
         """Tag the trial's run FAIL; with `tags`, log a FAILED run if `train()` started none
-        (bad combination, missing weights), so every failed trial has its run."""
-        with contextlib.suppress(Exception):  # the trial's own error is the one to report
+        (bad combination, missing weights), so every failed trial has its run. A server away
+        past `wait` s (default `MNIST_LAB_STORE_WAIT_S`) stops the study; with `wait=0` (an
+        interrupted trial) it does not: what the run spooled is kept for `runs --sync`."""
+        try:
             run_id = listener.run_id or self._run_of(trial)
             if run_id:
-                tracking.mark_trial_run(run_id, "FAIL", reason)
+                tracking.mark_trial_run(run_id, "FAIL", reason, wait)
             elif tags is not None:
                 tracking.log_failed_run(self.job.experiment_id, tags, params or {}, reason)
+        except StoreUnreachable:
+            if wait is None:
+                raise
+        except Exception:
+            pass  # the trial's own error is the one to report
 
     def _end_run_of_retried(self, trial: optuna.Trial) -> None:
         """A retry of a trial whose worker died (the heartbeat callback copied its user attrs):
