@@ -275,33 +275,33 @@ def server_answers() -> bool:
     return not is_remote(uri) or spool.answers(uri)
 
 
-def await_server(what: str) -> None:
-    """Before `what` starts a run on a tracking server (a study's next trial): wait while the
-    server does not answer, up to `store_wait_s()`, saying once why; else a StoreUnreachable.
-    MLflow makes a run's id on the server, so no run can start without it. Immediate for a
+def await_server(what: str, wait: float | None = None) -> None:
+    """Before `what` writes to a tracking server directly (a trial's run, which the server
+    makes and names; a trial's state): wait while the server does not answer, up to `wait` s
+    (default `store_wait_s()`), saying once why; else a StoreUnreachable. Immediate for a
     local store or a server that answers."""
     if server_answers():
         return
-    uri, wait = mlflow.get_tracking_uri(), store_wait_s()
-    log.warning(
-        "tracking server %s did not answer: %s waits for it, up to %.0f s (%s): MLflow makes "
-        "a run on the server, so a run cannot start while it is away",
-        uri,
-        what,
-        wait,
-        STORE_WAIT_ENV,
-    )
+    uri = mlflow.get_tracking_uri()
+    wait = store_wait_s() if wait is None else wait
+    if wait > 0:
+        log.warning(
+            "tracking server %s did not answer: %s waits for it, up to %.0f s (%s)",
+            uri,
+            what,
+            wait,
+            STORE_WAIT_ENV,
+        )
     deadline = time.monotonic() + wait
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(RETRY_S, left))
         if spool.answers(uri):
-            log.warning("tracking server %s is back: %s starts", uri, what)
+            log.warning("tracking server %s is back: %s goes on", uri, what)
             return
     raise StoreUnreachable(
         f"the tracking server {uri} did not answer for {wait:.0f} s ({STORE_WAIT_ENV} sets how "
-        f"long to wait): {what} could not start its run; once the server answers, send what "
-        "earlier runs spooled with `mnist-lab runs --sync`, and run the same command again "
-        "to go on"
+        f"long to wait): {what} could not go on; once the server answers, send what runs "
+        "spooled with `mnist-lab runs --sync`, and run the same command again to go on"
     )
 
 
@@ -649,6 +649,7 @@ def mark_trial_run(
     the run left in its spool goes first (`send_left_spool`, waiting up to `wait` s).
     """
     send_left_spool(run_id, wait)
+    await_server(f"the state of trial run {run_id}", wait)
     client = store_client()
     client.set_tag(run_id, names.TAG_TRIAL_STATE, state)
     if state == "PRUNED":

@@ -156,7 +156,11 @@ class Objective:
         and `run_trials` raises the error once Optuna has ended the trial."""
         listener = PruningListener(trial, prune=self.job.objectives.prunable)
         try:
-            tracking.await_server(f"trial {trial.number} of study {self.job.options.name!r}")
+            # MLflow's server makes a run and chooses its id: a trial cannot start without it.
+            study = self.job.options.name
+            tracking.await_server(
+                f"trial {trial.number} of study {study!r} (the server makes its run)"
+            )
             return self._run(trial, listener)
         except StoreUnreachable as err:
             if listener.run_id:
