@@ -242,3 +242,158 @@ def test_a_model_logged_while_the_server_is_away_reaches_the_run_once_by_sync(mo
     assert model.metadata.run_id == run_id
     assert "digit" in model.predict(digits[:4].astype(np.float32) / 255).columns
     assert tracking.load_onnx_model(tracking.onnx_model_uri(run_id))
+
+
+class FakeTrials:
+    """`train()` for a tuning trial, without the training: a nested run that logs two epochs
+    through the spool. `end_away` names trials whose server is away from their last epoch on
+    (their spool's client fails; the health check says no)."""
+
+    def __init__(self, end_away: tuple[int, ...] = (), fail: tuple[int, ...] = ()) -> None:
+        self.end_away, self.fail, self.store = end_away, fail, FlakyStore()
+
+    def __call__(self, config, listeners, tags, run_name, **kwargs):
+        from types import SimpleNamespace
+
+        from mnist_lab.train import TrainResult
+
+        trial = int(tags[names.TAG_TRIAL_NUMBER])
+        with tracking.run(nested=True, run_name=run_name, tags=tags) as active:
+            writer = runs._writers[active.info.run_id]
+            writer.client, writer.retry_s = self.store, 0.05
+            writer.probe = lambda uri: not self.store.down
+            for epoch in (1, 2):
+                if epoch == 2 and trial in self.end_away:
+                    assert writer.wait_sent(10.0)  # the server has epoch 1, then goes away
+                    self.store.down = True
+                accuracy = 0.5 + trial / 10 + epoch / 100
+                tracking.log_metrics({names.VAL_ACCURACY: accuracy}, step=epoch)
+                for listener in listeners:
+                    listener.on_epoch_end(
+                        SimpleNamespace(epoch=epoch), {names.VAL_ACCURACY: accuracy}
+                    )
+                if epoch == 2 and trial in self.fail:
+                    until(lambda: writer.away_since is not None)  # its sender met the outage
+                    raise FloatingPointError("loss is nan")
+        return TrainResult(active.info.run_id, {names.BEST_VAL_ACCURACY: accuracy}, accuracy, 2)
+
+
+def val_steps(run_id: str) -> list[int]:
+    return sorted(m.step for m in MlflowClient().get_metric_history(run_id, names.VAL_ACCURACY))
+
+
+def study_on_a_server(monkeypatch, tmp_path, fake: FakeTrials, probe):
+    """A 3-trial tiny study whose runs go through spools as on a tracking server: the test's
+    store acts the server, `probe` its health check."""
+    from tuning_helpers import TINY_SPACE, options
+
+    from mnist_lab.tracking import spool
+    from mnist_lab.tuning import tuner
+
+    monkeypatch.setattr(runs, "is_remote", lambda uri: True)
+    monkeypatch.setattr(runs, "RETRY_S", 0.01)
+    monkeypatch.setattr(spool, "answers", probe)
+    monkeypatch.setattr(tuner, "train", fake)
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE)
+    return options(tmp_path, space, n_trials=3)
+
+
+def test_a_trial_started_while_the_server_is_away_waits_for_it(
+    monkeypatch, tmp_path, mnist_dir, caplog
+):
+    """The server stops after trial 0 and answers again on the third health check: trial 1
+    waits, saying so once, and the study ends with every trial complete and in MLflow."""
+    from tuning_helpers import assert_consistent, load, trial_runs
+
+    from mnist_lab.tuning.tuner import tune
+
+    checks = {"no": 0}
+    fake = FakeTrials()
+
+    def probe(uri: str) -> bool:
+        if not any(names.TAG_TRIAL_STATE in r.data.tags for r in trial_runs()):
+            return True  # up until trial 0 has ended
+        checks["no"] += 1
+        return checks["no"] > 3
+
+    opts = study_on_a_server(monkeypatch, tmp_path, fake, probe)
+    caplog.set_level("WARNING", logger="mnist_lab.tracking.runs")
+    result = tune(opts)
+    assert caplog.text.count("waits for it") == 1 and "is back: trial 1" in caplog.text
+    study = load(opts)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+    found = trial_runs(result.parent_run_id)
+    assert len(found) == 3
+    assert_consistent(study, found)
+
+
+def test_a_server_away_past_the_wait_stops_the_study_once_and_sync_then_tune_finish_it(
+    monkeypatch, tmp_path, mnist_dir
+):
+    """Trial 1's server goes away in its last epoch and stays away past the wait: no later
+    trial starts (none fails for it), the command's error names `runs --sync`, trial 1 does
+    not count; sync sends its run (FAILED, saying why), and `tune` again completes the study."""
+    from tuning_helpers import assert_consistent, load, trial_runs
+
+    from mnist_lab.tuning.tuner import tune
+
+    monkeypatch.setenv("MNIST_LAB_STORE_WAIT_S", "0.2")
+    fake = FakeTrials(end_away=(1,))
+    opts = study_on_a_server(monkeypatch, tmp_path, fake, lambda uri: not fake.store.down)
+    with pytest.raises(StoreUnreachable, match="runs --sync"):
+        tune(opts)
+    states = [t.state.name for t in load(opts).get_trials()]
+    assert states == ["COMPLETE", "FAIL"]  # trial 1 stopped the study; no trial 2
+    (stopped,) = [r for r in trial_runs() if r.data.tags[names.TAG_TRIAL_NUMBER] == "1"]
+    assert val_steps(stopped.info.run_id) == [1]  # epoch 2 and the end wait in its spool
+
+    fake.store.down = False
+    assert all(r.error is None for r in replay_all(lambda uri: fake.store))
+    (stopped,) = [r for r in trial_runs() if r.data.tags[names.TAG_TRIAL_NUMBER] == "1"]
+    assert stopped.info.status == "FAILED"
+    assert "study stopped" in stopped.data.tags[names.TAG_FAILURE_REASON]
+    assert val_steps(stopped.info.run_id) == [1, 2]  # each epoch once
+
+    fake.end_away = ()
+    tune(opts)  # goes on: trial 1 did not count, so two more trials make the three
+    study = load(opts)
+    assert [t.state.name for t in study.get_trials()] == [
+        "COMPLETE",
+        "FAIL",
+        "COMPLETE",
+        "COMPLETE",
+    ]
+    assert_consistent(study, trial_runs())
+
+
+def test_a_trial_that_fails_while_the_server_is_away_reaches_it_when_back(
+    monkeypatch, tmp_path, mnist_dir, caplog
+):
+    """Trial 1 fails by itself (a NaN loss) while the server is away; its run does not wait at
+    its end, the tuner sends what it spooled once the server answers, and the study goes on."""
+    from tuning_helpers import assert_consistent, load, trial_runs
+
+    from mnist_lab.tuning.tuner import tune
+
+    fake = FakeTrials(end_away=(1,), fail=(1,))
+    checks = {"no": 0}
+
+    def probe(uri: str) -> bool:
+        if fake.store.down:
+            checks["no"] += 1
+            fake.store.down = checks["no"] <= 3  # back on the fourth health check
+        return not fake.store.down
+
+    opts = study_on_a_server(monkeypatch, tmp_path, fake, probe)
+    caplog.set_level("WARNING", logger="mnist_lab.tracking.runs")
+    result = tune(opts)
+    study = load(opts)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "spooled records wait for it" in caplog.text  # the tuner waited, not the run's end
+    found = trial_runs(result.parent_run_id)
+    assert_consistent(study, found)
+    (failed,) = [r for r in found if r.data.tags[names.TAG_TRIAL_NUMBER] == "1"]
+    assert "loss is nan" in failed.data.tags[names.TAG_FAILURE_REASON]
+    assert val_steps(failed.info.run_id) == [1, 2]
+    assert spools() == []

@@ -218,3 +218,63 @@ def test_a_studys_trials_record_through_the_spool(server, tmp_path, mnist_dir):
         history = MlflowClient().get_metric_history(run.info.run_id, names.VAL_ACCURACY)
         assert [m.step for m in history] == [1, 2]
     assert not any((tmp_path / "spool").iterdir())  # every trial's spool was sent and removed
+
+
+@pytest.mark.slow
+def test_a_study_goes_on_through_outages_and_every_trial_ends_whole(
+    server, tmp_path, monkeypatch, mnist_dir, caplog
+):
+    """The server stops after trial 1's first epoch and starts again while the trial trains
+    on; it stops again once trial 1 has ended, so trial 2 waits to start. Every trial
+    completes, its run whole on the server under the study's parent run."""
+    import threading
+
+    from tuning_helpers import TINY_SPACE, assert_consistent, load, options, trial_runs
+
+    from mnist_lab.tuning import tuner
+
+    restarts: list[threading.Thread] = []
+
+    def outage() -> None:
+        server.stop()
+        restarts.append(threading.Thread(target=server.start))  # up again in seconds
+        restarts[-1].start()
+
+    class StopInEpoch1:
+        def on_epoch_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+            if state.epoch == 1:
+                outage()
+
+    def train_with_outage(config, listeners, tags, **kwargs):
+        if tags[names.TAG_TRIAL_NUMBER] == "1":
+            listeners = (*listeners, StopInEpoch1())
+        return train(config, listeners=listeners, tags=tags, **kwargs)
+
+    mark_trial_run = tracking.mark_trial_run
+
+    def mark_then_stop(run_id: str, state: str, *args) -> None:
+        mark_trial_run(run_id, state, *args)
+        if MlflowClient().get_run(run_id).data.tags[names.TAG_TRIAL_NUMBER] == "1":
+            restarts[-1].join()
+            outage()  # between trial 1 and trial 2
+
+    monkeypatch.setattr(tuner, "train", train_with_outage)
+    monkeypatch.setattr(tracking, "mark_trial_run", mark_then_stop)
+    caplog.set_level("WARNING", logger="mnist_lab.tracking")
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE)
+    opts = options(tmp_path, space, n_trials=3)
+    result = tuner.tune(opts)
+    for thread in restarts:
+        thread.join()
+    assert len(restarts) == 2  # both outages happened
+    assert "trial 2 of study" in caplog.text and "waits for it" in caplog.text
+    study = load(opts)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+    runs = trial_runs(result.parent_run_id)
+    assert len(runs) == 3
+    assert_consistent(study, runs)
+    for run in runs:
+        history = MlflowClient().get_metric_history(run.info.run_id, names.VAL_ACCURACY)
+        assert [m.step for m in history] == [1, 2]  # every epoch, once
+    assert not any((tmp_path / "spool").iterdir())  # all sent

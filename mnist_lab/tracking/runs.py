@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from filelock import Timeout
 from mlflow.entities import RunStatus
 
 from mnist_lab import names
@@ -44,13 +45,16 @@ from mnist_lab.data.mnist import SplitRecord
 from mnist_lab.engine.device import machine_name, precision
 from mnist_lab.errors import LabError, StoreUnreachable
 from mnist_lab.names import IMAGE_SIZE
+from mnist_lab.tracking import spool
 from mnist_lab.tracking.liveness import Heartbeat, process_tags, sweep_stale_runs
 from mnist_lab.tracking.spool import (
+    RETRY_S,
     STORE_WAIT_ENV,
     Spool,
     SpoolWriter,
     fail_fast,
     is_remote,
+    send_pending,
     spool_root,
     store_wait_s,
 )
@@ -232,7 +236,7 @@ def _end(
             if not sent:
                 with fail_fast(), contextlib.suppress(Exception):
                     mlflow.end_run(name)  # the process's active run only; the spool ends it later
-                message = unreachable_message(writer, "ended")
+                message = unreachable_message(writer.spool, "ended")
                 if failing:
                     log.error("%s", message)
                     return
@@ -245,8 +249,7 @@ def _end(
     mlflow.end_run(name)
 
 
-def unreachable_message(writer: SpoolWriter, what: str) -> str:
-    spool = writer.spool
+def unreachable_message(spool: Spool, what: str) -> str:
     return (
         f"the tracking server {spool.tracking_uri} did not answer for {store_wait_s():.0f} s "
         f"({STORE_WAIT_ENV} sets how long a run waits): run {spool.run_id} {what} with "
@@ -263,7 +266,99 @@ def await_store() -> None:
     run = mlflow.active_run()
     writer = _writers.get(run.info.run_id) if run else None
     if writer is not None and not writer.wait_sent(store_wait_s()):
-        raise StoreUnreachable(unreachable_message(writer, "could not go on"))
+        raise StoreUnreachable(unreachable_message(writer.spool, "could not go on"))
+
+
+def server_answers() -> bool:
+    """Whether the tracking store can be written now: always for a local store."""
+    uri = mlflow.get_tracking_uri()
+    return not is_remote(uri) or spool.answers(uri)
+
+
+def await_server(what: str, wait: float | None = None) -> None:
+    """Before `what` writes to a tracking server directly (a trial's run, which the server
+    makes and names; a trial's state): wait while the server does not answer, up to `wait` s
+    (default `store_wait_s()`), saying once why; else a StoreUnreachable. Immediate for a
+    local store or a server that answers."""
+    if server_answers():
+        return
+    uri = mlflow.get_tracking_uri()
+    wait = store_wait_s() if wait is None else wait
+    if wait > 0:
+        log.warning(
+            "tracking server %s did not answer: %s waits for it, up to %.0f s (%s)",
+            uri,
+            what,
+            wait,
+            STORE_WAIT_ENV,
+        )
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(RETRY_S, left))
+        if spool.answers(uri):
+            log.warning("tracking server %s is back: %s goes on", uri, what)
+            return
+    raise StoreUnreachable(
+        f"the tracking server {uri} did not answer for {wait:.0f} s ({STORE_WAIT_ENV} sets how "
+        f"long to wait): {what} could not go on; once the server answers, send what runs "
+        "spooled with `mnist-lab runs --sync`, and run the same command again to go on"
+    )
+
+
+def send_left_spool(run_id: str, wait: float | None = None) -> None:
+    """Send what run `run_id` left in its spool when it ended while its server was away (a run
+    that fails or is pruned does not wait at its end), waiting for the server up to `wait` s
+    (default `store_wait_s()`); else a StoreUnreachable naming the spool. Immediate when the
+    run left nothing."""
+    folder = spool_root() / run_id
+    if not (folder / "run.json").is_file():
+        return
+    left = Spool(folder)
+    wait = store_wait_s() if wait is None else wait
+    deadline, said = time.monotonic() + wait, False
+    try:
+        lock = left.lock().acquire(timeout=10)  # its run's sending thread lets go in seconds
+    except Timeout:
+        raise StoreUnreachable(unreachable_message(left, "ended")) from None
+    with lock:
+        while left.pending():
+            if spool.answers(left.tracking_uri):
+                try:
+                    send_pending(store_client(), left)
+                    continue
+                except Exception as err:
+                    if spool.permanent(err):
+                        raise
+            if time.monotonic() >= deadline:
+                raise StoreUnreachable(unreachable_message(left, "ended"))
+            if not said:
+                log.warning(
+                    "tracking server %s did not answer: run %s's spooled records wait for it, "
+                    "up to %.0f s (%s)",
+                    left.tracking_uri,
+                    run_id,
+                    wait,
+                    STORE_WAIT_ENV,
+                )
+                said = True
+            time.sleep(min(RETRY_S, max(0.0, deadline - time.monotonic())))
+    left.remove()
+
+
+def fail_spooled_run(run_id: str, reason: str, tags: dict[str, Any]) -> bool:
+    """End FAILED, with `reason` and `tags`, a run that ended with records still in its spool
+    (its server was away): these records go after the others, by `runs --sync`. Whether the
+    run has such a spool."""
+    folder = spool_root() / run_id
+    if not (folder / "run.json").is_file():
+        return False
+    values = {
+        k: str(v)[:MAX_TAG_LENGTH] for k, v in {**tags, names.TAG_FAILURE_REASON: reason}.items()
+    }
+    left = Spool(folder)
+    left.add("tags", {"values": values})
+    left.add("end", {"status": "FAILED", "end_time": int(time.time() * 1000)})
+    return True
 
 
 def _writer(run_id: str | None = None) -> SpoolWriter | None:
@@ -544,12 +639,17 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
 ENDABLE = ("RUNNING", "FINISHED")
 
 
-def mark_trial_run(run_id: str, state: str, reason: str | None = None) -> None:
+def mark_trial_run(
+    run_id: str, state: str, reason: str | None = None, wait: float | None = None
+) -> None:
     """Tag a trial's run with its Optuna state once the trial has ended.
 
     A pruned trial leaves `train()` by an exception, so `run()` ended its run FAILED with a
-    `failure_reason`; pruning is the tuner working as intended, so it becomes FINISHED.
+    `failure_reason`; pruning is the tuner working as intended, so it becomes FINISHED. What
+    the run left in its spool goes first (`send_left_spool`, waiting up to `wait` s).
     """
+    send_left_spool(run_id, wait)
+    await_server(f"the state of trial run {run_id}", wait)
     client = store_client()
     client.set_tag(run_id, names.TAG_TRIAL_STATE, state)
     if state == "PRUNED":

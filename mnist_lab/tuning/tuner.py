@@ -13,7 +13,6 @@ runs only the trials still missing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -39,7 +38,7 @@ from mnist_lab.database import redact
 from mnist_lab.engine.device import resolve_device, usable_cpus
 from mnist_lab.engine.interrupt import sigterm_as_interrupt
 from mnist_lab.engine.loop import TrainState
-from mnist_lab.errors import ConfigError, LabError
+from mnist_lab.errors import EXIT_LAB_ERROR, ConfigError, LabError, StoreUnreachable
 from mnist_lab.repeats import RepeatsResult, train_seeds
 from mnist_lab.train import train
 from mnist_lab.tuning.claim import claim, release
@@ -148,8 +147,32 @@ class Objective:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.model = job.options.model
+        self.unreachable: StoreUnreachable | None = None  # what stopped the study
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        """A tracking server away past `MNIST_LAB_STORE_WAIT_S`, at the trial's start or end,
+        stops the study rather than failing this trial and every later one: the trial's run
+        is ended FAILED in its spool, the trial is FAIL (counted only if it failed by itself),
+        and `run_trials` raises the error once Optuna has ended the trial."""
+        listener = PruningListener(trial, prune=self.job.objectives.prunable)
+        try:
+            # MLflow's server makes a run and chooses its id: a trial cannot start without it.
+            study = self.job.options.name
+            tracking.await_server(
+                f"trial {trial.number} of study {study!r} (the server makes its run)"
+            )
+            return self._run(trial, listener)
+        except StoreUnreachable as err:
+            if listener.run_id:
+                reason = trial.user_attrs.get(ATTR_FAILURE) or (
+                    f"the tracking server was away when the trial ended; the study stopped: {err}"
+                )
+                tracking.fail_spooled_run(listener.run_id, reason, {names.TAG_TRIAL_STATE: "FAIL"})
+            self.unreachable = err
+            trial.study.stop()
+            raise
+
+    def _run(self, trial: optuna.Trial, listener: PruningListener) -> float | list[float]:
         self._end_run_of_retried(trial)
         overrides = self.job.space.suggest(trial)
         trial.set_user_attr(ATTR_OVERRIDES, overrides)
@@ -164,7 +187,6 @@ class Objective:
             tags[names.TAG_DEFAULTS_TRIAL] = "true"
         params = {"model": self.model, **self.job.space.fixed, **overrides}
         objectives = self.job.objectives
-        listener = PruningListener(trial, prune=objectives.prunable)
         try:
             # A combination no run can use (dim not divisible by heads) fails right here.
             config = trial_config(self.job.options, self.job.space, overrides)
@@ -185,8 +207,10 @@ class Objective:
         except optuna.TrialPruned as pruned:
             tracking.mark_trial_run(listener.run_id or self._run_of(trial), "PRUNED", str(pruned))
             raise
-        except KeyboardInterrupt:
-            self._mark_failed(trial, listener, "interrupted by the user (Ctrl-C)")
+        except KeyboardInterrupt:  # does not wait for an away server
+            self._mark_failed(trial, listener, "interrupted by the user (Ctrl-C)", wait=0.0)
+            raise
+        except StoreUnreachable:  # the run's records wait in its spool: the study stops
             raise
         except Exception as err:  # NaN loss, out of memory, ...: FAIL, and the study goes on
             reason = f"{type(err).__name__}: {err}"
@@ -215,15 +239,23 @@ class Objective:
         reason: str,
         tags: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        wait: float | None = None,
     ) -> None:
         """Tag the trial's run FAIL; with `tags`, log a FAILED run if `train()` started none
-        (bad combination, missing weights), so every failed trial has its run."""
-        with contextlib.suppress(Exception):  # the trial's own error is the one to report
+        (bad combination, missing weights), so every failed trial has its run. A server away
+        past `wait` s (default `MNIST_LAB_STORE_WAIT_S`) stops the study; with `wait=0` (an
+        interrupted trial) it does not: what the run spooled is kept for `runs --sync`."""
+        try:
             run_id = listener.run_id or self._run_of(trial)
             if run_id:
-                tracking.mark_trial_run(run_id, "FAIL", reason)
+                tracking.mark_trial_run(run_id, "FAIL", reason, wait)
             elif tags is not None:
                 tracking.log_failed_run(self.job.experiment_id, tags, params or {}, reason)
+        except StoreUnreachable:
+            if wait is None:
+                raise
+        except Exception:
+            pass  # the trial's own error is the one to report
 
     def _end_run_of_retried(self, trial: optuna.Trial) -> None:
         """A retry of a trial whose worker died (the heartbeat callback copied its user attrs):
@@ -259,14 +291,17 @@ def run_trials(job: Job) -> None:
     study.sampler = make_sampler(options.sampler, seed, options.n_trials)
     kind = job.objectives.pruner
     study.pruner = make_pruner(kind, job.space, _epoch_budget(options, job.space))
+    objective = Objective(job)
     study.optimize(
-        Objective(job),
+        objective,
         n_trials=job.quota,
         timeout=options.timeout,
         catch=(Exception,),
         callbacks=[StopWhenDone(options.n_trials)],
         gc_after_trial=False,
     )
+    if objective.unreachable is not None:
+        raise objective.unreachable
 
 
 def _worker_main(job: Job) -> None:
@@ -282,6 +317,9 @@ def _worker_main(job: Job) -> None:
         run_trials(job)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except StoreUnreachable as err:
+        log.error("%s", err)
+        raise SystemExit(EXIT_LAB_ERROR) from None
 
 
 def _run_workers(jobs: list[Job]) -> None:
@@ -305,6 +343,12 @@ def _run_workers(jobs: list[Job]) -> None:
         _stop(processes)
         raise
     crashed = [p.exitcode for p in processes if p.exitcode != 0]
+    if crashed and not tracking.server_answers():
+        raise StoreUnreachable(
+            f"{len(crashed)} worker(s) stopped: the tracking server {tracking.tracking_uri()} "
+            "did not answer (their logs say for how long); once it answers, send what their "
+            "runs spooled with `mnist-lab runs --sync`, and run the same `tune` again to go on"
+        )
     if crashed:
         log.warning(
             "%d worker(s) exited with %s; their running trials are re-queued when the study "
