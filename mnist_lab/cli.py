@@ -418,7 +418,8 @@ def add_analysis_commands(commands: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=cmd_benchmark)
 
     report = commands.add_parser(
-        "report", help="results tables from MLflow runs: every configuration, the benchmark"
+        "report",
+        help="results tables from MLflow runs: every configuration, the benchmark, robustness",
     )
     report.add_argument(
         "--tag",

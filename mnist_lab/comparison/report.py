@@ -6,6 +6,9 @@
   only where every run had its cores to itself), the machine and the run ids.
 - `benchmark.md`, `benchmark.csv`, `benchmark_significance.csv`: the newest `benchmark` run's
   models, ranked, with every pair's difference and test (as `compare` shows them).
+- `robustness.md` / `.csv`: the configurations whose runs logged an end-of-run report, each
+  with n, the clean test accuracy and, with intervals, accuracy per other source and per
+  corruption and severity, and calibration (robustness_page.py).
 
 Each file says which store, experiment and runs it came from; every row names its machine.
 """
@@ -21,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from mnist_lab import names, tracking
+from mnist_lab.comparison import robustness_page
 from mnist_lab.comparison.compare import (
     ACCURACY_COLUMNS,
     DESCRIPTION,
@@ -56,6 +60,7 @@ class Report:
     files: list[Path]
     configurations: pd.DataFrame
     benchmark: pd.DataFrame | None
+    robustness: pd.DataFrame
 
 
 def report(output_dir: str | Path = "results", tags: dict[str, str] | None = None) -> Report:
@@ -80,6 +85,10 @@ def report(output_dir: str | Path = "results", tags: dict[str, str] | None = Non
     groups = sorted(_labelled(tracking.by_configuration(runs)), key=_model_order)
     configurations = _with_costs(tables(groups)[0], groups)[columns()]
     files = [_write(out / "configurations", configurations, CONFIGURATIONS_TITLE, source)]
+    reported = robustness_page.reported(groups)
+    machines = ["; ".join(_machines(g)) for g in reported]
+    robustness = robustness_page.robustness_table(reported, machines)
+    files.append(robustness_page.write(out, robustness, source))
     benchmark = _newest_benchmark(experiment)
     table = None
     if benchmark is not None:
@@ -93,7 +102,7 @@ def report(output_dir: str | Path = "results", tags: dict[str, str] | None = Non
             f.write("\n" + markdown_table(significance, SIGNIFICANCE_FORMATS))
         significance.to_csv(out / "benchmark_significance.csv", index=False)
         files += [page, out / "benchmark_significance.csv"]
-    return Report(files, configurations, table)
+    return Report(files, configurations, table, robustness)
 
 
 CONFIGURATIONS_TITLE = (

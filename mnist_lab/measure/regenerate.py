@@ -6,8 +6,8 @@ Each script merges its rows into results/<name>.csv and rewrites the Markdown be
 (results_table.py): rows of other machines stay. `--quick` shortens the long recipes (fewer
 epochs, digits, trials or repeats); a table whose rows it shortened says so in a "quick:" line
 and in each row's `recipe` column, so a quick figure never passes for the full recipe's.
-Finally `report` rewrites configurations.md and benchmark.md from the tracking store's train
-runs, when it has any.
+Finally `report` rewrites configurations.md, benchmark.md and robustness.md from the tracking
+store's train runs, when it has any.
 
     python -m mnist_lab.measure all --quick                 # ~15 min on 2 idle CPU cores
     python -m mnist_lab.measure all --only training,onnx     # some pieces
@@ -121,10 +121,10 @@ def report(output_dir: str) -> None:
     print(f"== {' '.join(command[1:])}", flush=True)
     code = subprocess.run(command, check=False).returncode
     if code:
-        print(f"== report: exit {code}: configurations.md and benchmark.md left as they were")
+        print(f"== report: exit {code}: {', '.join(REPORT_FILES)} left as they were")
 
 
-REPORT_FILES = ("configurations", "benchmark")
+REPORT_FILES = ("configurations", "benchmark", "robustness")
 INDEX = """# Results
 
 Every table here is written by a command, never typed: a measure script from its own runs
