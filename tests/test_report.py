@@ -163,7 +163,10 @@ def test_report_writes_each_configurations_robustness_with_n_intervals_and_machi
     assert set(corrupted["digits"]) == {500} and set(corrupted["interval"]) == {WILSON}
 
     page = (tmp_path / "robustness.md").read_text()
-    assert page.startswith("# Robustness\n") and "Written by `python -m mnist_lab report`" in page
+    assert (
+        page.startswith("# Robustness of each configuration")
+        and "Written by `python -m mnist_lab report`" in page
+    )
     assert page.count("\n## cnn") == 2 and f"n = 3 seeds on {MACHINE[names.TAG_MACHINE]}" in page
     assert "| corruption | severity 1 | severity 2 | severity 3 (MNIST-C) |" in page
     assert "| MNIST-C mean | 91.00 [" in page and "| source: handwriting_8px | 3 | 71.00 [" in page

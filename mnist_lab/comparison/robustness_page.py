@@ -54,7 +54,8 @@ COLUMNS = [
 ]  # fmt: skip
 
 TITLE = (
-    "# Robustness\n\nEvery configuration of finished train runs whose end-of-run report "
+    "# Robustness of each configuration: other sources, corruptions by severity, calibration"
+    "\n\nEvery configuration of finished train runs whose end-of-run report "
     "measured robustness (rows as in [configurations.md](configurations.md): the same settings "
     "apart from the seed), with n seeds, its machine and precision, and the clean test "
     "accuracy beside: accuracy on digits from other sources (fonts; handwriting scanned at "
