@@ -66,7 +66,7 @@ TITLE = (
     "accuracies, not per-digit answers, and share their digits, so it measures seed noise on "
     "these digits), Wilson's over the digits for n = 1 (seed noise unmeasured). `− clean` is a "
     "figure minus the clean test accuracy, in points: a shift read within 1 point of clean "
-    "shows −1.00 or more. The clean accuracy is over the test split, the corrupted ones over "
+    "shows -1.00 or more. The clean accuracy is over the test split, the corrupted ones over "
     "its first `robustness_samples` digits. Runs log each MNIST-C corruption at MNIST-C's "
     "severity (3) only, its other severities in their `reports/robustness.json`. "
     "[docs/how-models-fail.md](../docs/how-models-fail.md) says what each corruption is. "
@@ -106,6 +106,8 @@ def write(out: Path, table: pd.DataFrame, source: str) -> Path:
 
 
 def _rows(group: Group, machine: str) -> list[dict]:
+    """A configuration's figures: its clean test accuracy (as `compare` reads it: over seeds ×
+    digits from the runs' predictions), each source, calibration, each corruption × severity."""
     clean = group_accuracy(group)
     logged = _samples(group)
     samples = None if logged is None else min(logged, clean.digits)
