@@ -57,7 +57,7 @@ def per_digit_us(run: Callable[[], object], batch: int, repeats: int) -> float:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=200, help="timed calls per figure")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--output-dir", default=None, help="write cleaning.md/.csv there")

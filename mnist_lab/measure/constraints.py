@@ -45,7 +45,7 @@ TABLE = results_table.Table(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-trials", type=int, default=20)
     parser.add_argument("--budget", default="num_params<=40000")
     parser.add_argument("--max-train-samples", type=int, default=2_000)

@@ -107,7 +107,7 @@ def table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="model folders")
     parser.add_argument("--samples", type=int, default=2000, help="test digits per corruption")
     parser.add_argument("--per-class", type=int, default=50, help="digits a class per source")

@@ -46,7 +46,7 @@ EXPORTERS = {False: "TorchScript-based", True: "torch.export-based"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="cnn,vit")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output-dir", default=None, help="write onnx-exporters.md/.csv there")

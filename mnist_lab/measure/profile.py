@@ -105,7 +105,7 @@ PRECISION_TABLE = results_table.Table(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="a run config, e.g. experiments/vit.yaml")
     parser.add_argument(
         "--model",

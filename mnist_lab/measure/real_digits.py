@@ -137,7 +137,7 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("real_digits"), help="the set's folder")
     parser.add_argument("--per-class", type=_positive, default=100, help="images per digit")
     parser.add_argument("--seed", type=int, default=0)

@@ -37,7 +37,7 @@ def shifted_mnist(per_class: int) -> SourceSet:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a logged model's folder")
     parser.add_argument("--out", type=Path, default=Path("sources.png"))
     parser.add_argument("--per-class", type=int, default=1, help="digits a class per source")

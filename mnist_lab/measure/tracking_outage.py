@@ -146,7 +146,7 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--outage-s", type=float, default=600.0, help="default 600 (10 min)")
     parser.add_argument("--stop-after", type=int, default=2, help="the epoch (default 2)")
     parser.add_argument("--model", default="cnn")
