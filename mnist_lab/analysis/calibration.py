@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from mnist_lab import names
 
@@ -34,6 +33,10 @@ def expected_calibration_error(probabilities: Tensor, targets: Tensor, n_bins: i
 
     probabilities: [N, K] softmax outputs; targets: [N] class indices. Returns a value in [0, 1].
     """
+    # Imported here: torchmetrics pulls in torchvision and torch._dynamo, 3 s of every process's
+    # start that imports the engine, which most (tune workers, DDP ranks, --help paths) never use.
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     ece = multiclass_calibration_error(
         probabilities, targets, num_classes=probabilities.shape[1], n_bins=n_bins, norm="l1"
     )

@@ -42,7 +42,6 @@ from mnist_lab.data.cleaning import clean
 from mnist_lab.models import is_detector
 from mnist_lab.models.build import ModelSpec
 from mnist_lab.models.common import TemperatureScaled
-from mnist_lab.models.faster_rcnn import top_box_probabilities
 from mnist_lab.tracking.runs import log_flavor_model, log_metrics, set_tags
 
 log = logging.getLogger(__name__)
@@ -151,6 +150,9 @@ def export_detector(detector: nn.Module, scene: torch.Tensor) -> bytes:
 def detector_difference(onnx_bytes: bytes, detector: nn.Module, scenes: torch.Tensor) -> float:
     """max |onnxruntime - torch| of the digit probabilities the classifier makes of each scene's
     detections (its top box: `top_box_probabilities`), over `scenes` [N, 1, H, W]."""
+    # Imported here: it imports torchvision, which a classifier's run never needs.
+    from mnist_lab.models.faster_rcnn import top_box_probabilities
+
     ort = session(onnx_bytes)
     with torch.no_grad():
         expected = detector.eval()(list(scenes))
