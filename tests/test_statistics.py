@@ -255,3 +255,10 @@ def test_predictions_frames_align_by_mnist_index():
     assert not same_digits([a, a.iloc[:2]])
     with pytest.raises(ValueError, match="not scored on the same digits"):
         correct_matrix([a, a.iloc[:2]])
+
+
+def test_an_accuracy_known_by_its_runs_keeps_its_interval_inside_zero_and_one():
+    near_one = st.summarize_accuracies([0.97, 1.0, 1.0], digits=100)
+    near_zero = st.summarize_accuracies([0.03, 0.0, 0.0], digits=100)
+    assert 0.97 < near_one.mean < near_one.high == 1.0
+    assert near_zero.low == 0.0 < near_zero.mean

@@ -219,14 +219,15 @@ def summarize(correct: np.ndarray) -> Summary:
 
 def summarize_accuracies(accuracies: Sequence[float], digits: int) -> Summary:
     """A group known only by its runs' accuracies on `digits` digits (runs that logged no
-    predictions): Wilson for one run, t over the seeds for several."""
+    predictions): Wilson for one run, t over the seeds for several (cut to [0, 1]: an accuracy
+    is a share)."""
     values = np.asarray(accuracies, dtype=float)
     mean = float(values.mean())
     if len(values) == 1:
         low, high = wilson_interval(round(mean * digits), digits)
         return Summary(1, mean, math.nan, low, high, WILSON, seed_noise=False)
     low, high = t_interval(values)
-    return Summary(len(values), mean, _std(values), low, high, T_OVER_SEEDS)
+    return Summary(len(values), mean, _std(values), max(low, 0.0), min(high, 1.0), T_OVER_SEEDS)
 
 
 def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
