@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 from lab_helpers import fake_run, venv_env
-from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names
@@ -85,7 +84,15 @@ def test_figures_render(tmp_path) -> None:
     digit = torch.zeros(1, 28, 28)
     digit[0, 6:22, 12:16] = 1.0
     grid = corruptions_figure(digit, severities=(1, DEFAULT_SEVERITY, 5))
-    assert isinstance(grid, Figure) and len(grid.axes) == 3 * (len(corruption_names()) + 1)
+    (mosaic,) = (
+        grid.axes
+    )  # one image: a column per corruption after the clean digit, a row per severity
+    columns = [label.get_text() for label in mosaic.get_xticklabels()]
+    assert columns == ["clean", *(name.replace("_", " ") for name in corruption_names())]
+    assert [label.get_text() for label in mosaic.get_yticklabels()] == [
+        f"severity {s}" for s in (1, DEFAULT_SEVERITY, 5)
+    ]
+    assert mosaic.get_images()[0].get_array().shape == (3 * 32, len(columns) * 32)
     accuracy = {c: {s: 1 - 0.1 * s for s in SEVERITIES} for c in corruption_names()}
     result = RobustnessResult(0.99, accuracy, 100, 1.0)
     bars = robustness_figure(result)
