@@ -4,7 +4,6 @@ Wilson interval, and the figure of digits as given, as seen and as read."""
 import numpy as np
 import pytest
 import torch
-from matplotlib.figure import Figure
 
 from mnist_lab.analysis.sources import evaluate_sources, source_sets, sources_figure
 from mnist_lab.analysis.statistics import wilson_interval
@@ -58,4 +57,9 @@ def test_accuracy_per_source_with_its_wilson_interval():
         assert (score.low, score.high) == wilson_interval(1, 10)
         assert score.to_report()["n"] == 10
     figure = sources_figure(sets, scores)
-    assert isinstance(figure, Figure) and len(figure.axes) == 2 * len(sets) * 10
+    (mosaic,) = figure.axes  # one image: per source a row as given, a row as the model saw it
+    answers = [text.get_text() for text in mosaic.texts]
+    assert len(answers) == 10 * len(sets) and answers.count("read 3") == len(sets)
+    assert [label.get_text() for label in mosaic.get_yticklabels()][::2] == [
+        name.replace("_", " ") for name in sets
+    ]
