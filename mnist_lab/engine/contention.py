@@ -27,7 +27,8 @@ def read_clock() -> CpuClock:
     chosen = [per_cpu[i] for i in cpus if i < len(per_cpu)] if cpus else per_cpu
     busy = sum(t.user + t.system + getattr(t, "nice", 0.0) for t in chosen)
     own = psutil.Process().cpu_times()
-    return CpuClock(time.monotonic(), busy, own.user + own.system + own.children_user)
+    own_s = own.user + own.system + own.children_user + own.children_system
+    return CpuClock(time.monotonic(), busy, own_s)
 
 
 def others_share(start: CpuClock, end: CpuClock, cpus: int) -> float:
