@@ -262,3 +262,15 @@ def test_an_accuracy_known_by_its_runs_keeps_its_interval_inside_zero_and_one():
     near_zero = st.summarize_accuracies([0.03, 0.0, 0.0], digits=100)
     assert 0.97 < near_one.mean < near_one.high == 1.0
     assert near_zero.low == 0.0 < near_zero.mean
+
+
+def test_welch_on_any_figure_is_scipys_welch_t():
+    slower, faster = [10.0, 10.4, 10.2, 10.9], [9.0, 9.3, 9.1]
+    result = st.welch(slower, faster)
+    welch = stats.ttest_ind(slower, faster, equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    assert result.difference == pytest.approx(np.mean(slower) - np.mean(faster))
+    assert (result.low, result.high) == pytest.approx((interval.low, interval.high), rel=1e-6)
+    assert result.p_value == pytest.approx(welch.pvalue, rel=1e-6) and result.test == st.WELCH_T
+    with pytest.raises(ValueError, match="two values"):
+        st.welch([1.0], [2.0])

@@ -20,6 +20,7 @@ MLflow runs or their own timings (`python -m mnist_lab.measure <script> ...`).
 - `off-centre`: models on the same digits with and without the cleaning, paired;
 - `sources-figure`: per source, digits as given, as seen after cleaning, and as read.
 - `tracking-outage`: two runs side by side, one through an outage of its tracking server.
+- `system-metrics`: `cnn_fast` runs with MLflow's system metrics on and off, alternating.
 
 Figures are printed or written, never asserted in tests. It may import every layer except the
 CLI.

@@ -1,5 +1,6 @@
 """`python -m mnist_lab.measure all|training|time-to-accuracy|profile|tuning|real-digits|serving|
-onnx|calibration|cleaning|off-centre|sources-figure|onnx-exporters|constraints|tracking-outage …`:
+onnx|calibration|cleaning|off-centre|sources-figure|onnx-exporters|constraints|tracking-outage|
+system-metrics …`:
 see `mnist_lab.measure`."""
 
 import importlib
@@ -22,6 +23,7 @@ SCRIPTS = {
     "constraints": "constraints",
     "onnx-exporters": "onnx_exporters",
     "tracking-outage": "tracking_outage",
+    "system-metrics": "system_metrics",
 }
 
 
