@@ -91,11 +91,10 @@ def schedule(repeats: int) -> list[bool]:
 
 def run_figures(run_id: str) -> tuple[float, int]:
     """(the run's `other_cpu_share` tag, the system-metric samples it logged), from its run."""
-    from mlflow.tracking import MlflowClient
+    from mnist_lab import tracking
 
-    client = MlflowClient()
-    share = float(client.get_run(run_id).data.tags[names.TAG_OTHER_CPU_SHARE])
-    return share, len(client.get_metric_history(run_id, SAMPLED))
+    share = float(tracking.get_run(run_id).tags[names.TAG_OTHER_CPU_SHARE])
+    return share, len(tracking.metric_history(run_id, SAMPLED))
 
 
 def train_once(
