@@ -81,7 +81,7 @@ PIECES = (
         "time-to-accuracy", (), ("--quick",), ("time-to-accuracy", "time-to-accuracy-peer"), 30, 1.5
     ),
     Piece("training", (), ("--quick",), ("training",), 90, 4),
-    Piece("system-metrics", (), ("--quick",), ("system-metrics",), 6, 2),
+    Piece("system-metrics", (), ("--quick",), ("system-metrics",), 5, 3),
     Piece(
         "tracking-outage",
         (),

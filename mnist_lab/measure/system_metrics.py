@@ -8,8 +8,8 @@ MLFLOW_EXPERIMENT_NAME says otherwise. Prints each arm's mean `train_time_s` wit
 interval, and on − off with Welch's interval and test; `--output-dir` writes
 system-metrics.md and .csv there (results_table.py).
 
-    python -m mnist_lab.measure system-metrics --output-dir results          # ~6 min
-    python -m mnist_lab.measure system-metrics --quick --output-dir results  # ~2 min, said so
+    python -m mnist_lab.measure system-metrics --output-dir results          # ~5 min
+    python -m mnist_lab.measure system-metrics --quick --output-dir results  # ~3 min, said so
 """
 
 from __future__ import annotations
