@@ -60,6 +60,9 @@ ROBUST_ACCURACY_PREFIX = "robust_accuracy_"  # + corruption name, e.g. robust_ac
 ROBUST_ACCURACY_MEAN = "robust_accuracy_mean"
 ROBUST_ERROR_RATIO = "robust_error_ratio"  # mean corrupted error / clean error
 ROBUSTNESS_EVAL_S = "robustness_eval_s"
+# Digits moved 8 px in a random direction (the `shift` corruption at severity 5), read after
+# cleaning: how well a model reads a digit anywhere in the frame.
+ROBUST_ACCURACY_SHIFT_8PX = "robust_accuracy_shift_severity_5"
 # Digits from other sources (fonts, handwriting at each scan resolution), read as `predict`
 # reads photos: + source name, e.g. source_accuracy_handwriting_8px.
 SOURCE_ACCURACY_PREFIX = "source_accuracy_"
@@ -289,6 +292,13 @@ METRICS: dict[str, Metric] = {
             repeated=True,
         ),
         Metric(TEST_ECE_CALIBRATED, MINIMIZE, "ECE after temperature scaling", compare=True),
+        Metric(
+            ROBUST_ACCURACY_SHIFT_8PX,
+            MAXIMIZE,
+            "test accuracy, digits moved 8 px",
+            compare=True,
+            repeated=True,
+        ),
         Metric(TEST_BRIER, MINIMIZE, "Brier score (test)"),
         Metric(ROBUST_ERROR_RATIO, MINIMIZE, "corrupted error / clean error", "{:.2f}"),
         Metric(TEST_NO_DETECTION_RATE, MINIMIZE, "test digits with no box found"),

@@ -103,3 +103,27 @@ def test_the_onnx_graph_cleans_as_the_pyfunc_does():
     with torch.no_grad():
         expected = model(centred).softmax(1).numpy()
     assert np.abs(probs - expected).max() <= 1e-5
+
+
+def test_the_off_centre_measure_splits_a_shift_by_ink_lost_to_the_border(monkeypatch):
+    """`measure off-centre` reads each large shift twice more: the digits that kept their ink in
+    the frame (beside the same digits unshifted) and those the border cut."""
+    from mnist_lab.measure import off_centre
+
+    tall = torch.zeros(40, 1, 28, 28)
+    tall[:20, :, 4:24, 12:16] = 1.0  # 20 rows tall: a move of 8 px cuts most of these
+    tall[20:, :, 11:17, 12:16] = 1.0  # 6 rows: a move of 8 px leaves these whole
+    moved = off_centre.corrupted(tall, "shift", 5)
+    lost = off_centre.ink_lost(tall, moved)
+    assert lost.shape == (40,) and (lost[20:] == 0).all() and (lost[:20] > 0).sum() >= 10
+
+    class Fixed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(x), 10)
+
+    monkeypatch.setattr(off_centre, "load_module", lambda folder: (None, Fixed()))
+    result = off_centre.measure("folder", tall, torch.zeros(40, dtype=torch.long), 40, {})
+    cut = int((lost > off_centre.CUT).sum())
+    assert result["shift_5_cut"]["n"] == cut and result["shift_5_in_frame"]["n"] == 40 - cut
+    assert result["shift_5_in_frame_unshifted"]["n"] == 40 - cut
+    assert "shift_1_cut" not in result, "a 2-px move cuts nothing: no split"

@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_lab import names
 from mnist_lab.analysis.corruptions import (
+    _LEVELS,
     CORRUPTIONS,
     DEFAULT_SEVERITY,
     LARGE_SHIFTS,
@@ -391,3 +393,12 @@ def test_digit_survives_every_corruption(mnist_dir):
         }
     assert noise < 0.2
     assert min(scores.values()) >= 0.6, scores
+
+
+def test_the_8px_metric_is_the_shift_at_8px():
+    """names.ROBUST_ACCURACY_SHIFT_8PX (a compare column) is the graded name of `shift` at the
+    severity that moves a digit 8 px."""
+    severity = _LEVELS["shift"].index(8) + 1
+    assert f"{names.robust_accuracy('shift')}_severity_{severity}" == (
+        names.ROBUST_ACCURACY_SHIFT_8PX
+    )

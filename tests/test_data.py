@@ -1,6 +1,7 @@
 """IDX reading, splits and the device batch loader (fast: fake files, plus real MNIST if set)."""
 
 import gzip
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mnist_lab.data.loader import (
     BatchLoader,
     affine_theta,
     augment_spec,
+    off_centre,
     parse_augment,
     random_affine,
     stroke_width,
@@ -348,7 +350,7 @@ def test_random_affine_matches_affine_grid() -> None:
 def test_parse_augment_forms() -> None:
     assert parse_augment(False) == parse_augment("none") == parse_augment("") == {}
     assert parse_augment(True) == parse_augment("true") == {"shift": 2.0, "rotate": 10.0}
-    assert list(parse_augment("robust")) == list(AUGMENTATIONS)
+    assert list(parse_augment("robust")) == [op for op in AUGMENTATIONS if op != "offcentre"]
     assert parse_augment("noise:0.1 , shift") == {"shift": 3.0, "noise": 0.1}  # applied in order
     assert augment_spec("yes") is True and augment_spec("none") is False
     assert augment_spec("shift:2,rotate:10") == "shift:2,rotate:10"  # as -P logs it
@@ -402,6 +404,19 @@ def test_affine_theta_scale_and_shear() -> None:
     assert cols.item() == pytest.approx(13.5 - 3.5, abs=0.1)  # zoom 0.5: half as far out
     sheared = affine_theta(torch.zeros(1, 2), torch.zeros(1), None, torch.tensor([0.2]))
     assert torch.allclose(sheared, torch.tensor([[1.0, 0.2, 0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_off_centre_cuts_at_the_border_then_cleans_as_every_path_does() -> None:
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 6:22, 10:18] = 1  # a 16 x 8 bar centred at (13.5, 13.5)
+    right, down = torch.tensor(0.0), torch.tensor(math.pi / 2)
+    out = off_centre(x, torch.tensor([0.0, 2.0, 14.0]), torch.stack([right, right, down]))
+    assert torch.equal(out[0], x[0])
+    assert torch.equal(out[1], x[1].roll(2, -1)), "2 px off: within clean's tolerance, kept"
+    rows = (out[2, 0] > 0).any(1).nonzero().flatten()
+    assert len(rows) == 8, "moved 14 px down: the bottom 8 of 16 rows fell off the frame"
+    assert abs((rows.float().mean() - 14).item()) <= 1, "what is left is centred again"
+    assert out[2].sum() == 8 * 8
 
 
 def test_stroke_width_thickens_and_thins() -> None:

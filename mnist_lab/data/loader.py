@@ -5,6 +5,10 @@ per-image parameters for a whole epoch are drawn up front from a CPU generator s
 (seed, epoch), and pixel-level noise comes from a device generator seeded the same way, so
 epoch e of a run sees the same augmented batches whether or not it was resumed.
 
+- `offcentre`: half the images moved d ~ U(0, m) px in a random direction, whole pixels with zero
+  fill (ink pushed past the border is lost), then cleaned as every path cleans what it reads
+  (`data.cleaning.clean`): the digit a served model gets from a crop that missed. Applied
+  first, as the capture comes before the pen's and the scan's variations;
 - geometry, one `grid_sample` for all of it: `shift` (±m px along x and y), `rotate` (±m deg),
   `scale` (zoom in [1 - m, 1 + m / 3]: mostly smaller digits), `shear` (x-shear factor ±m),
   `elastic` (a smooth random displacement field, up to ~m px, from a 4×4 grid of normal draws
@@ -29,12 +33,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mnist_lab.data import cleaning
 from mnist_lab.data.sharding import rank_slice, sharded_batches
 from mnist_lab.errors import ConfigError
 from mnist_lab.names import IMAGE_SIZE
 
 # Op name → default magnitude, in the order they are applied; (low, high] bounds the magnitude.
 DEFAULT_MAGNITUDES: dict[str, float] = {
+    "offcentre": 8.0,
     "shift": 3.0,
     "rotate": 20.0,
     "scale": 0.3,
@@ -46,6 +52,7 @@ DEFAULT_MAGNITUDES: dict[str, float] = {
 }
 AUGMENTATIONS: tuple[str, ...] = tuple(DEFAULT_MAGNITUDES)
 MAGNITUDE_BOUNDS: dict[str, tuple[float, float]] = {
+    "offcentre": (0.0, 14.0),
     "shift": (0.0, 14.0),
     "rotate": (0.0, 180.0),
     "scale": (0.0, 0.9),
@@ -57,9 +64,11 @@ MAGNITUDE_BOUNDS: dict[str, tuple[float, float]] = {
 }
 AUGMENT_PRESETS: dict[str, str] = {
     "affine": "shift:2,rotate:10",  # what augment=true has always meant
-    "robust": ",".join(AUGMENTATIONS),
+    # every op there was when it was named; a preset keeps its meaning, so runs logged with it
+    # stay one configuration
+    "robust": "shift,rotate,scale,shear,elastic,stroke,blur,noise",
 }
-PHOTOMETRIC_SHARE = 0.5  # share of the images that `blur` and `noise` touch
+PHOTOMETRIC_SHARE = 0.5  # share of the images that `offcentre`, `blur` and `noise` touch
 BLUR_RADIUS = 4  # taps each side of the blur kernel: 9×9
 
 
@@ -202,6 +211,15 @@ def elastic_field(noise: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     b, _, g, _ = noise.shape
     field = noise.reshape(b * 2, g * g) @ _upsample_matrix(g, size, noise.device)
     return field.view(b, 2, size, size).permute(0, 2, 3, 1) * (2 / size)
+
+
+def off_centre(x: torch.Tensor, distance: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """What a model reads of digits captured off-centre: x [B, 1, H, W] moved `distance` px
+    (float [B], rounded per axis to whole pixels) in direction `angle` (radians [B], 0: right,
+    pi/2: down), zero fill, then `clean`ed as every path that reads digits cleans them."""
+    dy = torch.round(distance * torch.sin(angle)).to(torch.int64)
+    dx = torch.round(distance * torch.cos(angle)).to(torch.int64)
+    return cleaning.clean(cleaning.shift(x, dy, dx))
 
 
 def stroke_width(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -364,6 +382,7 @@ class BatchLoader:
         blur_on, blur_sigma = uniform(low=0.0), uniform(2, low=0.0)
         blur_angle = uniform(low=0.0, high=math.pi)
         noise_on, noise = uniform(low=0.0), uniform(2, low=0.0)
+        offcentre_on, offcentre = uniform(low=0.0), uniform(2, low=0.0)
         s = m.get("scale", 0.0)
         params = {
             "shift": shift * m.get("shift", 0.0),
@@ -378,6 +397,9 @@ class BatchLoader:
             "noise_amount": noise[:, 0] * m.get("noise", 0.0),
             "noise_std": noise[:, 1] * m.get("noise", 0.0) / 2,
             "noise_on": noise_on < PHOTOMETRIC_SHARE,
+            "offcentre_distance": offcentre[:, 0] * m.get("offcentre", 0.0),
+            "offcentre_angle": offcentre[:, 1] * 2 * math.pi,
+            "offcentre_on": offcentre_on < PHOTOMETRIC_SHARE,
         }
         return {k: v.to(self.images.device) for k, v in params.items()}
 
@@ -386,6 +408,9 @@ class BatchLoader:
     ) -> torch.Tensor:
         """x: [B, 1, 28, 28] in [0, 1] with this loader's ops; p: `_draw`'s rows for x."""
         ops = self.ops
+        if "offcentre" in ops:
+            on = p["offcentre_on"].to(p["offcentre_distance"].dtype)
+            x = off_centre(x, p["offcentre_distance"] * on, p["offcentre_angle"])
         if ops.keys() & {"shift", "rotate", "scale", "shear", "elastic"}:
             theta = affine_theta(p["shift"], p["angle"], p["scale"], p["shear"], x.shape[-1])
             field = elastic_field(p["elastic"], x.shape[-1]) if "elastic" in ops else None

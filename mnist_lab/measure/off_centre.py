@@ -5,10 +5,12 @@ For each model (a folder holding a logged model's spec.json + weights.safetensor
 `<artifacts>/model/data/mnist_lab_model`): MNIST's 10 000 test digits (accuracy, ECE), the
 large shifts per severity and MNIST-C's 15 corruptions at severity 3 on the first `--samples`
 test digits, and each other source (fonts, handwriting per resolution; `--per-class` digits a
-class) read as `predict` reads photos. Per model, McNemar's exact test of with against without
-on the same digits; over models, the mean difference with its t interval. Prints Markdown and
-writes every figure as JSON (`--out`); no MLflow run. Corruptions are seeded as every run's
-report is (seed 0).
+class) read as `predict` reads photos. Each large shift is also split by whether the digit kept
+all its ink in the frame (`…_in_frame`, beside those digits unshifted: `…_in_frame_unshifted`)
+or lost some to the border (`…_cut`, more than 1 % of its ink). Per model, McNemar's exact
+test of with against without on the same digits; over models, the mean difference with its t
+interval. Prints Markdown and writes every figure as JSON (`--out`); no MLflow run. Corruptions
+are seeded as every run's report is (seed 0).
 
     python -m mnist_lab.measure off-centre --models DIR [DIR ...] --out off_centre.json
 """
@@ -59,6 +61,15 @@ def figures(model, x: torch.Tensor, y: torch.Tensor) -> dict:
     return row
 
 
+CUT = 0.01  # a digit that lost more than this share of its ink to the border is cut
+
+
+def ink_lost(x: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """The share of each digit's ink that `moved` lacks: [N] in [0, 1] from two [N, 1, H, W]."""
+    before = x.sum(dim=(1, 2, 3)).clamp(min=1e-6)
+    return (1 - moved.sum(dim=(1, 2, 3)) / before).clamp(min=0)
+
+
 def corrupted(x: torch.Tensor, name: str, severity: int = DEFAULT_SEVERITY) -> torch.Tensor:
     """x under corruption `name`, BATCH at a time, batch k seeded k."""
     starts = range(0, len(x), BATCH)
@@ -73,7 +84,14 @@ def measure(folder: Path, images, labels, samples: int, sets) -> dict:
     x, y = images[:samples], labels[:samples]
     for name in LARGE_SHIFTS:
         for severity in (1, 2, 3, 4, 5):
-            result[f"{name}_{severity}"] = figures(model, corrupted(x, name, severity), y)
+            moved = corrupted(x, name, severity)
+            result[f"{name}_{severity}"] = figures(model, moved, y)
+            cut = ink_lost(x, moved) > CUT
+            if name == "shift" and 0 < int(cut.sum()) < len(cut):
+                row = f"{name}_{severity}"
+                result[f"{row}_in_frame"] = figures(model, moved[~cut], y[~cut])
+                result[f"{row}_in_frame_unshifted"] = figures(model, x[~cut], y[~cut])
+                result[f"{row}_cut"] = figures(model, moved[cut], y[cut])
     for name in CORRUPTIONS:
         result[f"{name}_{DEFAULT_SEVERITY}"] = figures(model, corrupted(x, name), y)
     for name, found in sets.items():
