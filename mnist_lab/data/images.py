@@ -6,7 +6,7 @@ a 20×20 box, then placed in 28×28 so that the centre of mass sits at the centr
 
 Two steps bring other digits' strokes nearer MNIST's, whose digits are binary ink (NIST's scans)
 anti-aliased: every stroke at full strength, about 2-3 px wide.
-- Even strokes: each pixel of the 20-px digit is divided by the brightest pixel next to it (3×3),
+- Even strokes: each pixel of the 20-px digit is divided by the brightest pixel near it (5×5),
   so a faint stroke (a pen lifting, a stroke thinner than a low-resolution scan's pixel) comes up
   to the others' strength; the divisor is at least `EVEN_FLOOR` × the ink's 90th percentile, so
   paper noise is not raised to ink.
@@ -15,14 +15,15 @@ anti-aliased: every stroke at full strength, about 2-3 px wide.
 
 Measured with the three default CNNs (experiments/cnn.yaml, seeds 0-2), each digit read before
 and after; mean over the models, the difference with its t interval, McNemar's exact test per
-model (AMD EPYC CPU). Tuned on `source_sets(50, seed=1)`, n 500 a source: fonts 92.8 → 95.3 %
-(+2.5, +1.8 … +3.3; p ≤ 0.015 each model), handwriting 8 px 92.2 → 93.8 (+1.6, +1.1 … +2.1),
-12 px 98.0 → 99.2, 16 px 97.7 → 98.7 (+1.1, +0.8 … +1.4), 32 px 98.2 → 98.9. Confirmed on
-`source_sets(50, seed=0)`, n 500: fonts 92.1 → 94.3 (+2.2, +0.7 … +3.7), 8 px 93.6 → 93.7
-(+0.1, -2.4 … +2.5: no gain), 12 px 96.9 → 98.8, 16 px 97.3 → 98.9 (+1.7, +0.5 … +2.8), 32 px
-97.5 → 98.3 (+0.8, +0.3 … +1.3). MNIST's 10 000 test digits saved as PNG: 99.4 → 99.5 %
-(+0.12, +0.04 … +0.20; 12/2, 11/0, 16/0 digits only after/only before): 579 of them, the
-boldest, are thinned; the others change by 0.003 a pixel on average.
+model (AMD EPYC CPU). `source_sets(50, seed=1)`, n 500 a source: fonts 92.8 → 95.6 % (+2.8,
++1.1 … +4.5; p ≤ 0.021 each model), handwriting 8 px 92.2 → 94.5 (+2.3, -0.5 … +5.0), 12 px
+98.0 → 98.9, 16 px 97.7 → 98.4 (+0.7, +0.5 … +1.0), 32 px 98.2 → 98.8. `source_sets(50,
+seed=0)`, n 500: fonts 92.1 → 95.5 (+3.4, +2.4 … +4.4; p ≤ 0.0015 each), 8 px 93.6 → 94.2
+(+0.6, -1.2 … +2.4), 12 px 96.9 → 98.0, 16 px 97.3 → 98.3 (+1.1, +0.3 … +1.8), 32 px
+97.5 → 97.9. A 3×3 square did better on 12-32 px (+0.8 to +1.9) and worse on fonts and 8 px
+(both seeds), where the sources fall short. MNIST's 10 000 test digits saved as PNG: 99.4 →
+99.5 % (+0.09, +0.00 … +0.18; 10/2, 7/1, 13/0 digits only after/only before), 0.003 a pixel
+changed on average, most of it the boldest digits thinned.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ BOX = 20  # MNIST's digits fit a 20×20 box inside the 28×28 field
 INK = 0.1  # pixels above this (in [0, 1], after inversion) count as the digit
 
 
+NEIGHBOURHOOD = 5  # even strokes: px, the square a pixel's brightest neighbour is sought in
 EVEN_FLOOR = 0.3  # even strokes: a stroke fainter than this share of the ink is left faint
 BOLD = 4.3  # px in the 20-px box: wider strokes are thinned (MNIST's: 2.9 median, 3.9 at p90)
 STROKE = 3.0  # px: what bold strokes are thinned to
@@ -110,13 +112,13 @@ def _boxed(crop: np.ndarray) -> np.ndarray:
 
 
 def _even_strokes(digit: np.ndarray) -> np.ndarray:
-    """[h, w] → [h, w] in [0, 1]: each pixel over the brightest of its 3×3 neighbourhood (at
+    """[h, w] → [h, w] in [0, 1]: each pixel over the brightest of its NEIGHBOURHOOD² square (at
     least EVEN_FLOOR × the ink's 90th percentile), so every stroke reaches full strength. A
     digit already at full strength (MNIST's) is left nearly as it is."""
     ink = digit[digit > INK]
     if ink.size < 4:
         return digit
-    local = ndimage.grey_dilation(digit, size=(3, 3))
+    local = ndimage.grey_dilation(digit, size=(NEIGHBOURHOOD, NEIGHBOURHOOD))
     return np.clip(digit / np.maximum(local, EVEN_FLOOR * np.percentile(ink, 90)), 0.0, 1.0)
 
 
