@@ -110,3 +110,14 @@ def test_score_counts_per_digit_per_font_and_the_mistakes():
     assert result.accuracy == 0.75 and result.per_digit == {3: 1.0, 5: 0.5}
     assert result.per_font == {"A": 1.0, "B": 0.5} and result.confusions == [(5, 3, 1)]
     assert "accuracy 75.00%" in real_digits.report(result)
+
+
+def test_tex_symbol_fonts_that_draw_no_digits_are_left_out():
+    """matplotlib ships cmex10 (brackets) and cmsy10 (∞, ∈, △, ...) at the digits' code points:
+    ten different glyphs, none a digit, so only the name list keeps them out of the sets."""
+    from matplotlib import get_data_path
+
+    folder = Path(get_data_path()) / "fonts" / "ttf"
+    names = {font.name for font in find_fonts([folder])}
+    assert {"cmr10", "DejaVuSans"} <= names
+    assert not names & {"cmex10", "cmsy10"}

@@ -33,8 +33,10 @@ FONT_DIRS: tuple[Path, ...] = (
     Path.home() / ".fonts",
 )
 FONT_SUFFIXES = {".ttf", ".otf"}
-# Fonts whose 0-9 code points draw pictures, not digits (URW's and Microsoft's dingbats).
-SYMBOL_FONTS = ("D050000L", "Dingbats", "Wingdings", "Webdings")
+# Fonts whose 0-9 code points draw pictures, not digits: URW's and Microsoft's dingbats, and
+# matplotlib's TeX math extension and symbol fonts (cmex10: parentheses and brackets, cmsy10:
+# ∞, ∈, △, ∀, ...), which made 2 of its 34 fonts, about 6 % of every fonts set, unreadable.
+SYMBOL_FONTS = ("D050000L", "Dingbats", "Wingdings", "Webdings", "cmex10", "cmsy10")
 FONT_PACKAGES = (
     "fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-urw-base35 fonts-comic-neue "
     "fonts-humor-sans"
