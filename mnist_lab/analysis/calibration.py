@@ -142,18 +142,23 @@ def reliability_bins(probabilities: Tensor, targets: Tensor, n_bins: int = 15) -
     }
 
 
-def reliability_axes(ax: Axes, bins: dict, label: str = "model") -> None:
+def reliability_axes(
+    ax: Axes, bins: dict, label: str = "model", *, name_in_legend: bool = True
+) -> None:
     """Draw one reliability diagram on `ax`: accuracy per confidence bin against the diagonal.
 
     `bins`: from `reliability_bins`. Blue bars are each bin's accuracy; the red hatched part
     is the gap to the bin's mean confidence (above the bar: over-confident, below: under-). The
-    legend gives `label` with its ECE; each bar is annotated with its share of the samples.
+    legend gives `label` (unless not `name_in_legend`: a title that names it) with its ECE; each
+    bar is annotated with its share of the samples.
     """
     count, accuracy, confidence = (
         np.asarray(bins[key], dtype=float) for key in ("count", "accuracy", "confidence")
     )
     n_bins, samples = len(count), int(count.sum())
-    legend = f"{label}: accuracy (ECE {bins['ece']:.2%})"
+    legend = f"accuracy (ECE {bins['ece']:.2%})"
+    if name_in_legend:
+        legend = f"{label}: {legend}"
     _draw_bins(ax, count, accuracy, confidence, legend=legend)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
     ax.set_xlim(0, 1)

@@ -270,7 +270,7 @@ def figures(
         "accuracy_f1": compare_plots.accuracy_bars_figure(
             labels, list(done[names.TEST_ACCURACY]), list(done[names.TEST_F1_MACRO]), intervals
         ),
-        "significance": compare_plots.significance_figure(significance, ALPHA),
+        "significance": compare_plots.significance_figure(significance, ALPHA, labels),
         "accuracy_vs_time": compare_plots.accuracy_vs_time_figure(
             labels, list(done[names.TRAIN_TIME_S]), list(done[names.TEST_ACCURACY])
         ),
