@@ -71,8 +71,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from mnist_lab.data.cleaning import shift
 from mnist_lab.errors import ConfigError
@@ -98,8 +96,6 @@ CORRUPTIONS: tuple[str, ...] = (
 # Beyond MNIST-C: digits far off centre, or partly cut by the frame (see the module's notes).
 LARGE_SHIFTS: tuple[str, ...] = ("shift", "border_cut")
 SEVERITIES = (1, 2, 3, 4, 5)
-
-_BILINEAR = {"interpolation": InterpolationMode.BILINEAR}
 
 # Parameters at severity 1..5; entry DEFAULT_SEVERITY - 1 is MNIST-C's (its level in brackets).
 _LEVELS: dict[str, tuple] = {
@@ -427,9 +423,20 @@ def _shear(x: torch.Tensor, angle: float, g: torch.Generator) -> torch.Tensor:
     return _by_sign(x, signs, lambda images, sign: _shear_warp(images, sign[0] * angle))
 
 
+def _bilinear(warp: str, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """torchvision's `warp` ("affine", "rotate") of [B, 1, H, W] images, bilinear.
+
+    Imported here: torchvision's import (~1.5 s, its models pull in torch._dynamo) is then paid
+    only by a process that warps, not by every run that imports this module for its names.
+    """
+    from torchvision.transforms.v2 import InterpolationMode, functional
+
+    return getattr(functional, warp)(images, interpolation=InterpolationMode.BILINEAR, **kwargs)
+
+
 def _scale(x: torch.Tensor, size: float, g: torch.Generator) -> torch.Tensor:
     """The digit shrunk to `size` of its size about the centre."""
-    return TF.affine(x, angle=0.0, translate=[0, 0], scale=size, shear=[0.0, 0.0], **_BILINEAR)
+    return _bilinear("affine", x, angle=0.0, translate=[0, 0], scale=size, shear=[0.0, 0.0])
 
 
 def _rotate(x: torch.Tensor, angle: float, g: torch.Generator) -> torch.Tensor:
@@ -437,7 +444,7 @@ def _rotate(x: torch.Tensor, angle: float, g: torch.Generator) -> torch.Tensor:
     signs = _random_sign(x.shape[0], g)[:, None]
     degrees = math.degrees(angle)
     return _by_sign(
-        x, signs, lambda images, sign: TF.rotate(images, sign[0] * degrees, **_BILINEAR)
+        x, signs, lambda images, sign: _bilinear("rotate", images, angle=sign[0] * degrees)
     )
 
 
@@ -448,9 +455,7 @@ def _translate(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor
 
     def shift(images: torch.Tensor, sign: list[float]) -> torch.Tensor:
         moved = [round(-pixels * s) for s in sign]  # an inverse map's +t moves content by -t
-        return TF.affine(
-            images, angle=0.0, translate=moved, scale=1.0, shear=[0.0, 0.0], **_BILINEAR
-        )
+        return _bilinear("affine", images, angle=0.0, translate=moved, scale=1.0, shear=[0.0, 0.0])
 
     return _by_sign(x, signs, shift)
 
