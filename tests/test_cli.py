@@ -102,9 +102,11 @@ def test_a_failure_before_training_fails_the_launcher_run(mlflow_store, tmp_path
 def test_underscore_flags_are_accepted(mnist_dir, mlflow_store):
     argv = ["train", "--model", "cnn", "--epochs", "1", "--eval_batch_size", "50"]
     argv += ["--max_train_samples", "200", "--max_test_samples", "100", "--val_size", "100"]
+    argv += ["--robustness_samples", "0"]  # and no corruption suite to wait for
     assert main(argv) == 0
     (run,) = runs_in_store()
     assert run.data.params["eval_batch_size"] == "50"
+    assert run.data.params["robustness_samples"] == "0"
 
 
 @pytest.mark.slow
