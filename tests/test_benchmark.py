@@ -28,6 +28,12 @@ def test_a_failing_model_is_recorded_and_the_others_still_run(
         return real_fit(state, *args, **kwargs)
 
     monkeypatch.setattr(mnist_lab.train, "fit", fit)
+    # benchmark has no robustness flag; the corruption suite is not what this test is about.
+    from mnist_lab.comparison import benchmark as bench
+    from mnist_lab.config import load_config
+
+    no_suite = {"robustness_samples": 0}
+    monkeypatch.setattr(bench, "load_config", lambda m, o: load_config(m, {**o, **no_suite}))
     out = tmp_path / "out"
     argv = ["benchmark", "--models", "vit,cnn", *TINY, "--val-size", "100"]
     assert main([*argv, "--output-dir", str(out)]) == 0
@@ -42,6 +48,7 @@ def test_a_failing_model_is_recorded_and_the_others_still_run(
     assert by_kind["train", "cnn"].info.status == "FINISHED"
     assert by_kind["train", "vit"].info.status == "FAILED"
     assert by_kind["train", "cnn"].data.params["max_train_samples"] == "200"
+    assert by_kind["train", "cnn"].data.params["robustness_samples"] == "0"
 
     table = pd.read_csv(out / "comparison.csv").set_index("model")
     assert list(table.index) == ["cnn", "vit"]  # trained ones first, then the failures

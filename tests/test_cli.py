@@ -102,9 +102,11 @@ def test_a_failure_before_training_fails_the_launcher_run(mlflow_store, tmp_path
 def test_underscore_flags_are_accepted(mnist_dir, mlflow_store):
     argv = ["train", "--model", "cnn", "--epochs", "1", "--eval_batch_size", "50"]
     argv += ["--max_train_samples", "200", "--max_test_samples", "100", "--val_size", "100"]
+    argv += ["--robustness_samples", "0"]  # and no corruption suite to wait for
     assert main(argv) == 0
     (run,) = runs_in_store()
     assert run.data.params["eval_batch_size"] == "50"
+    assert run.data.params["robustness_samples"] == "0"
 
 
 @pytest.mark.slow
@@ -120,6 +122,7 @@ def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
         "val_size": "100",
         "eval_batch_size": "50",  # not declared in MLproject: appended as --eval_batch_size
         "lr": "1e-3",  # logged by the launcher as typed; our 0.001 is the same setting
+        "robustness_samples": "0",  # undeclared too; and no corruption suite, which this skips
     }
     mlflow_cli = str(Path(sys.executable).parent / "mlflow")
     command = [mlflow_cli, "run", str(PROJECT_ROOT), "-e", "train", "--env-manager", "local"]
@@ -138,6 +141,7 @@ def test_mlflow_run_entry_point_end_to_end(mnist_dir, mlflow_store, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["eval_batch_size"] == "50"
     assert run.data.params["lr"] == "1e-3"
+    assert run.data.params["robustness_samples"] == "0"
     # the resolved config: experiments/cnn.yaml's width, which -P did not set
     assert run.data.params["width"] == str(load_config("cnn").model_options["width"])
     assert names.TEST_ACCURACY in run.data.metrics

@@ -256,6 +256,25 @@ def test_lines_add_only_light(images):
     assert zigzag.min() >= 0 and (zigzag[..., :2] == 0).all() and (zigzag[..., 26:] == 0).all()
 
 
+def test_a_line_drawn_near_its_centre_equals_the_whole_distance_map():
+    """_line draws 4 rows a column; the definition measures every pixel's distance to the line."""
+    from mnist_lab.analysis.corruptions import _line
+
+    def whole_map(c0, r0, c1, r1):  # [B, S] each -> [B, 1, 28, 28]
+        grid = torch.arange(28, dtype=torch.float32)
+        centre = ((r1 - r0) / (c1 - c0))[..., None] * (grid - c0[..., None]) + r0[..., None]
+        dist = (grid[None, None, :, None] - centre[:, :, None, :]).abs()  # [B, S, H, W]
+        profile = 1 + torch.log((1 - dist / 2.3).clamp(min=math.exp(-1)))
+        drawn = (grid >= c0.floor()[..., None]) & (grid < c1.ceil()[..., None])  # [B, S, W]
+        return (profile * drawn[:, :, None, :]).sum(1, keepdim=True)
+
+    g = torch.Generator().manual_seed(0)
+    c0 = torch.rand(200, 5, generator=g) * 32 - 4  # ends and rows past the frame too
+    c1 = c0 + torch.rand(200, 5, generator=g) * 20 + 0.01
+    r0, r1 = (torch.rand(2, 200, 5, generator=g) * 40 - 6).unbind()
+    torch.testing.assert_close(_line(c0, r0, c1, r1), whole_map(c0, r0, c1, r1), atol=1e-5, rtol=0)
+
+
 def test_motion_blur_is_a_one_sided_streak():
     dot = torch.zeros(4, 1, 28, 28)
     dot[..., 13, 13] = 1.0

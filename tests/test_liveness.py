@@ -87,6 +87,7 @@ TRAIN_LOG = "train.log"  # in the test's folder: what the child said, for a fail
 
 def _start_training(extra: list[str]) -> subprocess.Popen:
     flags = ["--max-train-samples", "2000", "--val-size", "100", "--max-test-samples", "100"]
+    flags += ["--robustness-samples", "0"]  # a resumed run's end: no corruption suite to wait for
     command = [sys.executable, "-m", "mnist_lab", "train", "--epochs", "50", *flags, *extra]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with open(TRAIN_LOG, "w") as log:

@@ -33,6 +33,7 @@ def lab(tmp_path_factory):
     folder = tmp_path_factory.mktemp("predict")
     with sqlite_store(folder) as uri:
         config = {"epochs": 2, "max_train_samples": 2000, "max_test_samples": 200, "val_size": 500}
+        config["robustness_samples"] = 0  # what it serves, not how it fails under corruptions
         run_id = train(load_config("cnn", config)).run_id
         assert main(["register", "--model", "cnn"]) == 0
         mnist = load_mnist()

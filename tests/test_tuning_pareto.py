@@ -133,11 +133,13 @@ def test_every_pareto_trial_is_retrained_and_the_parent_lists_them(monkeypatch):
     assert tagged == {names.TAG_RETRAIN_RUN_ID: "run-1", names.TAG_RETRAIN_RUN_IDS: "run-1,run-2"}
 
 
+# robustness_samples 0: the retrained run skips the corruption suite, which no test here reads.
 MO_SPACE = """
 fixed:
   epochs: 2
   checkpoint: false
   width: 4
+  robustness_samples: 0
 params:
   lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
   depth: {type: int, low: 1, high: 3}
@@ -224,7 +226,8 @@ def test_a_two_objective_study_logs_its_pareto_front_and_starts_from_the_default
     # Trial 0 ran experiments/cnn.yaml's values (all three lie inside this space).
     assert trials[0].params == {"lr": 0.01, "depth": 3, "dropout": 0.1}
     assert trials[0].user_attrs["defaults_trial"] is True
-    assert trials[0].user_attrs["fixed_over_defaults"] == {"epochs": 2, "width": 4}
+    fixed = {"epochs": 2, "width": 4, "robustness_samples": 0}
+    assert trials[0].user_attrs["fixed_over_defaults"] == fixed
 
     client = MlflowClient()
     parent = client.get_run(result.parent_run_id)

@@ -11,11 +11,14 @@ from mnist_lab import names
 from mnist_lab.tuning.study import open_storage
 from mnist_lab.tuning.tuner import TuneOptions
 
+# robustness_samples 0: retrained runs skip the end-of-run corruption suite (~10 s each), which
+# no tuning test reads; test_robustness and test_train check it.
 TINY_SPACE = """
 fixed:
   epochs: 2
   checkpoint: false
   width: 4
+  robustness_samples: 0
 params:
   lr: {type: float, low: 3.0e-3, high: 3.0e-2, log: true}
   depth: {type: int, low: 1, high: 2}

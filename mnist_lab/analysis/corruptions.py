@@ -71,8 +71,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from mnist_lab.data.cleaning import shift
 from mnist_lab.errors import ConfigError
@@ -98,8 +96,6 @@ CORRUPTIONS: tuple[str, ...] = (
 # Beyond MNIST-C: digits far off centre, or partly cut by the frame (see the module's notes).
 LARGE_SHIFTS: tuple[str, ...] = ("shift", "border_cut")
 SEVERITIES = (1, 2, 3, 4, 5)
-
-_BILINEAR = {"interpolation": InterpolationMode.BILINEAR}
 
 # Parameters at severity 1..5; entry DEFAULT_SEVERITY - 1 is MNIST-C's (its level in brackets).
 _LEVELS: dict[str, tuple] = {
@@ -298,16 +294,22 @@ def _line(c0: torch.Tensor, r0: torch.Tensor, c1: torch.Tensor, r1: torch.Tensor
     value is 1 + log(1 - d / 2.3) with d the vertical distance to it (0 from d = 1.45 px on),
     drawn on columns floor(c0) .. ceil(c1) - 1 only.
     """
+    batch = c0.shape[0]
     grid = torch.arange(IMAGE_SIZE, device=c0.device, dtype=torch.float32)
     slope = (r1 - r0) / (c1 - c0)
     centre = slope[..., None] * (grid - c0[..., None]) + r0[..., None]  # [B, S, W]: its row
     drawn = (grid >= c0.floor()[..., None]) & (grid < c1.ceil()[..., None])
-    out = torch.zeros(c0.shape[0], IMAGE_SIZE, IMAGE_SIZE, device=c0.device)
-    for s in range(c0.shape[1]):
-        dist = (grid[None, :, None] - centre[:, s, None, :]).abs()  # [B, H, W]
-        profile = 1 + torch.log((1 - dist / 2.3).clamp(min=math.exp(-1)))
-        out += profile * drawn[:, s, None, :]
-    return out[:, None]
+    # Only rows under 1.46 px from the centre are lit, floor(centre) - 1 .. + 2: draw just those
+    # 4 per column, not a whole [B, H, W] distance map per line (MNIST-C's zigzag has 12 lines).
+    offsets = torch.arange(-1, 3, device=c0.device, dtype=torch.float32)
+    rows = centre.floor()[..., None] + offsets  # [B, S, W, 4]
+    dist = (rows - centre[..., None]).abs()
+    profile = 1 + torch.log((1 - dist / 2.3).clamp(min=math.exp(-1)))
+    profile = profile * (drawn[..., None] & (rows >= 0) & (rows < IMAGE_SIZE))
+    pixel = rows.clamp(0, IMAGE_SIZE - 1).long() * IMAGE_SIZE + grid.long()[:, None]
+    out = torch.zeros(batch, IMAGE_SIZE * IMAGE_SIZE, device=c0.device)
+    out.scatter_add_(1, pixel.flatten(1), profile.flatten(1))
+    return out.view(batch, 1, IMAGE_SIZE, IMAGE_SIZE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,9 +423,20 @@ def _shear(x: torch.Tensor, angle: float, g: torch.Generator) -> torch.Tensor:
     return _by_sign(x, signs, lambda images, sign: _shear_warp(images, sign[0] * angle))
 
 
+def _bilinear(warp: str, images: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """torchvision's `warp` ("affine", "rotate") of [B, 1, H, W] images, bilinear.
+
+    Imported here: torchvision's import (~1.5 s, its models pull in torch._dynamo) is then paid
+    only by a process that warps, not by every run that imports this module for its names.
+    """
+    from torchvision.transforms.v2 import InterpolationMode, functional
+
+    return getattr(functional, warp)(images, interpolation=InterpolationMode.BILINEAR, **kwargs)
+
+
 def _scale(x: torch.Tensor, size: float, g: torch.Generator) -> torch.Tensor:
     """The digit shrunk to `size` of its size about the centre."""
-    return TF.affine(x, angle=0.0, translate=[0, 0], scale=size, shear=[0.0, 0.0], **_BILINEAR)
+    return _bilinear("affine", x, angle=0.0, translate=[0, 0], scale=size, shear=[0.0, 0.0])
 
 
 def _rotate(x: torch.Tensor, angle: float, g: torch.Generator) -> torch.Tensor:
@@ -431,7 +444,7 @@ def _rotate(x: torch.Tensor, angle: float, g: torch.Generator) -> torch.Tensor:
     signs = _random_sign(x.shape[0], g)[:, None]
     degrees = math.degrees(angle)
     return _by_sign(
-        x, signs, lambda images, sign: TF.rotate(images, sign[0] * degrees, **_BILINEAR)
+        x, signs, lambda images, sign: _bilinear("rotate", images, angle=sign[0] * degrees)
     )
 
 
@@ -442,9 +455,7 @@ def _translate(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor
 
     def shift(images: torch.Tensor, sign: list[float]) -> torch.Tensor:
         moved = [round(-pixels * s) for s in sign]  # an inverse map's +t moves content by -t
-        return TF.affine(
-            images, angle=0.0, translate=moved, scale=1.0, shear=[0.0, 0.0], **_BILINEAR
-        )
+        return _bilinear("affine", images, angle=0.0, translate=moved, scale=1.0, shear=[0.0, 0.0])
 
     return _by_sign(x, signs, shift)
 

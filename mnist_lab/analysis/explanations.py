@@ -39,7 +39,6 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from mnist_lab.errors import LabError
-from mnist_lab.models.faster_rcnn import DetectorClassifier
 from mnist_lab.models.vit import Attention as LabAttention
 from mnist_lab.models.vit import ViT
 from mnist_lab.names import IMAGE_SIZE
@@ -96,11 +95,20 @@ def _describe(model: nn.Module) -> str:
     return name
 
 
+def _holds_a_detector(model: nn.Module) -> bool:
+    """Whether `model` holds faster_rcnn's DetectorClassifier. Looked up, not imported: a model
+    can only hold one once its module was imported, and importing it (torchvision, ~1.5 s) would
+    slow every run that draws heatmaps."""
+    faster_rcnn = sys.modules.get("mnist_lab.models.faster_rcnn")
+    detector = getattr(faster_rcnn, "DetectorClassifier", None)
+    return detector is not None and any(isinstance(m, detector) for m in model.modules())
+
+
 def method_name(model: nn.Module) -> str:
     """The method `heatmaps` uses for `model`: "attention-rollout" for our ViT or timm's
     VisionTransformer, "hirescam" for a model with an nn.Conv2d; anything else (and the
     Faster R-CNN detector) is a LabError naming the model's type."""
-    if any(isinstance(m, DetectorClassifier) for m in model.modules()):
+    if _holds_a_detector(model):
         raise LabError(
             f"cannot explain a {_describe(model)}: faster_rcnn classifies through box detection, "
             "which neither a CAM nor attention rollout follows; explain a classifier "

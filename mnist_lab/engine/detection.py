@@ -25,7 +25,6 @@ from mnist_lab.engine.device import autocast, synchronize
 from mnist_lab.engine.distributed import shard
 from mnist_lab.engine.tasks import Evaluation, TestReport, calibration_report
 from mnist_lab.errors import LabError
-from mnist_lab.models.faster_rcnn import top_box_probabilities
 
 FIGURE_SCENES = 12
 
@@ -122,6 +121,9 @@ class DetectionTask:
         device = first.images.device
         with autocast(device, amp):
             detector(list(first.images[:1]))
+        # Here, not at the top: every run imports this module; only a detector's needs torchvision.
+        from mnist_lab.models.faster_rcnn import top_box_probabilities
+
         synchronize(device)
         loss_sum, probs, predicted, targets, seconds = 0.0, [], [], [], 0.0
         for scenes in itertools.chain([first], batches):
