@@ -368,3 +368,19 @@ def test_attention_masks_are_read_as_scaled_dot_product_attention_reads_them(kin
     weights = _masked(q @ k.transpose(-2, -1) * 8**-0.5, mask, kind == "causal").softmax(-1)
     expected = scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=kind == "causal")
     torch.testing.assert_close(weights @ v, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_detector_is_refused_by_name_without_importing_its_module():
+    """faster_rcnn's DetectorClassifier says it cannot be explained; explanations reads that
+    (it imports neither faster_rcnn nor torchvision), for the model or anything holding it."""
+    from mnist_lab.models.faster_rcnn import DetectorClassifier
+
+    assert DetectorClassifier.explainable is False
+
+    class Unexplainable(nn.Module):
+        explainable = False
+
+    for model in (Unexplainable(), nn.Sequential(nn.Conv2d(1, 4, 3), Unexplainable())):
+        with pytest.raises(LabError, match="cannot explain"):
+            method_name(model)
+    assert method_name(nn.Sequential(nn.Conv2d(1, 4, 3))) == "hirescam"

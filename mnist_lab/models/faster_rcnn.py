@@ -238,6 +238,10 @@ class DetectorClassifier(nn.Module):
     The detector runs in eval mode here; train it through `detector(images, targets)`.
     """
 
+    # It classifies through box detection, which neither a CAM nor attention rollout follows
+    # (analysis/explanations.py reads this rather than importing this module and torchvision).
+    explainable = False
+
     def __init__(self, detector: FasterRCNN, canvas_size: int, scale: float) -> None:
         super().__init__()
         self.detector = detector
