@@ -24,7 +24,8 @@ test: $(STAMP) lint
 	$(BIN)/pytest -n $(JOBS) --dist loadfile $(ARGS)
 
 ## test-fast: the inner loop, no lint: the tests not marked slow (slow: those that start a
-## process, a server or torchrun, and three that train for half a minute)
+## process, a server or torchrun, and those that train a large model: VGG16, AlexNet,
+## ResNet-18, Faster R-CNN)
 test-fast: $(STAMP)
 	$(BIN)/pytest -n $(JOBS) --dist loadfile -m "not slow" $(ARGS)
 

@@ -222,6 +222,7 @@ def test_bad_options_name_the_parameter(overrides: dict, parameter: str) -> None
 # End to end
 
 
+@pytest.mark.slow  # trains a large model (Faster R-CNN)
 def test_train_logs_a_complete_detector_run(mnist_dir, mlflow_store) -> None:
     import mlflow
 

@@ -81,7 +81,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
         pytest.param("vgg16", {"input_size": 32, **LARGE_NET}, marks=pytest.mark.slow),
         pytest.param("alexnet", {"input_size": 32, **LARGE_NET}, marks=pytest.mark.slow),
         ("timm_vit", {"depth": 2}),
-        ("timm:resnet18", LARGE_NET),
+        pytest.param("timm:resnet18", LARGE_NET, marks=pytest.mark.slow),
     ],
 )
 def test_train_logs_a_complete_run(mnist_dir, mlflow_store, model, options):
