@@ -72,7 +72,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnist_lab.data.cleaning import shift
+from mnist_lab.data.cleaning import move, shift
 from mnist_lab.errors import ConfigError
 from mnist_lab.names import DEFAULT_SEVERITY, IMAGE_SIZE
 
@@ -462,10 +462,7 @@ def _translate(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor
 
 def _shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
     """Each digit moved `pixels` px (rounded to whole pixels) in a uniformly random direction."""
-    angle = _uniform((x.shape[0],), g, 0.0, 2 * math.pi)
-    dy = torch.round(pixels * torch.sin(angle)).to(torch.int64)
-    dx = torch.round(pixels * torch.cos(angle)).to(torch.int64)
-    return shift(x, dy, dx)
+    return move(x, pixels, _uniform((x.shape[0],), g, 0.0, 2 * math.pi))
 
 
 def _border_cut(x: torch.Tensor, share: float, g: torch.Generator) -> torch.Tensor:

@@ -38,6 +38,15 @@ def shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
     return x.gather(2, rows).gather(3, cols) * row_in * col_in
 
 
+def move(x: torch.Tensor, distance: float | torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Each image moved `distance` px in direction `angle` (radians [B]; 0: right, pi/2: down),
+    rounded to whole pixels along each axis, zero fill. x: [B, C, H, W]; distance: a number or
+    float [B]. Returns [B, C, H, W]."""
+    dy = torch.round(distance * torch.sin(angle)).to(torch.int64)
+    dx = torch.round(distance * torch.cos(angle)).to(torch.int64)
+    return shift(x, dy, dx)
+
+
 def centre_of_mass(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) of each image's centre of mass: x [B, 1, H, W] >= 0 → two float [B].
     A blank image's is the field's centre."""

@@ -217,9 +217,7 @@ def off_centre(x: torch.Tensor, distance: torch.Tensor, angle: torch.Tensor) -> 
     """What a model reads of digits captured off-centre: x [B, 1, H, W] moved `distance` px
     (float [B], rounded per axis to whole pixels) in direction `angle` (radians [B], 0: right,
     pi/2: down), zero fill, then `clean`ed as every path that reads digits cleans them."""
-    dy = torch.round(distance * torch.sin(angle)).to(torch.int64)
-    dx = torch.round(distance * torch.cos(angle)).to(torch.int64)
-    return cleaning.clean(cleaning.shift(x, dy, dx))
+    return cleaning.clean(cleaning.move(x, distance, angle))
 
 
 def stroke_width(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
