@@ -307,7 +307,13 @@ def test_a_killed_workers_trial_is_retried_on_resume(mnist_dir, mlflow_store, tm
     process = _cli(tmp_path, space, "--n-trials", "2", "--heartbeat-interval", "1")
     _wait_for(opts, TrialState.RUNNING, 1)
     deadline = time.monotonic() + 120
-    while not [r for r in trial_runs() if r.info.status == "RUNNING"]:  # inside the trial
+    # Inside the trial, once its run names its process: killed before that, no sweep could
+    # tell the run's process is gone, and only the heartbeat retry would end it.
+    while not [
+        r
+        for r in trial_runs()
+        if r.info.status == "RUNNING" and names.TAG_PROCESS_PID in r.data.tags
+    ]:
         assert time.monotonic() < deadline, "the trial's run never started"
         time.sleep(0.5)
     process.kill()
