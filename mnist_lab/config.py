@@ -62,10 +62,17 @@ class TrainConfig:
     )
     # Time to accuracy (`python -m mnist_lab.measure time-to-accuracy`).
     target_val_accuracy: float | None = setting(
-        None, "stop as soon as validation accuracy reaches this fraction (unset: every epoch)"
+        None,
+        "note the training time until validation accuracy reaches this fraction, and stop "
+        "there unless stop_at_target is false (unset: every epoch, no target)",
     )
     val_checks_per_epoch: int = setting(
         1, "validation checks an epoch while a target_val_accuracy is set"
+    )
+    stop_at_target: bool = setting(
+        True,
+        "end training at the check that reaches target_val_accuracy; false: note the time to "
+        "it and train the whole schedule (accuracy at the same settings, as a comparison needs)",
     )
     augment: bool | str = setting(
         False,

@@ -177,26 +177,73 @@ def test_time_to_accuracy_runs_the_peer_beside_cnn_fast_and_times_each_model_to_
     )
     monkeypatch.setitem(tta.TARGETS, "vit", tta.Target(1.0, 204, None, {"epochs": 1, "depth": 1}))
     out = tmp_path / "tta.json"
-    assert tta.main(["--models", "cnn", "vit", "--repeats", "1", "--json", str(out)]) == 0
+    argv = ["--models", "cnn", "vit", "--repeats", "2", "--seeds", "1", "--precisions", "fp32"]
+    assert tta.main([*argv, "--json", str(out), "--output-dir", str(tmp_path)]) == 0
 
     figures = json.loads(out.read_text())
     pair = figures["peer"]
-    assert pair["peer"]["seconds"] > 0 and len(pair["cnn_fast"]["all_seconds"]) == 1
+    assert pair["peer"]["seconds"] > 0 and len(pair["cnn_fast"]["all_seconds"]) == 2
     assert pair["ratio"] == pytest.approx(pair["cnn_fast"]["seconds"] / pair["peer"]["seconds"])
-    cnn, vit = figures["models"]
-    assert (
-        cnn["reached"] and cnn["epochs_to_target"] <= 3 and cnn["config"].endswith("cnn_fast.yaml")
-    )
+    assert pair["versus"]["peer"].startswith("time ")  # two seeds a side: the lab's test
+    cnn, vit = figures["runs"]
+    assert cnn["reached"] and cnn["epochs_to_target"] <= 3 and cnn["precision"] == "fp32"
+    assert cnn["config"].endswith("cnn_fast.yaml")
     assert not vit["reached"] and math.isnan(vit["time_to_target_s"])
     client = MlflowClient()
     run = client.get_run(cnn["run_id"])
     assert run.data.metrics[names.TIME_TO_TARGET_S] == pytest.approx(cnn["time_to_target_s"])
     assert run.data.params["target_val_accuracy"] == "0.5"
+    assert run.data.params["amp"] == "False" and run.data.params["stop_at_target"] == "False"
+    assert len(client.get_metric_history(cnn["run_id"], names.VAL_ACCURACY)) == 3  # all epochs
     assert names.TIME_TO_TARGET_S not in client.get_run(vit["run_id"]).data.metrics
     for name in ("peer", "peer_channels_last"):
         assert client.get_run(pair[name]["run_id"]).data.tags["bench_scenario"] == name
     printed = capsys.readouterr().out
     assert "cnn_fast / the published peer: " in printed and "NOT REACHED" in printed
+    page = (tmp_path / "time-to-accuracy.md").read_text()
+    assert "| cnn | cnn_fast.yaml | fp32 | 1 |" in page and "| 0 of 1 |" in page
+
+
+def test_time_to_accuracy_rows_compare_bf16_with_fp32_over_seeds():
+    """A row per model and precision: the mean time only where every seed reached the target,
+    and bf16's test accuracy against fp32's by Welch's t over the seeds."""
+    from mnist_lab.measure import time_to_accuracy as tta
+
+    def run(precision, seed, accuracy, seconds):
+        return {
+            "model": "alexnet", "config": "alexnet_fast.yaml", "precision": precision,
+            "seed": seed, "target": 0.98, "lab_t4_s": 100.0, "reached": seconds is not None,
+            "time_to_target_s": seconds or math.nan, "epochs_to_target": 0.5,
+            "best_val_accuracy": 0.99, "test_accuracy": accuracy, "train_time_s": 9.0,
+            "utilisation": 0.5, "run_id": f"{precision}{seed}".ljust(32, "0"),
+        }  # fmt: skip
+
+    runs = [
+        run("fp32", 0, 0.990, 60.0), run("bf16", 0, 0.991, 30.0),
+        run("fp32", 1, 0.992, 62.0), run("bf16", 1, 0.989, None),
+        run("fp32", 2, 0.991, 61.0), run("bf16", 2, 0.990, 31.0),
+    ]  # fmt: skip
+    fp32, bf16 = tta.summarize(runs)
+    assert fp32["n"] == 3 and fp32["reached"] == "3 of 3"
+    assert fp32["time_to_target_s"] == pytest.approx(61.0) and fp32["of_t4"] == pytest.approx(0.61)
+    assert fp32["interval_s"].startswith("[58.") and fp32["bf16_vs_fp32"] == ""
+    assert bf16["reached"] == "2 of 3" and math.isnan(bf16["time_to_target_s"])
+    assert bf16["test_accuracy"].startswith("99.00 [")
+    assert bf16["bf16_vs_fp32"].startswith("-0.10 [") and bf16["bf16_vs_fp32"].endswith(": tie")
+
+
+def test_a_preset_with_amp_off_races_in_fp32_only(monkeypatch):
+    import torch
+
+    from mnist_lab.measure import time_to_accuracy as tta
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert tta.precisions("alexnet", cpu, None) == ["fp32", "bf16"]
+    assert tta.precisions("faster_rcnn", cpu, None) == ["fp32"]  # amp: false in its config
+    monkeypatch.setattr("mnist_lab.engine.device.cpu_flags", lambda: frozenset({"avx2"}))
+    assert tta.precisions("alexnet", cpu, None) == ["fp32"]
+    assert tta.precisions("alexnet", cpu, ["fp32"]) == ["fp32"]
 
 
 def test_the_peer_trains_on_the_whole_train_split_not_cnn_fasts_subset(mnist_dir):

@@ -217,6 +217,23 @@ def test_training_stops_at_the_mid_epoch_check_that_reaches_the_target():
     assert state.samples_trained < state.epoch * 256  # the last epoch was cut short
 
 
+def test_without_stop_at_target_the_time_to_it_is_noted_and_the_schedule_runs_to_its_end():
+    """The same seed and data as a stopping run: the same first check reaches the target at
+    the same point, and training then goes on through every epoch, validating only at their
+    ends (the mid-epoch checks serve the target)."""
+    stopped, train, val = make_state(epochs=5, target_val_accuracy=0.9, val_checks_per_epoch=4)
+    run_fit(stopped, train, val)
+    state, train, val = make_state(
+        epochs=5, target_val_accuracy=0.9, val_checks_per_epoch=4, stop_at_target=False
+    )
+    recorder = Recorder()
+    run_fit(state, train, val, [recorder])
+    assert state.epoch == 5 and len(recorder.epochs) == 5
+    assert state.epochs_to_target == stopped.epochs_to_target < stopped.epoch
+    assert 0 < state.time_to_target_s < state.train_seconds
+    assert state.samples_trained == 5 * 256  # no epoch cut short
+
+
 def test_a_run_resumed_after_reaching_its_target_trains_no_further():
     state, train, val = make_state(epochs=5, target_val_accuracy=0.9, val_checks_per_epoch=4)
     run_fit(state, train, val)

@@ -150,7 +150,8 @@ def fit(
 ) -> TrainState:
     """Train from `state.epoch + 1` to `config.epochs`, or until early stopping, or until
     validation reaches `config.target_val_accuracy` (checked `val_checks_per_epoch` times an
-    epoch; the epoch ends at the check that reaches it).
+    epoch; the epoch ends at the check that reaches it). With `config.stop_at_target` false the
+    time to the target is noted and training goes on to the end of its schedule.
 
     After each epoch: evaluate on validation, keep the best weights (selection by validation
     only: accuracy, ties broken by loss), and call every listener. A NaN/inf loss raises
@@ -161,7 +162,7 @@ def fit(
     step_model = training_module(task, model, config, device)
     listeners = list(listeners)
     target = config.target_val_accuracy
-    if target is not None and state.time_to_target_s is not None:
+    if target is not None and state.time_to_target_s is not None and config.stop_at_target:
         return state  # resumed after reaching its target: training is over
     with deferred_interrupts() as stop:  # Ctrl-C lands between steps, see interrupt.py
         for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -201,20 +202,35 @@ def fit(
                 state.best_model = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                 }
+            if target is not None and state.time_to_target_s is None:
+                _note_target(state, epoch_run, epoch, val_accuracy >= target)
             state.train_seconds += metrics[names.EPOCH_TIME_S]
-            reached = target is not None and val_accuracy >= target
-            if reached:
-                state.time_to_target_s = state.train_seconds
-                state.epochs_to_target = epoch - 1 + epoch_run.fraction
             listeners_start = time.perf_counter()
             for listener in listeners:
                 listener.on_epoch_end(state, metrics)
             state.train_seconds += time.perf_counter() - listeners_start
             stop.check()
             patience = config.early_stopping_patience
+            reached = state.time_to_target_s is not None and config.stop_at_target
             if reached or (patience and epochs_without_gain(state.history) >= patience):
                 break
     return state
+
+
+def _note_target(
+    state: TrainState, epoch_run: EpochRun, epoch: int, epoch_end_reached: bool
+) -> None:
+    """Note when validation first reached the target in this epoch: at a mid-epoch check
+    (`epoch_run.reached_at`), else at the epoch's end. `state.train_seconds` is still the time
+    before this epoch."""
+    if epoch_run.reached_at is not None:
+        seconds, fraction = epoch_run.reached_at
+    elif epoch_end_reached:
+        seconds, fraction = state.history[-1][names.EPOCH_TIME_S], epoch_run.fraction
+    else:
+        return
+    state.time_to_target_s = state.train_seconds + seconds
+    state.epochs_to_target = epoch - 1 + fraction
 
 
 def improves(val_accuracy: float, val_loss: float, state: TrainState) -> bool:
@@ -289,12 +305,15 @@ class EpochRun:
     """What one pass of `_train_epoch` did. `totals`: (sum of loss x batch size, correct
     predictions, images seen) over all ranks; `val`: (loss, accuracy) of the mid-epoch check that
     reached the target, which ended the epoch there (None: the epoch ran to its end);
-    `fraction`: the share of the epoch's steps taken; `check_seconds`: time in mid-epoch checks."""
+    `fraction`: the share of the epoch's steps taken; `check_seconds`: time in mid-epoch checks;
+    `reached_at`: (seconds into the epoch, share of its steps) at the end of the mid-epoch check
+    that first reached the target, None where none did."""
 
     totals: tuple[float, float, float]
     val: tuple[float, float] | None
     fraction: float
     check_seconds: float
+    reached_at: tuple[float, float] | None = None
 
 
 def _train_epoch(
@@ -308,15 +327,17 @@ def _train_epoch(
     stop: StopRequest,
     nan_check_every: int,
 ) -> EpochRun:
-    """One pass over `loader`, validating at `config.val_checks_per_epoch` points when a
-    `target_val_accuracy` is set, and ending the epoch at the first check that reaches it."""
+    """One pass over `loader`, validating at `config.val_checks_per_epoch` points while a
+    `target_val_accuracy` is set and not yet reached, and ending the epoch at the first check
+    that reaches it (unless `config.stop_at_target` is false)."""
     config, model = state.config, state.model
+    start = time.perf_counter()
     loader.set_epoch(epoch)
     model.train()
     checks = check_steps(len(loader), config.val_checks_per_epoch)
-    if config.target_val_accuracy is None:
-        checks = set()
-    val, check_seconds, step = None, 0.0, 0
+    if config.target_val_accuracy is None or state.time_to_target_s is not None:
+        checks = set()  # the checks serve the target only
+    val, reached_at, check_seconds, step = None, None, 0.0, 0
     totals = torch.zeros(3, device=device)  # loss sum, correct, count: summed on the device
     bar = tqdm(
         loader,
@@ -350,12 +371,15 @@ def _train_epoch(
                     config.target_val_accuracy,
                 )
             if check[1] >= config.target_val_accuracy:
-                val = check
-                break
+                reached_at = (time.perf_counter() - start, step / len(loader))
+                if config.stop_at_target:
+                    val = check
+                    break
+                checks = set()
     bar.close()
     totals = tuple(all_reduce_sum(totals).tolist())
     _check_finite(totals[0], config, f"in epoch {epoch}")  # steps since the last check, any rank
-    return EpochRun(totals, val, step / max(len(loader), 1), check_seconds)
+    return EpochRun(totals, val, step / max(len(loader), 1), check_seconds, reached_at)
 
 
 def optimisation_step(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,36 +83,43 @@ TABLE = results_table.Table(
     title="Time to accuracy: each model's preset timed to a reference validation accuracy",
     command=f"{PROG} --output-dir results",
     header=(
-        "Each model trains from its run config (`config`) until its validation accuracy reaches "
-        "the reference's `target`, checked at evenly spaced points of each epoch; "
-        "`time_to_target_s` is the wall time to the check that got there (validation passes "
-        "included, as MLPerf counts them), beside the reference's seconds on a T4 GPU "
-        "(`t4_s`, a reference figure from `mnist_lab/measure/data/t4_reference.csv`, not measured "
-        "here). One run at seed 0 (n = 1); blank `time_to_target_s`: not reached, "
-        "`best_val_accuracy` says how close. `utilisation` is the run's share of this machine's "
-        "dense-matmul peak in its dtype."
+        "Each model trains from its run config (`config`), in each `precision`, at n seeds "
+        "(0 … n − 1, the precisions alternating seed by seed on the same cores). Its validation "
+        "accuracy is checked at evenly spaced points of each epoch; `time_to_target_s` is the "
+        "mean wall time to the first check that reached the reference's `target` (validation "
+        "passes included, as MLPerf counts them) with its 95 % t interval over seeds, blank "
+        "unless every seed reached it (`reached`), beside the reference's seconds on a T4 GPU "
+        "(`t4_s`, from `mnist_lab/measure/data/t4_reference.csv`, not measured here; `of_t4` the "
+        "ratio). Training then goes on to the end of the preset's schedule, so `test_accuracy` "
+        "(mean [95 % t interval]) is the two precisions' accuracy at the same settings; "
+        "`bf16_vs_fp32` is bf16's test accuracy minus fp32's, Welch's interval and p over seeds "
+        "(a tie inside the noise). `utilisation`: the share of this machine's dense-matmul peak "
+        "in the run's dtype. A model whose config sets `amp: false` trains in fp32 only."
     ),
     columns=(
         "model",
         "config",
+        "precision",
         "n",
         "target",
+        "reached",
         "time_to_target_s",
+        "interval_s",
         "t4_s",
+        "of_t4",
         "epochs_to_target",
-        "best_val_accuracy",
         "test_accuracy",
+        "bf16_vs_fp32",
         "utilisation",
-        "run_id",
+        "run_ids",
     ),
-    key=("model",),
+    key=("model", "precision"),
     formats={
         "target": "{:.4f}",
         "time_to_target_s": "{:.1f}",
         "t4_s": "{:.0f}",
+        "of_t4": "{:.2f}",
         "epochs_to_target": "{:.2f}",
-        "best_val_accuracy": "{:.4f}",
-        "test_accuracy": "{:.4f}",
         "utilisation": "{:.2f}",
     },
 )
@@ -134,6 +142,7 @@ PEER_TABLE = results_table.Table(
         "test_accuracy",
         "all_s",
         "cnn_fast_ratio",
+        "cnn_fast_versus",
         "run_id",
     ),
     key=("recipe_variant",),
@@ -146,7 +155,9 @@ QUICK_MODELS = ("cnn",)  # --quick: the CNN's race and the pair once (rows as th
 COMMON = {"robustness_samples": 0}
 
 
-def measure_model(model: str, device: str | None) -> dict[str, Any]:
+def measure_model(model: str, device: str | None, seed: int, precision: str) -> dict[str, Any]:
+    """One run of `model`'s preset at `seed` in `precision` ("fp32", or "bf16": the preset's
+    `amp`), timed to its target and trained to the end of its schedule."""
     from mnist_lab.config import load_config
     from mnist_lab.train import train
 
@@ -155,20 +166,24 @@ def measure_model(model: str, device: str | None) -> dict[str, Any]:
         **COMMON,
         **target.overrides,
         "target_val_accuracy": target.val_accuracy,
+        "stop_at_target": False,
         "device": device,
+        "seed": seed,
     }
+    if precision == "fp32":
+        overrides["amp"] = False
     config = load_config(model, overrides, target.config)
-    result = train(config, tags={"bench_scenario": f"time-to-accuracy/{model}"})
+    result = train(config, tags={"bench_scenario": f"time-to-accuracy/{model}/{precision}"})
     metrics = result.metrics
     run_device = resolve_device(config.device)
     peak = peak_tflops(run_device, amp_dtype(run_device, config.amp) or torch.float32)
     return {
         "model": model,
         "config": Path(config.config_file).name if config.config_file else f"{model}.yaml",
-        "n": 1,
+        "precision": precision,
+        "seed": seed,
         "target": target.val_accuracy,
         "lab_t4_s": target.lab_t4_s,
-        "t4_s": target.lab_t4_s,
         "reached": names.TIME_TO_TARGET_S in metrics,
         "time_to_target_s": metrics.get(names.TIME_TO_TARGET_S, float("nan")),
         "epochs_to_target": metrics.get(names.EPOCHS_TO_TARGET, float("nan")),
@@ -178,6 +193,86 @@ def measure_model(model: str, device: str | None) -> dict[str, Any]:
         "utilisation": metrics[names.TRAIN_TFLOPS_PER_S] / peak,
         "run_id": result.run_id,
     }
+
+
+def precisions(model: str, device: torch.device, asked: list[str] | None) -> list[str]:
+    """The precisions `model` races in: those asked for, else fp32 and, where its preset's
+    `amp` means bf16 on `device` (the CPU precision rule), bf16. A preset with `amp: false`
+    (Faster R-CNN: bf16 gave a NaN loss) races in fp32 only."""
+    from mnist_lab.config import load_config
+
+    target = TARGETS[model]
+    config = load_config(model, dict(target.overrides), target.config)
+    bf16 = amp_dtype(device, config.amp) == torch.bfloat16
+    return [p for p in (asked or PRECISIONS) if p == "fp32" or bf16]
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per (model, precision) over its seeds' runs, bf16's beside its fp32 runs."""
+    from mnist_lab.analysis.statistics import t_interval, welch
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["model"], run["precision"]), []).append(run)
+    rows = []
+    for (model, precision), group in groups.items():
+        first = group[0]
+        reached = [r for r in group if r["reached"]]
+        times = [r["time_to_target_s"] for r in reached]
+        accuracies = [r["test_accuracy"] for r in group]
+        every = len(reached) == len(group)
+        mean_s = sum(times) / len(times) if every else float("nan")
+        low, high = t_interval(times) if every else (float("nan"), float("nan"))
+        acc_low, acc_high = t_interval(accuracies)
+        row = {
+            "model": model,
+            "config": first["config"],
+            "precision": precision,
+            "n": len(group),
+            "target": first["target"],
+            "reached": f"{len(reached)} of {len(group)}",
+            "time_to_target_s": mean_s,
+            "interval_s": _interval(low, high, "{:.1f}"),
+            "t4_s": first["lab_t4_s"],
+            "of_t4": mean_s / first["lab_t4_s"],
+            "epochs_to_target": (
+                sum(r["epochs_to_target"] for r in reached) / len(reached) if every else math.nan
+            ),
+            "test_accuracy": f"{_pct(sum(accuracies) / len(accuracies))} "
+            + _interval(100 * acc_low, 100 * acc_high, "{:.2f}"),
+            "bf16_vs_fp32": "",
+            "utilisation": sum(r["utilisation"] for r in group) / len(group),
+            "run_ids": " ".join(r["run_id"][:8] for r in group),
+            "best_val_accuracy": max(r["best_val_accuracy"] for r in group),
+            "seconds": [r["time_to_target_s"] for r in group],
+        }
+        fp32 = groups.get((model, "fp32"))
+        if precision == "bf16" and fp32 and max(len(group), len(fp32)) >= 2:
+            d = welch(accuracies, [r["test_accuracy"] for r in fp32])
+            tie = (
+                "tie"
+                if not d.p_value < 0.05
+                else ("bf16 worse" if d.difference < 0 else "bf16 better")
+            )
+            row["bf16_vs_fp32"] = (
+                f"{100 * d.difference:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}], "
+                f"p {d.p_value:.2g}: {tie}"
+            )
+        rows.append(row)
+    return rows
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _interval(low: float, high: float, fmt: str) -> str:
+    if math.isnan(low):
+        return ""
+    return f"[{fmt.format(low)}, {fmt.format(high)}]"
 
 
 # The peer's variants, as train_peer's keyword arguments, in the order they print.
@@ -206,10 +301,11 @@ def peer_variants(device: torch.device) -> list[str]:
 
 def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     """The peer recipe in its variants (`peer_variants`) and `cnn_fast` at its own settings (its
-    preset's schedule, no target), alternating `repeats` times: medians, every run's figures,
-    and cnn_fast's time as a fraction of each variant's. Each variant first trains once on a
-    slice, untimed, so neither side pays oneDNN's first-call setup alone (cnn_fast's first run
-    pays its own)."""
+    preset's schedule, no target), alternating `repeats` times, at seeds 0 … repeats − 1 (each
+    repeat's seed shared by every side): medians, every run's figures, and cnn_fast's time as a
+    fraction of each variant's, with the lab's test of it (`versus`). Each variant first trains
+    once on a slice, untimed, so neither side pays oneDNN's first-call setup alone (cnn_fast's
+    first run pays its own)."""
     from mnist_lab.config import load_config
     from mnist_lab.train import train
 
@@ -220,9 +316,10 @@ def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     for name in variants:
         train_peer(warm_up, **PEER_VARIANTS[name])
     runs: dict[str, list[tuple[float, float, str]]] = {name: [] for name in (*variants, "cnn_fast")}
-    for _ in range(repeats):
+    for seed in range(repeats):
+        config = replace(config, seed=seed)
         for name in variants:
-            peer = train_peer(splits, seed=config.seed, **PEER_VARIANTS[name])
+            peer = train_peer(splits, seed=seed, **PEER_VARIANTS[name])
             with tracking.run(run_name=f"{name}-99-in-1s", tags={"bench_scenario": name}):
                 tracking.log_params(
                     {**PEER_SETTINGS, **PEER_VARIANTS[name], "model": name, "seed": config.seed}
@@ -240,7 +337,25 @@ def measure_peer(device: str | None, repeats: int) -> dict[str, Any]:
     ours_s = pair["cnn_fast"]["seconds"]
     pair["ratios"] = {name: ours_s / pair[name]["seconds"] for name in variants}
     pair["ratio"] = pair["ratios"]["peer"]  # the target's ratio: to the peer as published
+    if repeats >= 2:
+        pair["versus"] = {name: versus(runs["cnn_fast"], runs[name]) for name in variants}
     return pair
+
+
+def versus(ours: list[tuple[float, float, str]], peer: list[tuple[float, float, str]]) -> str:
+    """cnn_fast against a peer variant over their seeds, in the lab's words: the ratio of their
+    times (Welch on log seconds, so the interval is of the ratio of geometric means) and the
+    difference of their test accuracies (Welch), each a tie where its interval holds 1 or 0."""
+    from mnist_lab.analysis.statistics import welch
+
+    time = welch([math.log(r[0]) for r in ours], [math.log(r[0]) for r in peer])
+    accuracy = welch([r[1] for r in ours], [r[1] for r in peer])
+    return (
+        f"time {math.exp(time.difference):.2f}x [{math.exp(time.low):.2f}, "
+        f"{math.exp(time.high):.2f}], p {time.p_value:.2g}; test accuracy "
+        f"{100 * accuracy.difference:+.2f} [{100 * accuracy.low:+.2f}, {100 * accuracy.high:+.2f}]"
+        f", p {accuracy.p_value:.2g}{'' if accuracy.p_value < 0.05 else ' (tie)'}"
+    )
 
 
 def peer_splits(cnn_fast: TrainConfig) -> Splits:
@@ -278,35 +393,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=3, help="peer / cnn_fast trainings each (default 3)"
     )
+    parser.add_argument(
+        "--seeds", type=int, default=3, help="runs of each model in each precision (default 3)"
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=None,
+        help="default: fp32, and bf16 where a preset's amp means bf16 on this device",
+    )
     parser.add_argument("--device", default=None, help="override the configs' device")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     parser.add_argument("--output-dir", default=None, help="write time-to-accuracy*.md/.csv there")
     parser.add_argument(
-        "--quick", action="store_true", help="only the CNN, and the pair once (--repeats 1)"
+        "--quick",
+        action="store_true",
+        help="only the CNN, one seed, and the pair once (--repeats 1 --seeds 1)",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.repeats = list(QUICK_MODELS), 1
+        args.models, args.repeats, args.seeds = list(QUICK_MODELS), 1, 1
+    if args.seeds < 1 or args.repeats < 1:
+        parser.error("--seeds and --repeats must be at least 1")
     unknown = [m for m in args.models if m not in TARGETS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(TARGETS)}")
     machine = start_bench(args.device)
-    figures: dict[str, Any] = {"hardware": machine, "models": []}
+    device = resolve_device(args.device or "auto")
+    figures: dict[str, Any] = {"hardware": machine, "runs": []}
     if not args.no_peer:
-        pair = figures["peer"] = measure_peer(args.device, max(args.repeats, 1))
+        pair = figures["peer"] = measure_peer(args.device, args.repeats)
         print(format_peer(pair), flush=True)
     for model in args.models:
-        row = measure_model(model, args.device)
-        figures["models"].append(row)
-        print(format_row(row), flush=True)
+        for seed in range(args.seeds):  # the precisions alternate seed by seed
+            for precision in precisions(model, device, args.precisions):
+                run = measure_model(model, args.device, seed, precision)
+                figures["runs"].append(run)
+                print(format_run(run), flush=True)
+    figures["models"] = summarize(figures["runs"])
+    print("\n".join(format_row(row) for row in figures["models"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
     if args.output_dir:
-        name = machine_name(resolve_device(args.device or "auto"))
-        for row in figures["models"]:
-            if not row["reached"]:
-                row["time_to_target_s"] = row["epochs_to_target"] = float("nan")
+        name = machine_name(device)
         print(f"wrote {results_table.write(TABLE, figures['models'], args.output_dir, name)}")
         if "peer" in figures:
             rows = peer_rows(figures["peer"])
@@ -324,6 +455,7 @@ def peer_rows(pair: dict[str, Any]) -> list[dict[str, Any]]:
             "test_accuracy": pair[name]["test_accuracy"],
             "all_s": ", ".join(f"{s:.1f}" for s in pair[name]["all_seconds"]),
             "cnn_fast_ratio": pair["ratios"].get(name, float("nan")),
+            "cnn_fast_versus": pair.get("versus", {}).get(name, ""),
             "run_id": pair[name]["run_id"],
         }
         for name in (*pair["ratios"], "cnn_fast")
@@ -341,25 +473,44 @@ def format_peer(pair: dict[str, Any]) -> str:
             f"{TITLES[name]:<26} test {100 * row['test_accuracy']:.2f} %  "
             f"median {row['seconds']:5.1f} s (runs: {each})  {ratio:<15} run {row['run_id']}"
         )
-    lines.append(f"cnn_fast / the published peer: {pair['ratio']:.2f}x its time (target <= 0.6x)")
+    lines.append(f"cnn_fast / the published peer: {pair['ratio']:.2f}x its time (target <= 0.35x)")
+    for name, words in pair.get("versus", {}).items():
+        lines.append(f"cnn_fast against {TITLES[name]}: {words}")
     return "\n".join(lines)
 
 
-def format_row(row: dict[str, Any]) -> str:
-    if row["reached"]:
+def format_run(run: dict[str, Any]) -> str:
+    """One run's line: its time to the target (or how close it came) and its test accuracy."""
+    if run["reached"]:
         reached = (
-            f"{row['time_to_target_s']:7.1f} s  ({row['time_to_target_s'] / row['lab_t4_s']:.2f}x "
-            f"the reference's T4 {row['lab_t4_s']:.0f} s)  {row['epochs_to_target']:.2f} epochs"
+            f"{run['time_to_target_s']:7.1f} s  ({run['time_to_target_s'] / run['lab_t4_s']:.2f}x "
+            f"the reference's T4 {run['lab_t4_s']:.0f} s)  {run['epochs_to_target']:.2f} epochs"
         )
     else:
         reached = (
-            f"NOT REACHED in {row['train_time_s']:.1f} s (best val "
-            f"{100 * row['best_val_accuracy']:.2f} %; the reference's T4: {row['lab_t4_s']:.0f} s)"
+            f"NOT REACHED (best val {100 * run['best_val_accuracy']:.2f} %; the reference's T4: "
+            f"{run['lab_t4_s']:.0f} s)"
         )
     return (
-        f"{row['model']:<12} val >= {100 * row['target']:.2f} %: {reached}  "
-        f"test {100 * row['test_accuracy']:.2f} %  {100 * row['utilisation']:.0f} % of peak  "
-        f"[{row['config']}]  run {row['run_id']}"
+        f"{run['model']:<12} {run['precision']} seed {run['seed']}  val >= "
+        f"{100 * run['target']:.2f} %: {reached}  test {100 * run['test_accuracy']:.2f} % after "
+        f"{run['train_time_s']:.1f} s  {100 * run['utilisation']:.0f} % of peak  "
+        f"[{run['config']}]  run {run['run_id']}"
+    )
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """A (model, precision) row over its seeds."""
+    if math.isnan(row["time_to_target_s"]):
+        time = (
+            f"reached by {row['reached']} seeds (best val {100 * row['best_val_accuracy']:.2f} %)"
+        )
+    else:
+        time = f"{row['time_to_target_s']:.1f} s {row['interval_s']} = {row['of_t4']:.2f}x the T4"
+    versus = f"  bf16 - fp32: {row['bf16_vs_fp32']}" if row["bf16_vs_fp32"] else ""
+    return (
+        f"{row['model']:<12} {row['precision']} n {row['n']}: {time}  "
+        f"test {row['test_accuracy']}{versus}"
     )
 
 
