@@ -75,7 +75,9 @@ PROFILE_TABLE = results_table.Table(
 PRECISION_TABLE = results_table.Table(
     name="precision",
     title="A training step in fp32 and under bf16 autocast",
-    command=f"{PROG} --compare-precision --model cnn vit alexnet vgg16 --output-dir results",
+    command=(
+        f"{PROG} --compare-precision --model cnn vit alexnet vgg16 faster_rcnn --output-dir results"
+    ),
     header=(
         "What the CPU precision rule (`CPU_PRECISION` in `mnist_lab/engine/device.py`) rests on: "
         "each model from its `experiments/<model>.yaml`, built and placed as the engine does, "
