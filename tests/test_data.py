@@ -16,6 +16,7 @@ from mnist_lab.data.loader import (
     BatchLoader,
     affine_theta,
     augment_spec,
+    low_resolution,
     off_centre,
     parse_augment,
     random_affine,
@@ -350,7 +351,8 @@ def test_random_affine_matches_affine_grid() -> None:
 def test_parse_augment_forms() -> None:
     assert parse_augment(False) == parse_augment("none") == parse_augment("") == {}
     assert parse_augment(True) == parse_augment("true") == {"shift": 2.0, "rotate": 10.0}
-    assert list(parse_augment("robust")) == [op for op in AUGMENTATIONS if op != "offcentre"]
+    newer = ("offcentre", "lowres")  # ops added after the preset was named: not in it
+    assert list(parse_augment("robust")) == [op for op in AUGMENTATIONS if op not in newer]
     assert parse_augment("noise:0.1 , shift") == {"shift": 3.0, "noise": 0.1}  # applied in order
     assert augment_spec("yes") is True and augment_spec("none") is False
     assert augment_spec("shift:2,rotate:10") == "shift:2,rotate:10"  # as -P logs it
@@ -417,6 +419,19 @@ def test_off_centre_cuts_at_the_border_then_cleans_as_every_path_does() -> None:
     assert len(rows) == 8, "moved 14 px down: the bottom 8 of 16 rows fell off the frame"
     assert abs((rows.float().mean() - 14).item()) <= 1, "what is left is centred again"
     assert out[2].sum() == 8 * 8
+
+
+def test_low_resolution_reads_a_small_scan_as_blocks() -> None:
+    """Factor 1 leaves a digit as it is; factor 2 gives each 2×2 square its mean (a 14-px scan
+    enlarged); factor 4 makes a 7-px scan whose 4×4 blocks hold the mean of their pixels."""
+    x = torch.rand(3, 1, 28, 28)
+    out = low_resolution(x, torch.tensor([1.0, 2.0, 4.0]))
+    assert torch.equal(out[0], x[0])
+    for k, factor in ((1, 2), (2, 4)):
+        means = torch.nn.functional.avg_pool2d(x[k : k + 1], factor)
+        blocks = means.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
+        assert torch.allclose(out[k : k + 1], blocks, atol=1e-6)
+    assert torch.allclose(out.sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=1e-5)  # ink kept
 
 
 def test_stroke_width_thickens_and_thins() -> None:
