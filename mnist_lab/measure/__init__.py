@@ -18,6 +18,7 @@ MLflow runs or their own timings (`python -m mnist_lab.measure <script> ...`).
 - `calibration`: how often the lab's intervals and tests are wrong (a simulation);
 - `real-digits`: a trained run on font-rendered photos of digits (data/font_digits.py);
 - `off-centre`: models on the same digits with and without the cleaning, paired;
+- `sources`: two configurations' runs on the same digits of every other source, paired;
 - `sources-figure`: per source, digits as given, as seen after cleaning, and as read.
 - `tracking-outage`: two runs side by side, one through an outage of its tracking server.
 - `system-metrics`: `cnn_fast` runs with MLflow's system metrics on and off, alternating.

@@ -1,6 +1,6 @@
 """`python -m mnist_lab.measure all|training|time-to-accuracy|profile|tuning|real-digits|serving|
-onnx|calibration|cleaning|off-centre|sources-figure|onnx-exporters|constraints|tracking-outage|
-system-metrics …`:
+onnx|calibration|cleaning|off-centre|sources|sources-figure|onnx-exporters|constraints|
+tracking-outage|system-metrics …`:
 see `mnist_lab.measure`."""
 
 import importlib
@@ -19,6 +19,7 @@ SCRIPTS = {
     "calibration": "error_rates",
     "cleaning": "cleaning_cost",
     "off-centre": "off_centre",
+    "sources": "sources",
     "sources-figure": "sources_figure",
     "constraints": "constraints",
     "onnx-exporters": "onnx_exporters",

@@ -69,7 +69,7 @@ PIECES = (
     ),
     Piece(
         "profile",
-        ("--compare-precision", "--model", "cnn", "vit", "alexnet", "vgg16", "--steps", "5"),
+        ("--compare-precision", "--model", "cnn", "vit", "alexnet", "vgg16", "faster_rcnn"),
         ("--compare-precision", "--model", "cnn", "vit", "--steps", "2", "--warmup", "1"),
         ("precision",),
         5,
@@ -78,7 +78,12 @@ PIECES = (
     Piece("constraints", (), ("--quick",), ("constraints",), 10, 1.5),
     Piece("tuning", (), ("--quick",), ("tuning",), 20, 2),
     Piece(
-        "time-to-accuracy", (), ("--quick",), ("time-to-accuracy", "time-to-accuracy-peer"), 30, 1.5
+        "time-to-accuracy",
+        (),
+        ("--quick",),
+        ("time-to-accuracy", "time-to-accuracy-peer"),
+        100,
+        1.5,
     ),
     Piece("training", (), ("--quick",), ("training",), 90, 4),
     Piece("system-metrics", (), ("--quick",), ("system-metrics",), 5, 3),
@@ -126,6 +131,10 @@ def report(output_dir: str) -> None:
 
 
 REPORT_FILES = ("configurations", "benchmark", "robustness")
+# Pages that compare runs a user names: no `all` run can choose them, so they are kept as written.
+RUN_PAGES = {
+    "sources": "python -m mnist_lab.measure sources --runs … --against … --output-dir results"
+}
 INDEX = """# Results
 
 Every table here is written by a command, never typed: a measure script from its own runs
@@ -182,6 +191,8 @@ def index_text(output_dir: str | Path) -> str:
             rows.append((name, command, *timing))
     rows += [(name, "`python -m mnist_lab report`", "from the store", "from the store")
              for name in REPORT_FILES]  # fmt: skip
+    rows += [(name, f"`{command}`", "from named runs", "from named runs")
+             for name, command in RUN_PAGES.items()]  # fmt: skip
     lines = []
     for name, command, quick, full in rows:
         page = out / f"{name}.md"
