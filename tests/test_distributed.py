@@ -340,7 +340,7 @@ def kill_rank_after_first_checkpoint(job: subprocess.Popen, rank: int = 1) -> st
     raise AssertionError(f"no checkpoint before the deadline: {job.communicate()[1][-3000:]}")
 
 
-LONGER = {**SMALL, "epochs": 5, "max_train_samples": 3000}  # a kill lands before the end
+LONGER = {**SMALL, "epochs": 10, "max_train_samples": 3000}  # a kill lands before the end
 
 
 @pytest.mark.slow

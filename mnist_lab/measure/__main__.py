@@ -19,7 +19,7 @@ SCRIPTS = {
     "calibration": "error_rates",
     "cleaning": "cleaning_cost",
     "off-centre": "off_centre",
-    "sources": "sources",
+    "sources": "source_comparison",
     "sources-figure": "sources_figure",
     "constraints": "constraints",
     "onnx-exporters": "onnx_exporters",

@@ -143,6 +143,19 @@ def _download(run_id: str, path: str) -> str | None:
             del os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"]
 
 
+def logged_model_folder(run_id: str) -> str | None:
+    """The local folder of the model `run_id` logged as `names.MODEL_ARTIFACT` (its pyfunc
+    folder: MLmodel, data/ with spec.json and the weights), None where it logged none."""
+    open_store()
+    logged = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}' AND name = '{names.MODEL_ARTIFACT}'",
+        output_format="list",
+    )
+    if not logged:
+        return None
+    return mlflow.artifacts.download_artifacts(artifact_uri=logged[0].model_uri)
+
+
 def read_json_artifact(run_id: str, path: str) -> dict[str, Any] | None:
     """The run's JSON artifact at `path` (e.g. `reports/calibration.json`), or None without it."""
     local = _download(run_id, path)

@@ -57,20 +57,16 @@ TABLE = results_table.Table(
 
 def model_folder(run_id: str) -> Path:
     """The local folder of `run_id`'s logged model's weights (spec.json, weights.safetensors)."""
-    import mlflow
+    from mnist_lab.tracking.query import logged_model_folder, tracking_uri
 
-    logged = mlflow.search_logged_models(
-        filter_string=f"source_run_id = '{run_id}' AND name = '{names.MODEL_ARTIFACT}'",
-        output_format="list",
-    )
-    if not logged:
+    root = logged_model_folder(run_id)
+    if root is None:
         raise LabError(
-            f"run {run_id} logged no model '{names.MODEL_ARTIFACT}' in {mlflow.get_tracking_uri()}"
-            ": pass the ids of finished train runs (`mnist-lab runs` lists them), with "
+            f"run {run_id} logged no model '{names.MODEL_ARTIFACT}' in {tracking_uri()}: pass "
+            "the ids of finished train runs (`mnist-lab runs` lists them), with "
             "MLFLOW_TRACKING_URI naming their store"
         )
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged[0].model_uri))
-    return next(root.rglob("spec.json")).parent
+    return next(Path(root).rglob("spec.json")).parent
 
 
 def correct_by_source(run_ids: list[str], sets: dict) -> dict[str, np.ndarray]:
