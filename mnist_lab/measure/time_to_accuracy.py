@@ -212,7 +212,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A row per (model, precision) over its seeds' runs, bf16's beside its fp32 runs."""
-    from mnist_lab.analysis.statistics import t_interval, welch
+    from mnist_lab.analysis.statistics import ALPHA, t_interval, welch
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
@@ -247,14 +247,13 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "utilisation": sum(r["utilisation"] for r in group) / len(group),
             "run_ids": " ".join(r["run_id"][:8] for r in group),
             "best_val_accuracy": max(r["best_val_accuracy"] for r in group),
-            "seconds": [r["time_to_target_s"] for r in group],
         }
         fp32 = groups.get((model, "fp32"))
         if precision == "bf16" and fp32 and max(len(group), len(fp32)) >= 2:
             d = welch(accuracies, [r["test_accuracy"] for r in fp32])
             tie = (
                 "tie"
-                if not d.p_value < 0.05
+                if not d.p_value < ALPHA
                 else ("bf16 worse" if d.difference < 0 else "bf16 better")
             )
             row["bf16_vs_fp32"] = (
