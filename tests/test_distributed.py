@@ -333,7 +333,12 @@ def kill_rank_after_first_checkpoint(job: subprocess.Popen, rank: int = 1) -> st
         found = runs()
         if found and tracking.has_checkpoint(found[0].info.run_id):
             pid = rank_pid(job.pid, rank)
-            assert pid is not None, "no process of that rank"
+            for _ in range(40):  # /proc can miss a process between its fork and its exec
+                if pid is not None or job.poll() is not None:
+                    break
+                time.sleep(0.25)
+                pid = rank_pid(job.pid, rank)
+            assert pid is not None, f"no process of rank {rank} under torchrun {job.pid}"
             os.kill(pid, signal.SIGKILL)
             return found[0].info.run_id
         time.sleep(0.5)
