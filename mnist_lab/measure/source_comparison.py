@@ -69,15 +69,15 @@ def model_folder(run_id: str) -> Path:
     return next(Path(root).rglob("spec.json")).parent
 
 
-def correct_by_source(run_ids: list[str], sets: dict) -> dict[str, np.ndarray]:
-    """Source → bool [runs, digits]: which digits each run's model read right."""
+def correct_by_source(folders: list[Path], sets: dict) -> dict[str, np.ndarray]:
+    """Source → bool [runs, digits]: which digits each model (`model_folder`'s) read right."""
     from mnist_lab.analysis.robustness import model_predict
     from mnist_lab.analysis.sources import evaluate_sources
     from mnist_lab.inference import load_module
 
     rows: dict[str, list[np.ndarray]] = {source: [] for source in sets}
-    for run_id in run_ids:
-        _, module = load_module(model_folder(run_id))
+    for folder in folders:
+        _, module = load_module(folder)
         scores = evaluate_sources(model_predict(module), sets, "cpu")
         for source, score in scores.items():
             rows[source].append(score.predicted == sets[source].labels)
@@ -120,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_lab.engine.device import machine_name, resolve_device
 
     try:
-        for run_id in (*args.runs, *args.against):
-            model_folder(run_id)  # every run checked before the sets are drawn
+        # every run's model found (and fetched once) before the sets are drawn
+        runs = [model_folder(run_id) for run_id in args.runs]
+        against = [model_folder(run_id) for run_id in args.against]
         sets = source_sets(args.per_class, args.seed)
-        rows = compare(correct_by_source(args.runs, sets), correct_by_source(args.against, sets))
+        rows = compare(correct_by_source(runs, sets), correct_by_source(against, sets))
     except LabError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_LAB_ERROR
