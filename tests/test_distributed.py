@@ -333,11 +333,10 @@ def kill_rank_after_first_checkpoint(job: subprocess.Popen, rank: int = 1) -> st
         found = runs()
         if found and tracking.has_checkpoint(found[0].info.run_id):
             pid = rank_pid(job.pid, rank)
-            for _ in range(40):  # /proc can miss a process between its fork and its exec
-                if pid is not None or job.poll() is not None:
-                    break
-                time.sleep(0.25)
-                pid = rank_pid(job.pid, rank)
+            assert job.poll() is None, (
+                f"the job ended (exit {job.returncode}) before its first checkpoint was seen: "
+                "training outran this poll; it needs more epochs on this machine"
+            )
             assert pid is not None, f"no process of rank {rank} under torchrun {job.pid}"
             os.kill(pid, signal.SIGKILL)
             return found[0].info.run_id
