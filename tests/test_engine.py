@@ -302,24 +302,29 @@ def test_weight_decay_skips_biases_and_norms():
 
 AMD_ZEN4 = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
 XEON_SPR = AMD_ZEN4 | {"amx_tile", "amx_bf16", "amx_int8"}
+AMD, INTEL = "AuthenticAMD", "GenuineIntel"
 
 
 @pytest.mark.parametrize(
-    ("flags", "units", "dtype"),
+    ("flags", "vendor", "units", "dtype"),
     [
-        (XEON_SPR, "AMX", torch.bfloat16),
-        (AMD_ZEN4, "AVX-512, avx512_bf16", torch.bfloat16),
-        ({"avx2", "avx512f"}, "AVX-512", None),
-        ({"sse4_2", "avx", "avx2", "fma"}, "AVX2", None),
-        ({"fp", "asimd", "bf16", "sve"}, None, None),  # ARM: bf16 not measured, fp32
-        (set(), None, None),  # no /proc/cpuinfo
+        (XEON_SPR, INTEL, "AMX", torch.bfloat16),
+        (AMD_ZEN4, AMD, "AVX-512, avx512_bf16", torch.bfloat16),
+        (AMD_ZEN4, INTEL, "AVX-512, avx512_bf16", None),  # a Xeon without AMX: bf16 is slower
+        ({"avx2", "avx512f"}, AMD, "AVX-512", None),
+        ({"sse4_2", "avx", "avx2", "fma"}, INTEL, "AVX2", None),
+        ({"fp", "asimd", "bf16", "sve"}, "", None, None),  # ARM: bf16 not measured, fp32
+        (set(), "", None, None),  # no /proc/cpuinfo
     ],
 )
-def test_the_cpu_precision_rule_reads_the_cpus_flags(monkeypatch, flags, units, dtype):
-    rule = engine_device.cpu_precision(frozenset(flags))
+def test_the_cpu_precision_rule_reads_the_cpus_flags_and_vendor(
+    monkeypatch, flags, vendor, units, dtype
+):
+    rule = engine_device.cpu_precision(frozenset(flags), vendor)
     assert rule.dtype == dtype and rule.why
     assert units is None or rule.units == units
     monkeypatch.setattr(engine_device, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(engine_device, "cpu_vendor", lambda: vendor)
     cpu = torch.device("cpu")
     assert amp_dtype(cpu, enabled=True) == dtype
     assert engine_device.precision(cpu, enabled=True) == ("bf16" if dtype else "fp32")
@@ -330,9 +335,9 @@ def test_the_cpu_precision_rule_reads_the_cpus_flags(monkeypatch, flags, units, 
 
 
 def test_this_cpus_flags_are_read_without_torch_internals():
-    flags = engine_device.cpu_flags()
-    assert isinstance(flags, frozenset)
-    assert engine_device.cpu_precision(flags).units in engine_device.machine_name(
+    flags, vendor = engine_device.cpu_flags(), engine_device.cpu_vendor()
+    assert isinstance(flags, frozenset) and isinstance(vendor, str)
+    assert engine_device.cpu_precision(flags, vendor).units in engine_device.machine_name(
         torch.device("cpu")
     )
 

@@ -51,23 +51,26 @@ def cpu_name() -> str:
 
 @dataclass(frozen=True)
 class CpuPrecision:
-    """One row of the CPU precision rule: the CPU flag that selects it, how the machine tag
-    names the CPU's units, what `amp` trains in there (None: no autocast, fp32), and why."""
+    """One row of the CPU precision rule: the CPU flag and vendor (None: any) that select it, how
+    the machine tag names the CPU's units, what `amp` trains in there (None: no autocast, fp32),
+    and why."""
 
     flag: str
+    vendor: str | None
     units: str
     dtype: torch.dtype | None
     why: str
 
 
-# The CPU precision rule, one place: the first row whose flag the CPU has (Linux's
-# /proc/cpuinfo) decides; a CPU with none of them trains in fp32. bf16 pays only where the CPU
-# multiplies bf16 in hardware; elsewhere autocast only adds casts around fp32 arithmetic.
-# Per architecture: Faster R-CNN keeps fp32 on every device (`amp: false` in its config: bf16
-# gave a NaN validation loss in a short run).
+# The CPU precision rule, one place: the first row whose flag the CPU has and whose vendor it is
+# (Linux's /proc/cpuinfo) decides; a CPU with none of them trains in fp32. bf16 pays only where
+# the CPU multiplies bf16 faster than fp32, which the flag alone does not say: AVX-512's bf16
+# dot products pay on AMD's cores and cost on Intel's. Per architecture: Faster R-CNN keeps fp32
+# on every device (`amp: false` in its config: bf16 gave a NaN validation loss in a short run).
 CPU_PRECISION = (
     CpuPrecision(
         "amx_bf16",
+        None,
         "AMX",
         torch.bfloat16,
         "AMX tiles: a bf16 step takes 0.33 (AlexNet), 0.47 (VGG16), 0.69 (CNN) of fp32's, the "
@@ -76,13 +79,23 @@ CPU_PRECISION = (
     ),
     CpuPrecision(
         "avx512_bf16",
+        "AuthenticAMD",
         "AVX-512, avx512_bf16",
         torch.bfloat16,
-        "bf16 dot products: the CNN's, ViT's and AlexNet's steps faster than fp32's "
-        "(results/precision.md)",
+        "AMD's bf16 dot products: a bf16 step takes 0.51 (VGG16) to 0.83 (ViT) of fp32's on an "
+        "AMD EPYC (results/precision.md)",
     ),
-    CpuPrecision("avx512f", "AVX-512", None, "no bf16 multiply"),
-    CpuPrecision("avx2", "AVX2", None, "no bf16 multiply"),
+    CpuPrecision(
+        "avx512_bf16",
+        None,
+        "AVX-512, avx512_bf16",
+        None,
+        "Intel's bf16 dot products without AMX are slower than its fp32 FMAs: a bf16 step takes "
+        "1.19 (CNN) to 1.56 (AlexNet) of fp32's, a 2048² bf16 matmul 0.56 of fp32's rate, on an "
+        "Intel Xeon whose VM hides AMX (results/precision.md)",
+    ),
+    CpuPrecision("avx512f", None, "AVX-512", None, "no bf16 multiply"),
+    CpuPrecision("avx2", None, "AVX2", None, "no bf16 multiply"),
 )
 
 
@@ -100,19 +113,38 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def cpu_precision(flags: frozenset[str]) -> CpuPrecision:
-    """The row of CPU_PRECISION a CPU with `flags` falls under; fp32 where no row matches
-    (ARM, unknown CPUs: bf16 not measured there)."""
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux's /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD");
+    empty where there is no such line."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_precision(flags: frozenset[str], vendor: str) -> CpuPrecision:
+    """The row of CPU_PRECISION a CPU of `vendor` with `flags` falls under; fp32 where no row
+    matches (ARM, unknown CPUs: bf16 not measured there)."""
     for row in CPU_PRECISION:
-        if row.flag in flags:
+        if row.flag in flags and row.vendor in (None, vendor):
             return row
-    return CpuPrecision("", platform.machine(), None, "bf16 not measured on this CPU")
+    return CpuPrecision("", None, platform.machine(), None, "bf16 not measured on this CPU")
+
+
+def this_cpu_precision() -> CpuPrecision:
+    """The rule's row for the CPU this process runs on."""
+    return cpu_precision(cpu_flags(), cpu_vendor())
 
 
 def cpu_vector_units() -> str:
     """The CPU's units that set its arithmetic rate and precision ("AVX-512, avx512_bf16",
     "AMX", "AVX2"): one model name ("AMD EPYC") covers CPUs of each kind."""
-    return cpu_precision(cpu_flags()).units
+    return this_cpu_precision().units
 
 
 def machine_name(device: torch.device) -> str:
@@ -124,14 +156,14 @@ def machine_name(device: torch.device) -> str:
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """What `amp` trains in: bf16 on CUDA, on a CPU what CPU_PRECISION says for its flags;
+    """What `amp` trains in: bf16 on CUDA, on a CPU what CPU_PRECISION says for it;
     None (no autocast, fp32) where `enabled` is False or on other devices."""
     if not enabled:
         return None
     if device.type == "cuda":
         return torch.bfloat16
     if device.type == "cpu":
-        return cpu_precision(cpu_flags()).dtype
+        return this_cpu_precision().dtype
     return None
 
 
