@@ -148,6 +148,20 @@ params:
 
 
 @pytest.mark.slow
+def test_the_constraint_measures_gain_is_paired_by_seed_and_ties_inside_the_noise():
+    """`measure constraints` compares the constrained studies' share within the budget to the
+    unconstrained ones' seed by seed: a steady gain is one, a gain that varies by seed as much
+    as it is large is a tie, and one seed has no interval."""
+    from mnist_lab.measure.constraints import gain
+
+    steady = gain([0.80, 0.85, 0.90], [0.50, 0.53, 0.61])
+    assert steady.startswith("+0.30 [") and steady.endswith("paired t over 3 seeds: gain")
+    # Unpaired, these shares would differ (means 0.63 against 0.53); paired, the seeds disagree.
+    assert gain([0.90, 0.40, 0.60], [0.50, 0.50, 0.60]).endswith(": tie")
+    assert gain([0.40, 0.42, 0.41], [0.60, 0.65, 0.61]).endswith(": loss")
+    assert gain([0.7], [0.5]) == "+0.20 (one seed: no interval)"
+
+
 def test_constraints_bound_the_winners_of_a_known_study():
     from mnist_lab.tuning.objectives import parse_objectives
     from mnist_lab.tuning.pareto import choose

@@ -1,12 +1,14 @@
 """`python -m mnist_lab.measure constraints`: does a budget steer the search?
 
-Two CNN studies over tuning/cnn.yaml's space, alike but for `--constraint`: the same sampler
-(TPE), seed, trial count and data; one epoch a trial on a subset (the share of trials within
-a budget on the model's size does not depend on how long each trains). Prints, for each, the
-share of completed trials within the budget. Stores are throw-away (a temporary folder).
+Pairs of CNN studies over tuning/cnn.yaml's space, alike but for `--constraint`: the same
+sampler (TPE), seed, trial count and data; one epoch a trial on a subset (the share of trials
+within a budget on the model's size does not depend on how long each trains). A pair at each
+of `--seeds` seeds; prints, for each study, the share of completed trials within the budget,
+and the constrained studies' gain over the unconstrained ones with its paired t interval over
+the seeds. Stores are throw-away (a temporary folder).
 
-    python -m mnist_lab.measure constraints                       # 20 trials each, ~10 min
-    python -m mnist_lab.measure constraints --budget "num_params<=40000" --n-trials 30
+    python -m mnist_lab.measure constraints                       # 3 pairs of 30 trials
+    python -m mnist_lab.measure constraints --budget "num_params<=40000" --n-trials 40
     python -m mnist_lab.measure constraints --quick --output-dir results
 """
 
@@ -22,22 +24,24 @@ from pathlib import Path
 from mnist_lab.measure import results_table
 
 PROG = "python -m mnist_lab.measure constraints"
-QUICK = {"n_trials": 8, "max_train_samples": 1_000}
-QUICK_RECIPE = "8 trials a study on 1 000 train digits"
+QUICK = {"n_trials": 12, "max_train_samples": 1_000, "seeds": 1}
+QUICK_RECIPE = "one pair of 12-trial studies on 1 000 train digits"
 TABLE = results_table.Table(
     name="constraints",
     title="Budgets as constraints: trials within a budget, with and without `--constraint`",
     command=f"{PROG} --output-dir results",
     header=(
-        "Two studies of tuning/cnn.yaml's space, alike but for `--constraint`: TPE (its first "
-        "trials random), no pruning, one epoch a trial on a subset of the training digits "
-        "(1 000 validation digits), the same seed. A row is one study: its completed trials (n) "
-        "and how many met the budget. The budget is on the model's size, so whether a trial "
-        "meets it does not depend on the machine; n = 1 pair of studies, one seed: the gain "
-        "varies with the seed and the budget. `trials` marks each trial in order (x within, "
-        ". beyond)."
+        "Pairs of studies of tuning/cnn.yaml's space, alike but for `--constraint`, one pair at "
+        "each seed: TPE, no pruning, one epoch a trial on a subset of the training digits "
+        "(1 000 validation digits). TPE's first 10 trials are random, so a pair's first 10 "
+        "are the same trials and only the later ones can differ. A row is one study: its "
+        "completed trials (n) and how many met the budget; `trials` marks each in order (x "
+        "within, . beyond). A `mean` row per study averages its seeds' shares, and the "
+        "constrained one's `gain` is its share minus the unconstrained one's, with the 95 % "
+        "paired t interval and p over the seeds (a tie inside the noise). The budget is on "
+        "the model's size, so whether a trial meets it does not depend on the machine."
     ),
-    columns=("study", "budget", "seed", "n", "within", "share_within", "trials"),
+    columns=("study", "budget", "seed", "n", "within", "share_within", "gain", "trials"),
     key=("study", "budget", "seed"),
     formats={"share_within": "{:.2f}"},
     packages=("optuna",),
@@ -46,15 +50,16 @@ TABLE = results_table.Table(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n-trials", type=int, default=20)
+    parser.add_argument("--n-trials", type=int, default=30, help="a study's (default 30)")
     parser.add_argument("--budget", default="num_params<=40000")
     parser.add_argument("--max-train-samples", type=int, default=2_000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="pairs of studies (default 3)")
     parser.add_argument("--output-dir", default=None, help="write constraints.md/.csv there")
     parser.add_argument("--quick", action="store_true", help=QUICK_RECIPE)
     args = parser.parse_args(argv)
     if args.quick:
         args.n_trials, args.max_train_samples = QUICK["n_trials"], QUICK["max_train_samples"]
+        args.seeds = QUICK["seeds"]
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
 
     import yaml
@@ -79,44 +84,76 @@ def main(argv: list[str] | None = None) -> int:
     one_epoch = folder / "cnn.yaml"
     one_epoch.write_text(yaml.safe_dump(text))
     rows = []
-    for constraint in (None, args.budget):
-        options = TuneOptions(
-            model="cnn",
-            n_trials=args.n_trials,
-            storage=f"sqlite:///{folder / 'optuna.db'}",
-            study_name="constrained" if constraint else "unconstrained",
-            space_path=str(one_epoch),
-            data={"max_train_samples": args.max_train_samples, "val_size": 1_000},
-            retrain="none",
-            pruner="none",
-            seed=args.seed,
-            constraint=constraint,
-        )
-        tune(options)
-        complete = completed_user_attrs(options.storage, options.name, ATTR_METRICS)
-        inside = sum(budget.feasible(metrics) for metrics in complete)
-        print(
-            f"{'--constraint ' + repr(constraint) if constraint else 'no constraint':40s} "
-            f"{inside} of {len(complete)} completed trials within {budget} "
-            f"({inside / len(complete):.0%})",
-            flush=True,
-        )
+    shares: dict[str, list[float]] = {"no constraint": [], "--constraint": []}
+    for seed in range(args.seeds):
+        for constraint in (None, args.budget):
+            study = "--constraint" if constraint else "no constraint"
+            options = TuneOptions(
+                model="cnn",
+                n_trials=args.n_trials,
+                storage=f"sqlite:///{folder / 'optuna.db'}",
+                study_name=f"{'constrained' if constraint else 'unconstrained'}-{seed}",
+                space_path=str(one_epoch),
+                data={"max_train_samples": args.max_train_samples, "val_size": 1_000},
+                retrain="none",
+                pruner="none",
+                seed=seed,
+                constraint=constraint,
+            )
+            tune(options)
+            complete = completed_user_attrs(options.storage, options.name, ATTR_METRICS)
+            marks = "".join("x" if budget.feasible(m) else "." for m in complete)
+            shares[study].append(marks.count("x") / len(marks))
+            print(f"seed {seed}  {study:15s} {marks}  {shares[study][-1]:.0%} within", flush=True)
+            rows.append(
+                {
+                    "study": study,
+                    "budget": args.budget,
+                    "seed": seed,
+                    "n": len(marks),
+                    "within": marks.count("x"),
+                    "share_within": shares[study][-1],
+                    "gain": "",
+                    "trials": marks,
+                }
+            )
+    for study, values in shares.items():
         rows.append(
             {
-                "study": "--constraint" if constraint else "no constraint",
+                "study": study,
                 "budget": args.budget,
-                "seed": args.seed,
-                "n": len(complete),
-                "within": inside,
-                "share_within": inside / len(complete),
-                "trials": "".join("x" if budget.feasible(m) else "." for m in complete),
+                "seed": f"mean of {len(values)}",
+                "n": sum(r["n"] for r in rows if r["study"] == study),
+                "within": sum(r["within"] for r in rows if r["study"] == study),
+                "share_within": sum(values) / len(values),
+                "gain": gain(shares["--constraint"], shares["no constraint"])
+                if study == "--constraint"
+                else "",
+                "trials": "",
             }
         )
+        print(f"{study:15s} mean share within {rows[-1]['share_within']:.2f}  {rows[-1]['gain']}")
     if args.output_dir:
         recipe = QUICK_RECIPE if args.quick else results_table.FULL
         machine = machine_name(resolve_device("auto"))
         print(f"wrote {results_table.write(TABLE, rows, args.output_dir, machine, recipe)}")
     return 0
+
+
+def gain(constrained: list[float], unconstrained: list[float]) -> str:
+    """The constrained studies' share within the budget minus the unconstrained ones', paired
+    by seed: mean [95 % t interval], p; a tie where the interval holds 0."""
+    import numpy as np
+
+    from mnist_lab.analysis.statistics import t_test
+
+    differences = np.subtract(constrained, unconstrained)
+    n, mean = len(differences), float(differences.mean())
+    if n < 2:
+        return f"{mean:+.2f} (one seed: no interval)"
+    low, high, p = t_test(mean, [(float(differences.var(ddof=1)) / n, n - 1)])
+    verdict = "gain" if low > 0 else "loss" if high < 0 else "tie"
+    return f"{mean:+.2f} [{low:+.2f}, {high:+.2f}], p {p:.2g}, paired t over {n} seeds: {verdict}"
 
 
 if __name__ == "__main__":

@@ -41,7 +41,9 @@ TABLE = results_table.Table(
         "trials); `best_val_accuracy` is one trial's, on the 5 000 validation digits (a single "
         "run: a few tenths between two studies' bests is a tie). `confirmation`, when the "
         "script ran with `--confirm-seeds K`, is `tune`'s own test of the winner against the "
-        "defaults at K seeds (docs/comparisons.md)."
+        "defaults at K seeds (docs/comparisons.md). Whether a budget steers a study (the "
+        "share of trials within it, with and without `--constraint`, over seeds) is on "
+        "[constraints.md](constraints.md)."
     ),
     columns=(
         "study",
