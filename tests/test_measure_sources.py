@@ -1,5 +1,7 @@
 """`measure sources`: two configurations' runs compared per source, paired on the digits."""
 
+from pathlib import Path
+
 import numpy as np
 
 
@@ -32,3 +34,29 @@ def test_sources_refuses_a_run_without_a_logged_model(mlflow_store, capsys):
     ids = [run.info.run_id]
     assert sources.main(["--runs", *ids, "--against", *ids]) == 1
     assert f"run {ids[0]} logged no model 'model'" in capsys.readouterr().err
+
+
+def test_a_runs_model_is_found_in_its_own_experiment_not_only_the_active_one(
+    mlflow_store, tmp_path
+):
+    """`train` logs to the `mnist-lab` experiment; a later process's active experiment is the
+    default one, and MLflow's logged-model search looks only there unless told the run's."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mnist_lab import names
+    from mnist_lab.tracking.query import logged_model_folder
+
+    client = MlflowClient()
+    experiment = client.create_experiment("elsewhere")
+    run = client.create_run(experiment)
+    model = client.create_logged_model(
+        experiment, name=names.MODEL_ARTIFACT, source_run_id=run.info.run_id
+    )
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "spec.json").write_text("{}")
+    client.log_model_artifacts(model.model_id, str(tmp_path / "weights"))
+    mlflow.set_experiment("Default")
+    folder = logged_model_folder(run.info.run_id)
+    assert folder is not None and (Path(folder) / "spec.json").read_text() == "{}"
+    assert logged_model_folder(client.create_run(experiment).info.run_id) is None

@@ -146,8 +146,10 @@ def _download(run_id: str, path: str) -> str | None:
 def logged_model_folder(run_id: str) -> str | None:
     """The local folder of the model `run_id` logged as `names.MODEL_ARTIFACT` (its pyfunc
     folder: MLmodel, data/ with spec.json and the weights), None where it logged none."""
-    open_store()
+    # Without experiment ids MLflow searches only the active experiment, not the run's.
+    experiment = store_client().get_run(run_id).info.experiment_id
     logged = mlflow.search_logged_models(
+        experiment_ids=[experiment],
         filter_string=f"source_run_id = '{run_id}' AND name = '{names.MODEL_ARTIFACT}'",
         output_format="list",
     )
