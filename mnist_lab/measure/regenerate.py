@@ -75,7 +75,7 @@ PIECES = (
         5,
         0.5,
     ),
-    Piece("constraints", (), ("--quick",), ("constraints",), 10, 1.5),
+    Piece("constraints", (), ("--quick",), ("constraints",), 15, 1),
     Piece("tuning", (), ("--quick",), ("tuning",), 20, 2),
     Piece(
         "time-to-accuracy",
