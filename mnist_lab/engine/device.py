@@ -37,16 +37,22 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+def cpuinfo(*keys: str) -> str | None:
+    """The value of the first line of Linux's /proc/cpuinfo that starts with one of `keys`;
+    None where there is no such line or file."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(keys):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    return cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)
@@ -103,28 +109,14 @@ CPU_PRECISION = (
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux's /proc/cpuinfo lists them (`flags` on x86, `Features`
     on ARM); empty where there is no such file."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((cpuinfo("flags", "Features") or "").split())
 
 
 @functools.cache
 def cpu_vendor() -> str:
     """The CPU's vendor as Linux's /proc/cpuinfo names it ("GenuineIntel", "AuthenticAMD");
     empty where there is no such line."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo("vendor_id") or ""
 
 
 def cpu_precision(flags: frozenset[str], vendor: str) -> CpuPrecision:
