@@ -132,19 +132,50 @@ def evaluate_robustness(
 ) -> RobustnessResult:
     """Accuracy of `predict` on `images` [N, 1, 28, 28] in [0, 1] (labels [N]), clean and under
     every corruption at every severity. Corruptions are made in batches of `batch_size` on the
-    images' device; batch k of a corruption uses seed `seed + k`, so the set is fixed."""
+    images' device; batch k of a corruption uses seed `seed + k`, so the set is fixed.
+
+    The model reads the corrupted digits `batch_size` at a time across corruptions, not one
+    pass per corruption and severity: with a few digits a corruption (a quick run's report), a
+    large network's passes cost it per pass, not per digit (VGG16 at 32 px on 2 cores of an AMD
+    EPYC: 50 ms a digit in passes of 10, 9 ms in passes of 256)."""
     start = time.perf_counter()
     clean = _accuracy(predict, images, labels, batch_size)
-    accuracy: dict[str, dict[int, float]] = {}
+    hits: dict[tuple[str, int], int] = {}
+    pending: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor]] = []
     for name in corruptions:
-        accuracy[name] = {}
         for severity in severities:
-            hits = 0
+            hits[name, severity] = 0
             for k, i in enumerate(range(0, len(images), batch_size)):
                 x = corrupt(images[i : i + batch_size], name, severity, seed=seed + k)
-                hits += int((predict(x).argmax(1) == labels[i : i + batch_size]).sum())
-            accuracy[name][severity] = hits / len(images)
+                pending.append(((name, severity), x, labels[i : i + batch_size]))
+                if sum(len(x) for _, x, _ in pending) >= batch_size:
+                    _count_hits(predict, pending, hits, batch_size)
+                    pending = []
+    _count_hits(predict, pending, hits, batch_size)
+    accuracy: dict[str, dict[int, float]] = {name: {} for name in corruptions}
+    for (name, severity), count in hits.items():
+        accuracy[name][severity] = count / len(images)
     return RobustnessResult(clean, accuracy, len(images), time.perf_counter() - start)
+
+
+def _count_hits(
+    predict: Predict,
+    pending: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor]],
+    hits: dict[tuple[str, int], int],
+    batch_size: int,
+) -> None:
+    """Add to `hits` the digits of each pending (key, images [n, 1, 28, 28], labels [n]) that
+    `predict` reads right, reading all of them in passes of `batch_size`."""
+    if not pending:
+        return
+    x = torch.cat([x for _, x, _ in pending])
+    y = torch.cat([y for _, _, y in pending])
+    right = torch.cat(
+        [predict(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    )
+    right = (right == y).split([len(x) for _, x, _ in pending])
+    for (key, _, _), part in zip(pending, right, strict=True):
+        hits[key] += int(part.sum())
 
 
 # Pixels between the digits of a mosaic, in a colour no digit has (white stripes stay seen).
