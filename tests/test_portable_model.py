@@ -283,13 +283,20 @@ def test_sixty_thousand_digits_in_one_predict(lab):
     assert (frame["digit"].to_numpy() == frame.filter(like="prob_").to_numpy().argmax(1)).all()
 
 
-def test_mlflow_evaluate_on_the_test_set_gives_the_runs_accuracy(lab):
-    """mlflow.models.evaluate on the 10 000 test digits in one call; model_config's output
-    "digit" gives it the one column of labels its classifier metrics take."""
+def test_mlflow_evaluate_on_test_digits_gives_the_runs_accuracy(lab):
+    """mlflow.models.evaluate on the first 2 000 test digits in one call, as docs/serving.md
+    writes it; model_config's output "digit" gives it the one column of labels its classifier
+    metrics take. Its accuracy is the run's own on those digits (its logged predictions).
+    (Not all 10 000: MLflow infers the schema of a column of arrays pixel by pixel, ~1.5 s a
+    thousand digits on 2 cores, and the answer is the same call's.)"""
     import pandas as pd
 
-    images = lab["mnist"].test_images.numpy().astype(np.float32) / 255
-    data = pd.DataFrame({"digits": list(images), "label": lab["mnist"].test_labels.numpy()})
+    from mnist_lab.analysis.predictions import INDEX, correct
+    from mnist_lab.tracking.query import read_predictions
+
+    count = 2000
+    images = lab["mnist"].test_images[:count].numpy().astype(np.float32) / 255
+    data = pd.DataFrame({"digits": list(images), "label": lab["mnist"].test_labels[:count].numpy()})
     with mlflow.start_run(run_name="evaluate"):
         result = mlflow.models.evaluate(
             lab["model"],
@@ -299,8 +306,9 @@ def test_mlflow_evaluate_on_the_test_set_gives_the_runs_accuracy(lab):
             evaluators=["default"],
             model_config={"output": "digit"},
         )
-    accuracy = result.metrics["accuracy_score"]
-    assert accuracy == pytest.approx(lab["run"].data.metrics[names.TEST_ACCURACY], abs=1e-4)
+    logged = read_predictions(lab["run"].info.run_id, "test")
+    run_accuracy = correct(logged[logged[INDEX] < count]).mean()
+    assert result.metrics["accuracy_score"] == pytest.approx(run_accuracy, abs=1.01 / count)
 
 
 @pytest.mark.slow

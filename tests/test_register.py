@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from lab_helpers import tracking_server
+from lab_helpers import new_server_store, tracking_server
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names, tracking
@@ -106,7 +106,7 @@ def test_champion_logic_on_sqlite(mlflow_store, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_champion_logic_on_a_tracking_server(tmp_path, monkeypatch, capsys):
-    with tracking_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}", monkeypatch):
+    with tracking_server(tmp_path, new_server_store(tmp_path / "server.db"), monkeypatch):
         check_champion_logic(monkeypatch, capsys)
     # The artifacts went through the server, not to the local disk.
     assert not (tmp_path / "mlruns").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from lab_helpers import answers, free_port, mlflow_at, venv_env
+from lab_helpers import answers, free_port, mlflow_at, new_server_store, venv_env
 from mlflow.tracking import MlflowClient
 
 from mnist_lab import names, tracking
@@ -41,7 +41,9 @@ class Server:
     def start(self) -> None:
         command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--workers", "1"]
-        command += ["--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}"]
+        database = self.folder / "server.db"
+        backend = f"sqlite:///{database}" if database.exists() else new_server_store(database)
+        command += ["--backend-store-uri", backend]
         command += ["--artifacts-destination", str(self.folder / "artifacts")]
         log = (self.folder / "server.log").open("a")
         env = venv_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
