@@ -1,5 +1,9 @@
 """Shared fixtures: an isolated MLflow store per test, the real-MNIST location and a fresh
-PostgreSQL database."""
+PostgreSQL database.
+
+The fixtures import lab_helpers (MLflow, torch, the lab) when they run, not at the top: `make
+test`'s pytest-xdist controller loads this file too and runs no test, and without those imports
+it starts its workers about 3 s sooner."""
 
 import multiprocessing.process
 import os
@@ -10,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from lab_helpers import mlflow_at, new_sqlite_store, tracking_server
 
 # A job started in the background (`nohup make test &`, a script's `make test > log &`) inherits
 # SIGINT as ignored, and the product rightly leaves an ignored signal alone. The Ctrl-C tests need
@@ -65,6 +68,8 @@ def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return
     monkeypatch.chdir(tmp_path)
+    from lab_helpers import new_sqlite_store
+
     # Beside the test's folder, not in it: tests that list their folder find only their files.
     database = tmp_path.with_name(f"{tmp_path.name}-mlflow") / "mlflow.db"
     database.parent.mkdir()
@@ -122,6 +127,8 @@ def mnist_dir() -> Path:
 @pytest.fixture
 def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite tracking store in tmp_path, artifacts in tmp_path/mlruns (MLflow's layout)."""
+    from lab_helpers import mlflow_at, new_sqlite_store
+
     with mlflow_at(new_sqlite_store(tmp_path / "mlflow.db"), tmp_path, monkeypatch) as uri:
         yield uri
 
@@ -129,6 +136,8 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture
 def unmade_mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A SQLite tracking store in tmp_path that does not exist yet: for tests of its making."""
+    from lab_helpers import mlflow_at
+
     with mlflow_at(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, monkeypatch) as uri:
         yield uri
 
@@ -171,6 +180,8 @@ def space(tmp_path: Path) -> Path:
 @pytest.fixture
 def mlflow_server(postgres_db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """`mlflow server` on 127.0.0.1 with a PostgreSQL backend store; stopped afterwards."""
+    from lab_helpers import tracking_server
+
     with tracking_server(tmp_path, postgres_db(), monkeypatch) as uri:
         yield uri
 
