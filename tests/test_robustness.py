@@ -1,6 +1,7 @@
 """Robustness: the evaluation over corruptions, its figures, and the `robustness` command that
 evaluates a logged model into its own run (CLI and `mlflow run`)."""
 
+import math
 import subprocess
 import sys
 
@@ -55,6 +56,33 @@ def test_evaluation_counts_hits_per_corruption_and_severity() -> None:
     assert metrics[names.ROBUST_ERROR_RATIO] == float("inf")  # no clean error to divide by
     report = result.to_report()
     assert report["severities"] == [1, 5] and len(report["worst"]) == 3
+
+
+def test_passes_across_corruptions_count_each_corruptions_own_hits() -> None:
+    """The model reads corrupted digits in passes that span corruptions (a few digits each);
+    every corruption and severity still gets exactly its own digits' hits, and no pass holds
+    more than the batch."""
+    from mnist_lab.analysis.corruptions import corrupt
+
+    images = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 0, 1, 1, 0, 0, 1])
+    passes: list[int] = []
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        passes.append(len(x))
+        return ink_counter(x)
+
+    result = evaluate_robustness(counting, images, labels, severities=(2, 4), seed=3, batch_size=5)
+    assert max(passes) <= 5 and sum(passes) == 7 * (1 + 2 * len(CORRUPTIONS))
+    # The clean pass's 2, then 7 × 30 corrupted digits in full passes of 5 (not 5 + 2 each).
+    assert len(passes) == 2 + math.ceil(7 * 2 * len(CORRUPTIONS) / 5)
+    for name in CORRUPTIONS:
+        for severity in (2, 4):
+            hits = 0
+            for k, i in enumerate(range(0, 7, 5)):  # as the evaluation makes them: seed 3 + k
+                corrupted = corrupt(images[i : i + 5], name, severity, seed=3 + k)
+                hits += int((ink_counter(corrupted).argmax(1) == labels[i : i + 5]).sum())
+            assert result.accuracy[name][severity] == hits / 7, (name, severity)
 
 
 def test_error_ratio_is_corrupted_error_over_clean_error() -> None:

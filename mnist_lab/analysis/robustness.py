@@ -134,48 +134,42 @@ def evaluate_robustness(
     every corruption at every severity. Corruptions are made in batches of `batch_size` on the
     images' device; batch k of a corruption uses seed `seed + k`, so the set is fixed.
 
-    The model reads the corrupted digits `batch_size` at a time across corruptions, not one
-    pass per corruption and severity: with a few digits a corruption (a quick run's report), a
-    large network's passes cost it per pass, not per digit (VGG16 at 32 px on 2 cores of an AMD
-    EPYC: 50 ms a digit in passes of 10, 9 ms in passes of 256)."""
+    The model reads the corrupted digits in full passes of `batch_size` that span corruptions,
+    not a pass (the last one short) per corruption and severity: fewer, fuller passes, the same
+    accuracies (AMD EPYC, 2 cores, 17 corruptions x 5 severities, warmed: a CNN on 300 digits
+    7.3 s -> 5.5 s; VGG16 at 32 px on 10 digits 3.4 s -> 3.0 s)."""
     start = time.perf_counter()
     clean = _accuracy(predict, images, labels, batch_size)
-    hits: dict[tuple[str, int], int] = {}
-    pending: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor]] = []
-    for name in corruptions:
-        for severity in severities:
-            hits[name, severity] = 0
-            for k, i in enumerate(range(0, len(images), batch_size)):
-                x = corrupt(images[i : i + batch_size], name, severity, seed=seed + k)
-                pending.append(((name, severity), x, labels[i : i + batch_size]))
-                if sum(len(x) for _, x, _ in pending) >= batch_size:
-                    _count_hits(predict, pending, hits, batch_size)
-                    pending = []
-    _count_hits(predict, pending, hits, batch_size)
+    keys = [(name, severity) for name in corruptions for severity in severities]
+    hits = torch.zeros(len(keys), dtype=torch.int64)
+    queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # images, labels, key
+    for key, (name, severity) in enumerate(keys):
+        for k, i in enumerate(range(0, len(images), batch_size)):
+            x = corrupt(images[i : i + batch_size], name, severity, seed=seed + k)
+            queue.append((x, labels[i : i + batch_size], torch.full((len(x),), key)))
+            while sum(len(part) for part, _, _ in queue) >= batch_size:
+                queue = _read(predict, queue, batch_size, hits)
+    while queue:
+        queue = _read(predict, queue, batch_size, hits)
     accuracy: dict[str, dict[int, float]] = {name: {} for name in corruptions}
-    for (name, severity), count in hits.items():
+    for (name, severity), count in zip(keys, hits.tolist(), strict=True):
         accuracy[name][severity] = count / len(images)
     return RobustnessResult(clean, accuracy, len(images), time.perf_counter() - start)
 
 
-def _count_hits(
+def _read(
     predict: Predict,
-    pending: list[tuple[tuple[str, int], torch.Tensor, torch.Tensor]],
-    hits: dict[tuple[str, int], int],
+    queue: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     batch_size: int,
-) -> None:
-    """Add to `hits` the digits of each pending (key, images [n, 1, 28, 28], labels [n]) that
-    `predict` reads right, reading all of them in passes of `batch_size`."""
-    if not pending:
-        return
-    x = torch.cat([x for _, x, _ in pending])
-    y = torch.cat([y for _, _, y in pending])
-    right = torch.cat(
-        [predict(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-    )
-    right = (right == y).split([len(x) for _, x, _ in pending])
-    for (key, _, _), part in zip(pending, right, strict=True):
-        hits[key] += int(part.sum())
+    hits: torch.Tensor,
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One pass over the first `batch_size` queued (images [n, 1, 28, 28], labels [n], key
+    index [n]): adds each key's right answers to `hits` [keys]; returns what is left queued."""
+    x, y, key = (torch.cat(parts) for parts in zip(*queue, strict=True))
+    right = predict(x[:batch_size]).argmax(1).cpu() == y[:batch_size].cpu()
+    hits += torch.bincount(key[:batch_size][right], minlength=len(hits))
+    rest = (x[batch_size:], y[batch_size:], key[batch_size:])
+    return [rest] if len(rest[0]) else []
 
 
 # Pixels between the digits of a mosaic, in a colour no digit has (white stripes stay seen).
