@@ -3,7 +3,7 @@ PostgreSQL database.
 
 The fixtures import lab_helpers (MLflow, torch, the lab) when they run, not at the top: `make
 test`'s pytest-xdist controller loads this file too and runs no test, and without those imports
-it starts its workers about 3 s sooner."""
+it starts its workers about 4 s sooner."""
 
 import multiprocessing.process
 import os
