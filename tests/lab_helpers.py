@@ -63,7 +63,7 @@ def new_sqlite_store(database: Path, artifacts: Path | str | None = None) -> str
     shutil.copyfile(_empty_store(), database)
     with contextlib.closing(sqlite3.connect(database)) as db, db:
         root = artifacts or database.parent / "mlruns"
-        location = f"{root}/0" if isinstance(root, str) else str(root / "0")
+        location = f"{root.rstrip('/')}/0" if isinstance(root, str) else str(root / "0")
         db.execute(
             "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", [location]
         )

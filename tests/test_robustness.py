@@ -64,8 +64,12 @@ def test_passes_across_corruptions_count_each_corruptions_own_hits() -> None:
     more than the batch."""
     from mnist_lab.analysis.corruptions import corrupt
 
-    images = torch.rand(7, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([1, 0, 1, 1, 0, 0, 1])
+    # A square of a different brightness on each digit: the corruptions push some of them
+    # across ink_counter's threshold and not others, so each corruption has hits of its own.
+    images = torch.zeros(7, 1, 28, 28)
+    for i, ink in enumerate(torch.linspace(0.05, 0.6, 7)):
+        images[i, :, 9:19, 9:19] = ink
+    labels = torch.tensor([0, 0, 1, 0, 1, 1, 1])
     passes: list[int] = []
 
     def counting(x: torch.Tensor) -> torch.Tensor:
@@ -83,6 +87,7 @@ def test_passes_across_corruptions_count_each_corruptions_own_hits() -> None:
                 corrupted = corrupt(images[i : i + 5], name, severity, seed=3 + k)
                 hits += int((ink_counter(corrupted).argmax(1) == labels[i : i + 5]).sum())
             assert result.accuracy[name][severity] == hits / 7, (name, severity)
+    assert len({a for levels in result.accuracy.values() for a in levels.values()}) > 2
 
 
 def test_error_ratio_is_corrupted_error_over_clean_error() -> None:
