@@ -268,10 +268,13 @@ def test_explanations_figure_renders(tmp_path: Path) -> None:
         title="Grad-CAM, cnn",
     )
     assert isinstance(fig, Figure)
-    images = [ax for ax in fig.axes if ax.images]
-    assert len(images) == k
-    assert "true 0 · pred 0" in images[0].get_title()
-    assert images[10].title.get_color() != images[0].title.get_color()  # mistakes stand out
+    grid = fig.axes[0]
+    assert len(grid.images) == 2  # the digits, their heat maps over them
+    captions = grid.texts
+    assert len(captions) == k
+    assert "true 0 · pred 0" in captions[0].get_text()
+    assert captions[10].get_color() != captions[0].get_color()  # mistakes stand out
+    assert len(grid.patches) == k - 10  # and are framed
     fig.savefig(tmp_path / "explanations.png")
     assert (tmp_path / "explanations.png").stat().st_size > 10_000
 

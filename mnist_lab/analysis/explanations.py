@@ -30,7 +30,6 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradientXActivation
 from matplotlib.cm import ScalarMappable
@@ -38,6 +37,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from mnist_lab.analysis.run_figures import CAPTION_ROOM, WRONG_COLOUR, mosaic_figure
 from mnist_lab.errors import LabError
 from mnist_lab.models.vit import Attention as LabAttention
 from mnist_lab.models.vit import ViT
@@ -60,8 +60,6 @@ ACTIVATIONS = (
     nn.Mish,
     nn.Hardswish,
 )
-DPI = 100
-WRONG_COLOUR = "#d62728"
 HEAT_CMAP = "jet"
 HEAT_ALPHA = 0.45
 
@@ -417,38 +415,34 @@ def explanations_figure(
         labels_known = True
     images = images.detach().float().cpu().reshape(-1, IMAGE_SIZE, IMAGE_SIZE).numpy()
     maps_np = maps.detach().float().cpu().numpy()
-    k = max(len(images), 1)
-    cols = min(k, 8)
-    rows = math.ceil(k / cols)
-    row_height = 1.95 if sources else 1.75  # room for a third caption line
-    fig = Figure(
-        figsize=(1.45 * cols + 1.0, row_height * rows + 0.7), dpi=DPI, layout="constrained"
+    mistakes = bool((labels != predictions).any())
+    fig, mosaic = mosaic_figure(
+        len(images),
+        cols=min(max(len(images), 1), 8),
+        title_lines=title.count("\n") + 1 + mistakes,
+        caption_room=CAPTION_ROOM + 8 if sources else CAPTION_ROOM,  # a third line: the file
+        right=1.0,  # the colour bar and its label
     )
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for i, ax in enumerate(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= len(images):
-            ax.axis("off")
-            continue
-        ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
-        ax.imshow(maps_np[i], cmap=HEAT_CMAP, alpha=HEAT_ALPHA, vmin=0, vmax=1)
+    mosaic.layer(images, cmap="gray", vmin=0, vmax=1)
+    mosaic.layer(maps_np, cmap=HEAT_CMAP, alpha=HEAT_ALPHA, vmin=0, vmax=1)
+    for i in range(len(images)):
         label, prediction = int(labels[i]), int(predictions[i])
-        colour = "black" if label == prediction else WRONG_COLOUR
         caption = _caption(
             label if labels_known else None,
             prediction,
             float(confidences[i]),
             sources[i] if sources else None,
         )
-        ax.set_title(caption, fontsize=8, color=colour)
+        mosaic.caption(i, caption, "black" if label == prediction else WRONG_COLOUR)
         if label != prediction:
-            for spine in ax.spines.values():
-                spine.set_edgecolor(WRONG_COLOUR)
-                spine.set_linewidth(3)
+            mosaic.frame(i, WRONG_COLOUR)
+    grid, width = mosaic.ax.get_position(), fig.get_figwidth()
+    bar = fig.add_axes(
+        (grid.x1 + 0.15 / width, grid.y0 + 0.1 * grid.height, 0.15 / width, 0.8 * grid.height)
+    )
     heat = ScalarMappable(norm=Normalize(0, 1), cmap=HEAT_CMAP)
-    fig.colorbar(heat, ax=axes.tolist(), shrink=0.8, label="relevance (per digit, 0–1)")
-    if bool((labels != predictions).any()):
+    fig.colorbar(heat, cax=bar, label="relevance (per digit, 0–1)")
+    if mistakes:
         title = f"{title}\nred: misclassified"
     fig.suptitle(title, fontsize=10)
     return fig
