@@ -18,6 +18,7 @@ from torch import nn
 
 from mnist_lab.analysis.calibration import calibration_summary
 from mnist_lab.analysis.explanations import (
+    HEAT_ALPHA,
     _lab_attention,
     _timm_attention,
     explanation_examples,
@@ -26,6 +27,7 @@ from mnist_lab.analysis.explanations import (
     heatmaps,
     method_name,
 )
+from mnist_lab.analysis.run_figures import WRONG_COLOUR
 from mnist_lab.errors import LabError
 from mnist_lab.models.build import build_model
 from mnist_lab.models.vit import ViT
@@ -273,8 +275,10 @@ def test_explanations_figure_renders(tmp_path: Path) -> None:
     captions = grid.texts
     assert len(captions) == k
     assert "true 0 · pred 0" in captions[0].get_text()
-    assert captions[10].get_color() != captions[0].get_color()  # mistakes stand out
-    assert len(grid.patches) == k - 10  # and are framed
+    assert [c.get_color() == WRONG_COLOUR for c in captions] == [False] * 10 + [True] * 6
+    assert len(grid.patches) == k - 10  # the mistakes are framed
+    assert grid.images[1].get_alpha() == HEAT_ALPHA  # the heat over the digits
+    assert fig.axes[1].get_ylabel().startswith("relevance")  # the colour bar
     fig.savefig(tmp_path / "explanations.png")
     assert (tmp_path / "explanations.png").stat().st_size > 10_000
 

@@ -1,10 +1,13 @@
 """Each figure renders to PNG for typical and edge-case input."""
 
 import io
+import math
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from mnist_lab import names
 from mnist_lab.analysis import run_figures as plots
@@ -79,9 +82,25 @@ def sample(n: int, dtype: type = np.uint8):
     return images, y_true, probs
 
 
-def captions(fig: Figure) -> list:
-    """The digits' captions, in grid order (text artists: get_text, get_color)."""
+def captions(fig: Figure) -> list[Text]:
+    """The digits' captions, in grid order."""
     return list(fig.axes[0].texts)
+
+
+def framed(fig: Figure, count: int) -> set[int]:
+    """The places (in grid order) of the digits framed in WRONG_COLOUR, in a grid of `count`."""
+    mosaic = plots.Mosaic(fig.axes[0], count, math.ceil(math.sqrt(count)), plots.CAPTION_ROOM)
+    corners = {mosaic.origin(i): i for i in range(count)}
+    frames = fig.axes[0].patches
+    assert all(to_hex(p.get_edgecolor()) == plots.WRONG_COLOUR for p in frames)
+    return {corners[tuple(int(v) for v in p.get_xy())] for p in frames}
+
+
+def tile(fig: Figure, count: int, place: int) -> np.ndarray:
+    """The [28, 28] pixels drawn at `place` of a grid of `count`."""
+    mosaic = plots.Mosaic(fig.axes[0], count, math.ceil(math.sqrt(count)), plots.CAPTION_ROOM)
+    x, y = mosaic.origin(place)
+    return np.asarray(fig.axes[0].images[0].get_array()[y : y + 28, x : x + 28])
 
 
 def test_sample_predictions_mixes_mistakes_first() -> None:
@@ -93,8 +112,11 @@ def test_sample_predictions_mixes_mistakes_first() -> None:
     assert len(shown) == 16
     red = [i for i, text in enumerate(shown) if text.get_color() == plots.WRONG_COLOUR]
     assert red == list(range(8))
-    assert len(fig.axes[0].patches) == 8  # a red frame round each mistake
+    assert framed(fig, 16) == set(range(8))  # a red frame round each mistake
     assert "%" in shown[0].get_text() and shown[0].get_text().startswith("pred ")
+    # Each place shows its digit: the mistakes first (every fourth), then the right ones.
+    np.testing.assert_array_equal(tile(fig, 16, 1), images[4])
+    np.testing.assert_array_equal(tile(fig, 16, 8), images[1])
     png(fig)
 
 
@@ -112,7 +134,19 @@ def test_sample_predictions_edge_cases(case: str) -> None:
     assert len(captions(fig)) == min(n, 36)
     wrong = sum(text.get_color() == plots.WRONG_COLOUR for text in captions(fig))
     assert wrong == (min(n, 36) if case == "all_wrong" else 0)
+    assert len(framed(fig, min(n, 36))) == wrong
     png(fig)
+
+
+def test_float_digits_are_each_stretched_to_their_own_range() -> None:
+    images, y_true, _ = sample(3, np.float32)
+    images = images.astype(np.float32) * 7 / 255 - 3  # in [-3, 4]
+    images[2] = 0.5  # a blank digit stays black
+    fig = plots.sample_predictions_figure(images, y_true, y_true)
+    for place in range(2):
+        expected = (images[place] - images[place].min()) / np.ptp(images[place])
+        np.testing.assert_allclose(tile(fig, 3, place), expected, rtol=1e-6)
+    assert not tile(fig, 3, 2).any()
 
 
 def test_sample_predictions_channel_dim_and_empty() -> None:

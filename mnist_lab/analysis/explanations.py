@@ -419,7 +419,7 @@ def explanations_figure(
     fig, mosaic = mosaic_figure(
         len(images),
         cols=min(max(len(images), 1), 8),
-        title_lines=title.count("\n") + 1 + mistakes,
+        title_lines=title.count("\n") + 1 + int(mistakes),
         caption_room=CAPTION_ROOM + 8 if sources else CAPTION_ROOM,  # a third line: the file
         right=1.0,  # the colour bar and its label
     )

@@ -2,6 +2,8 @@
 
 Each function returns a `matplotlib.figure.Figure` built without pyplot, so no backend or display
 is needed; the tracking module saves it with `mlflow.log_figure(fig, names.PLOT_...)`.
+`mosaic_figure` lays digits out as one image with captions (the sample predictions here, the
+explanations in analysis/explanations.py).
 """
 
 import math
@@ -129,6 +131,7 @@ class Mosaic:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width) px of the whole mosaic."""
         return mosaic_shape(self.count, self.cols, self.caption_room)
 
     def origin(self, i: int) -> tuple[int, int]:
@@ -150,12 +153,15 @@ class Mosaic:
         )
 
     def caption(self, i: int, text: str, colour: str) -> None:
+        """`text` centred just above digit i."""
         x, y = self.origin(i)
         self.ax.text(x + TILE / 2, y - 1, text, ha="center", va="bottom", fontsize=8, color=colour)
 
     def frame(self, i: int, colour: str) -> None:
+        """A 3-pt frame round digit i (not clipped: the last row ends at the axes' edge)."""
         x, y = self.origin(i)
-        self.ax.add_patch(Rectangle((x, y), TILE, TILE, fill=False, edgecolor=colour, lw=3))
+        frame = Rectangle((x, y), TILE, TILE, fill=False, edgecolor=colour, lw=3, clip_on=False)
+        self.ax.add_patch(frame)
 
 
 def mosaic_shape(count: int, cols: int, caption_room: int) -> tuple[int, int]:
