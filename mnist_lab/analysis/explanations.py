@@ -37,7 +37,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from mnist_lab.analysis.run_figures import CAPTION_ROOM, WRONG_COLOUR, mosaic_figure
+from mnist_lab.analysis.run_figures import CAPTION_ROOM, mosaic_figure
 from mnist_lab.errors import LabError
 from mnist_lab.models.vit import Attention as LabAttention
 from mnist_lab.models.vit import ViT
@@ -433,9 +433,7 @@ def explanations_figure(
             float(confidences[i]),
             sources[i] if sources else None,
         )
-        mosaic.caption(i, caption, "black" if label == prediction else WRONG_COLOUR)
-        if label != prediction:
-            mosaic.frame(i, WRONG_COLOUR)
+        mosaic.caption(i, caption, wrong=label != prediction)
     grid, width = mosaic.ax.get_position(), fig.get_figwidth()
     bar = fig.add_axes(
         (grid.x1 + 0.15 / width, grid.y0 + 0.1 * grid.height, 0.15 / width, 0.8 * grid.height)

@@ -147,21 +147,20 @@ class Mosaic:
         for i, tile in enumerate(tiles):
             x, y = self.origin(i)
             canvas[y : y + TILE, x : x + TILE] = tile
-        height, width = self.shape
+        height, width = canvas.shape
         self.ax.imshow(
             canvas, extent=(0, width, height, 0), interpolation="nearest", aspect="auto", **imshow
         )
 
-    def caption(self, i: int, text: str, colour: str) -> None:
-        """`text` centred just above digit i."""
+    def caption(self, i: int, text: str, wrong: bool = False) -> None:
+        """`text` centred just above digit i; a wrong answer's in WRONG_COLOUR, the digit framed
+        in it (3 pt, not clipped: the last row ends at the axes' edge)."""
         x, y = self.origin(i)
+        colour = WRONG_COLOUR if wrong else "black"
         self.ax.text(x + TILE / 2, y - 1, text, ha="center", va="bottom", fontsize=8, color=colour)
-
-    def frame(self, i: int, colour: str) -> None:
-        """A 3-pt frame round digit i (not clipped: the last row ends at the axes' edge)."""
-        x, y = self.origin(i)
-        frame = Rectangle((x, y), TILE, TILE, fill=False, edgecolor=colour, lw=3, clip_on=False)
-        self.ax.add_patch(frame)
+        if wrong:
+            frame = Rectangle((x, y), TILE, TILE, fill=False, edgecolor=colour, lw=3, clip_on=False)
+            self.ax.add_patch(frame)
 
 
 def mosaic_shape(count: int, cols: int, caption_room: int) -> tuple[int, int]:
@@ -230,10 +229,7 @@ def sample_predictions_figure(
         )
     for place, i in enumerate(chosen):
         conf = f" ({probs[i, y_pred[i]]:.0%})" if probs is not None else ""
-        colour = "black" if correct[i] else WRONG_COLOUR
-        mosaic.caption(place, f"pred {y_pred[i]}{conf}\ntrue {y_true[i]}", colour)
-        if not correct[i]:
-            mosaic.frame(place, WRONG_COLOUR)
+        mosaic.caption(place, f"pred {y_pred[i]}{conf}\ntrue {y_true[i]}", wrong=not correct[i])
     errors = int((~correct).sum())
     shown = f"{int((~correct[chosen]).sum())} of {len(chosen)} shown misclassified (red)"
     fig.suptitle(
